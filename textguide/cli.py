@@ -1,0 +1,150 @@
+"""The ``textguide`` command line: one subcommand per public function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from .catalog import ColumnMap
+
+logger = logging.getLogger("textguide")
+
+
+def _columns(args: argparse.Namespace) -> ColumnMap:
+    def opt(v: str | None) -> str | None:
+        return None if v in ("", "none", "-") else v
+
+    return ColumnMap(
+        id=args.id_column,
+        title=args.title_column,
+        description=opt(args.description_column),
+        category=opt(args.category_column),
+        brand=opt(args.brand_column),
+        price=opt(args.price_column),
+        extra=tuple(args.extra_column or ()),
+    )
+
+
+def _add_catalog_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("catalog columns")
+    g.add_argument("--id-column", default="id")
+    g.add_argument("--title-column", default="title")
+    g.add_argument("--description-column", default="description", help="'none' if absent")
+    g.add_argument("--category-column", default="category", help="'none' if absent")
+    g.add_argument("--brand-column", default="brand", help="'none' if absent")
+    g.add_argument("--price-column", default="price", help="'none' if absent")
+    g.add_argument("--extra-column", action="append", help="extra metadata column to keep (repeatable)")
+    g.add_argument("--template", help="text template, e.g. '{title}. {brand}. {description}'")
+    g.add_argument("--strict", action="store_true", help="an empty title is an error instead of a skipped row")
+    g.add_argument("--on-duplicate", choices=["error", "last"], default="error")
+
+
+def _print_hits(query: str, hits: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"query": query, "ids": hits.ids, "scores": [round(float(s), 5) for s in hits.scores],
+                          "items": hits.items}, ensure_ascii=False, default=str))
+        return
+    print(f"\n{query}")
+    for rank, (item, score) in enumerate(zip(hits.items, hits.scores), 1):
+        cat = item.get("category") or ""
+        print(f"  {rank:>2}. {score:6.3f}  {item['id']:<16} {str(item.get('title', ''))[:70]:<70} {cat}")
+
+
+def cmd_build_index(args: argparse.Namespace) -> int:
+    from .guide import build_index
+
+    guide = build_index(
+        args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
+        precision=args.precision, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        strict=args.strict, on_duplicate=args.on_duplicate, batch_size=args.batch_size, show_progress=True,
+    )
+    info = guide.info()
+    print(f"built {args.output}: {info['items']} items, encoder {info['encoder']['name']} "
+          f"({info['encoder']['dim']}-d), index {info['index']['factory']}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .guide import Guide
+
+    guide = Guide.load(args.guide)
+    for q, hits in zip(args.query, guide.search(list(args.query), k=args.k, category=args.category)):
+        _print_hits(q, hits, args.json)
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from .guide import Guide
+
+    guide = Guide.load(args.guide)
+    for i, hits in zip(args.item_id, guide.similar(list(args.item_id), k=args.k, category=args.category)):
+        title = guide.index.item(i).get("title", "")
+        _print_hits(f"similar to {i} ({title})", hits, args.json)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .guide import Guide
+
+    print(json.dumps(Guide.load(args.guide).info(), indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(prog="textguide", description="Text-driven shopping guidance.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (progress bars, reports)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-index", help="embed a catalog and write a guide directory")
+    p.add_argument("catalog", help="CSV, TSV, JSONL or Parquet file (optionally .gz)")
+    p.add_argument("output", help="guide directory to write (replaced atomically)")
+    p.add_argument("--encoder", default=None,
+                   help="minilm (default, packaged), use-multilingual, hashing:DIM, or a local sentence-transformers path")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--factory", default=None, help="FAISS factory string (default: Flat, or HNSW32,Flat above 50k items)")
+    p.add_argument("--cache-dir", default=None, help="embedding cache directory (default ~/.cache/textguide)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--batch-size", type=int, default=64)
+    _add_catalog_args(p)
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("search", help="free-text search")
+    p.add_argument("guide")
+    p.add_argument("query", nargs="+")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--category")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("similar", help="items similar to given item ids")
+    p.add_argument("guide")
+    p.add_argument("item_id", nargs="+")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--category")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("info", help="what a guide directory holds")
+    p.add_argument("guide")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``textguide`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"textguide: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""ItemIndex: a FAISS index over item text embeddings, with string ids, metadata, filters and a manifest.
+
+Rows are append-only: an item's internal label is its row number, new items go at the end (the
+LightFM idea: old labels never move), removed items become tombstones that searches skip. The
+index type is chosen by size (exact inner product below ``exact_max_items``, HNSW above) or set with
+a FAISS factory string. Vectors are L2-normalised, so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger("textguide")
+
+#: A filter: metadata field -> wanted value, or a list of accepted values.
+Where = Mapping[str, Any]
+
+
+@dataclass
+class IndexConfig:
+    """How to index. ``factory=None`` picks by size: ``Flat`` up to ``exact_max_items``, else ``HNSW{hnsw_m}``."""
+
+    factory: str | None = None
+    exact_max_items: int = 50_000
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    nprobe: int = 32
+    brute_force_max: int = 20_000
+
+    def choose(self, n: int) -> str:
+        """The FAISS factory string for ``n`` items."""
+        if self.factory:
+            return self.factory
+        return "Flat" if n <= self.exact_max_items else f"HNSW{self.hnsw_m},Flat"
+
+
+def _as_matrix(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarray:
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (n, dim), got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{what} have wrong dimension: expected {dim}, got {x.shape[1]}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
+class ItemIndex:
+    """Nearest-neighbour search over items by inner product, with string ids and metadata filters."""
+
+    def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
+        self.dim = dim
+        self.config = config or IndexConfig()
+        self.ids: list[str] = []
+        self.row_of: dict[str, int] = {}
+        self.embeddings = np.zeros((0, dim), np.float32)
+        self.metadata = pd.DataFrame({"id": pd.Series([], dtype=str)})
+        self.deleted = np.zeros(0, dtype=bool)
+        self.factory = ""
+        self.faiss_index: faiss.Index | None = None
+
+    # ------------------------------------------------------------------ build / mutate
+    @classmethod
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        metadata: pd.DataFrame | None = None,
+        config: IndexConfig | None = None,
+    ) -> "ItemIndex":
+        """Index ``embeddings`` (n, dim) under ``ids``; ``metadata`` rows align with ``ids``."""
+        x = _as_matrix(embeddings, None, "embeddings")
+        if len(x) == 0:
+            raise ValueError("cannot build an index from zero items")
+        index = cls(x.shape[1], config)
+        index.factory = index.config.choose(len(x))
+        index.faiss_index = index._new_faiss(x)
+        index._append(x, list(ids), metadata)
+        return index
+
+    def _new_faiss(self, train: np.ndarray) -> faiss.Index:
+        fi = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        if hasattr(fi, "hnsw"):
+            fi.hnsw.efConstruction = self.config.ef_construction
+            fi.hnsw.efSearch = self.config.ef_search
+        if not fi.is_trained:
+            logger.info("training %s on %d vectors", self.factory, len(train))
+            fi.train(train)
+        return fi
+
+    def _append(self, x: np.ndarray, ids: list[str], metadata: pd.DataFrame | None) -> None:
+        if len(ids) != len(x):
+            raise ValueError(f"got {len(x)} vectors but {len(ids)} ids")
+        bad = [i for i in ids if not isinstance(i, str) or not i]
+        if bad:
+            raise ValueError(f"item ids must be non-empty strings, got {bad[:3]}")
+        seen: set[str] = set()
+        dups = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+        if dups:
+            raise ValueError(f"duplicate ids in the new items: {dups[:5]}")
+        if metadata is None:
+            metadata = pd.DataFrame({"id": ids})
+        if len(metadata) != len(ids):
+            raise ValueError(f"metadata has {len(metadata)} rows for {len(ids)} items")
+        metadata = metadata.reset_index(drop=True).copy()
+        metadata["id"] = ids
+        start = len(self.ids)
+        self.faiss_index.add(x)  # labels are row numbers: start .. start+n-1
+        self.embeddings = np.concatenate([self.embeddings, x]) if start else x
+        self.ids.extend(ids)
+        self.row_of.update({i: start + j for j, i in enumerate(ids)})
+        self.metadata = pd.concat([self.metadata, metadata], ignore_index=True) if start else metadata
+        self.deleted = np.concatenate([self.deleted, np.zeros(len(ids), bool)])
+
+    def add(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        metadata: pd.DataFrame | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Add items without rebuilding. Ids already present are an error unless ``replace=True``."""
+        x = _as_matrix(embeddings, self.dim, "embeddings")
+        ids = list(ids)
+        clash = [i for i in ids if i in self.row_of and not self.deleted[self.row_of[i]]]
+        if clash and not replace:
+            raise ValueError(
+                f"{len(clash)} ids already in the index, first {clash[:5]}; pass replace=True to replace them"
+            )
+        if clash:
+            self.remove(clash)
+        # a removed id may come back: its old row stays a tombstone, the id maps to the new row
+        self._append(x, ids, metadata)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove items (they stop appearing in results). Unknown ids raise ``KeyError``."""
+        rows = [self._row(i) for i in ids]
+        self.deleted[rows] = True
+
+    def _row(self, item_id: str) -> int:
+        row = self.row_of.get(item_id)
+        if row is None or self.deleted[row]:
+            raise KeyError(f"unknown item id {item_id!r}: not in this index ({self.count} items)")
+        return row
+
+    # ------------------------------------------------------------------ read
+    @property
+    def count(self) -> int:
+        """Number of live (not removed) items."""
+        return int(len(self.ids) - self.deleted.sum())
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, item_id: object) -> bool:
+        row = self.row_of.get(item_id) if isinstance(item_id, str) else None
+        return row is not None and not self.deleted[row]
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """The stored embedding of an item."""
+        return self.embeddings[self._row(item_id)]
+
+    def vectors(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Stored embeddings of several items, in order."""
+        return self.embeddings[[self._row(i) for i in item_ids]]
+
+    def item(self, item_id: str) -> dict[str, Any]:
+        """Metadata of one item."""
+        return _clean_record(self.metadata.iloc[self._row(item_id)].to_dict())
+
+    def live_ids(self) -> list[str]:
+        """Ids of the live items, in row order."""
+        return [i for i, d in zip(self.ids, self.deleted) if not d]
+
+    def mask(self, where: Where | None = None) -> np.ndarray:
+        """Boolean row mask of live items matching every ``field == value`` (or ``field in [values]``)."""
+        m = ~self.deleted
+        for field, wanted in (where or {}).items():
+            if field not in self.metadata.columns:
+                raise ValueError(
+                    f"cannot filter on {field!r}: no such metadata field; available: {sorted(self.metadata.columns)}"
+                )
+            col = self.metadata[field]
+            if isinstance(wanted, (list, tuple, set, frozenset)):
+                m &= col.isin(list(wanted)).to_numpy()
+            else:
+                m &= (col == wanted).to_numpy()
+        return m
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        where: Where | None = None,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> tuple[list[list[str]], np.ndarray]:
+        """Top-``k`` items for each query row: ``(ids per query, scores (m, k'))``.
+
+        With ``where``, only matching items are searched and ``min(k, matches)`` results come back
+        (never fewer through post-filtering). ``exclude[i]`` lists ids to leave out of query i's results.
+        Scores of missing slots (fewer than k items exist) are ``-inf``.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        q = _as_matrix(queries, self.dim, "queries")
+        if exclude is not None and len(exclude) != len(q):
+            raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
+        allowed = self.mask(where)
+        filtered = where is not None or bool(self.deleted.any())
+        n_allowed = int(allowed.sum())
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        kk = min(k + extra, n_allowed)
+        if kk == 0:
+            return [[] for _ in q], np.zeros((len(q), 0), np.float32)
+        if filtered and n_allowed <= self.config.brute_force_max:
+            scores, rows = self._brute_force(q, kk, np.flatnonzero(allowed))
+        else:
+            scores, rows = self._faiss_search(q, kk, allowed if filtered else None)
+            short = (rows < 0).sum(axis=1) > 0
+            if short.any():  # approximate search under a filter came back short: answer those exactly
+                s2, r2 = self._brute_force(q[short], kk, np.flatnonzero(allowed))
+                scores[short], rows[short] = s2, r2
+        out_ids: list[list[str]] = []
+        out_scores = np.full((len(q), min(k, n_allowed)), -np.inf, np.float32)
+        for i in range(len(q)):
+            skip = set(exclude[i]) if exclude else set()
+            got = [(self.ids[r], s) for r, s in zip(rows[i], scores[i]) if r >= 0 and self.ids[r] not in skip][:k]
+            out_ids.append([g[0] for g in got])
+            out_scores[i, : len(got)] = [g[1] for g in got]
+        return out_ids, out_scores
+
+    def _brute_force(self, q: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sims = q @ self.embeddings[rows].T
+        k = min(k, len(rows))
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(sims, part, 1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        return np.take_along_axis(top, order, 1).astype(np.float32), rows[np.take_along_axis(part, order, 1)]
+
+    def _faiss_search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        params = None
+        if hasattr(self.faiss_index, "hnsw"):
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+        elif "IVF" in self.factory:
+            params = faiss.SearchParametersIVF(nprobe=self.config.nprobe)
+        if allowed is not None:
+            bitmap = np.packbits(allowed, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+            params = params or faiss.SearchParameters()
+            params.sel = sel
+            scores, rows = self.faiss_index.search(q, k, params=params)
+            del sel, bitmap
+        else:
+            scores, rows = self.faiss_index.search(q, k, params=params)
+        return scores, rows
+
+    # ------------------------------------------------------------------ persistence
+    def write(self, directory: Path) -> dict[str, Any]:
+        """Write the index files into ``directory``; returns the manifest's index section."""
+        faiss.write_index(self.faiss_index, str(directory / "index.faiss"))
+        np.save(directory / "embeddings.npy", self.embeddings, allow_pickle=False)
+        np.save(directory / "deleted.npy", self.deleted, allow_pickle=False)
+        meta = self.metadata.copy()
+        for col in meta.columns:
+            if meta[col].dtype == object:
+                meta[col] = meta[col].map(lambda v: v if isinstance(v, str) or v is None else json.dumps(v))
+        meta.to_parquet(directory / "items.parquet", index=False)
+        return {
+            "factory": self.factory,
+            "type": type(self.faiss_index).__name__,
+            "dim": self.dim,
+            "metric": "inner_product",
+            "rows": len(self.ids),
+            "count": self.count,
+            "config": asdict(self.config),
+        }
+
+    @classmethod
+    def read(cls, directory: Path, section: Mapping[str, Any]) -> "ItemIndex":
+        """Read index files written by :meth:`write` (the manifest was checked by the caller)."""
+        index = cls(int(section["dim"]), IndexConfig(**section.get("config", {})))
+        index.factory = section["factory"]
+        index.faiss_index = faiss.read_index(str(directory / "index.faiss"))
+        if hasattr(index.faiss_index, "hnsw"):
+            index.faiss_index.hnsw.efSearch = index.config.ef_search
+        index.embeddings = np.load(directory / "embeddings.npy", allow_pickle=False)
+        index.deleted = np.load(directory / "deleted.npy", allow_pickle=False)
+        index.metadata = pd.read_parquet(directory / "items.parquet")
+        index.ids = index.metadata["id"].astype(str).tolist()
+        index.row_of = {}
+        for r, i in enumerate(index.ids):  # later rows win: a re-added id maps to its newest row
+            if not index.deleted[r] or i not in index.row_of:
+                index.row_of[i] = r
+        n = len(index.ids)
+        if not (index.faiss_index.ntotal == n == len(index.embeddings) == len(index.deleted)):
+            raise ValueError(
+                f"{directory}: index parts disagree: {index.faiss_index.ntotal} FAISS vectors, "
+                f"{len(index.embeddings)} embeddings, {n} metadata rows; rebuild it with `textguide build-index`"
+            )
+        return index
+
+
+def _clean_record(rec: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in rec.items():
+        if isinstance(v, float) and np.isnan(v):
+            v = None
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k (rows, scores): the reference answer."""
+    sims = np.asarray(queries, np.float32) @ np.asarray(embeddings, np.float32).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sims, order, 1)
+
+
+def recall_vs_exact(index: ItemIndex, queries: np.ndarray, k: int = 10) -> float:
+    """Mean overlap of the index's top-k with exact search: recall@k of the approximate index."""
+    exact_rows, _ = exact_search(index.embeddings[~index.deleted], queries, k)
+    live = np.array(index.live_ids())
+    got, _ = index.search(queries, k)
+    hits = [len(set(g) & set(live[e])) / k for g, e in zip(got, exact_rows)]
+    return float(np.mean(hits))
+
+
+os.environ.setdefault("KMP_DUPLICATE_LIB_OK", "TRUE")
