@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import logging
 import re
+import string
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,9 +108,11 @@ def sample_catalog_path() -> Path:
 
 
 def _find_bad_line(raw: bytes, path: Path, err: UnicodeDecodeError) -> ValueError:
-    line = raw[: err.start].count(b"\n") + 1
+    # utf-8-sig reports offsets after a leading BOM: shift them back onto the raw bytes
+    start = err.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+    line = raw[:start].count(b"\n") + 1
     return ValueError(
-        f"{path}: line {line} is not valid UTF-8 (byte {raw[err.start:err.start + 1]!r} at offset {err.start}); "
+        f"{path}: line {line} is not valid UTF-8 (byte {raw[start:start + 1]!r} at offset {start}); "
         f"re-save the file as UTF-8"
     )
 
@@ -122,8 +126,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
     compressed = suffixes[-1:] == [".gz"]
     kind = suffixes[-2] if compressed and len(suffixes) >= 2 else (suffixes[-1] if suffixes else "")
     if kind == ".parquet":
-        frame = pd.read_parquet(path)
-        return frame
+        try:
+            return pd.read_parquet(io.BytesIO(gzip.decompress(path.read_bytes())) if compressed else path)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"{path}: cannot read as Parquet ({e})") from e
     if kind not in {".csv", ".tsv", ".jsonl", ".json", ".txt"}:
         raise ValueError(
             f"{path}: unsupported catalog format {kind or '(no extension)'!r}; "
@@ -142,6 +148,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     sep = "\t" if kind == ".tsv" else ","
     try:
         return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the catalog is empty (no header, no rows); add products or check the file") from None
     except pd.errors.ParserError as e:
         raise ValueError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'} ({e})") from e
 
@@ -162,7 +170,7 @@ def compose_text(row: dict[str, Any], template: str | None = None) -> str:
         return ". ".join(p.rstrip(".") for p in parts if p)
     try:
         text = template.format_map(_Blank(clean))
-    except (ValueError, IndexError) as e:
+    except (ValueError, IndexError, AttributeError, TypeError) as e:
         raise ValueError(f"text template {template!r} is not a valid format string ({e})") from e
     text = re.sub(r"\s+", " ", text)
     text = re.sub(r"(\s*[.,;:|-]\s*){2,}", lambda m: m.group(0).strip()[0] + " ", text)  # drop empty slots
@@ -264,8 +272,12 @@ def _from_frame(
     records = out.to_dict("records")
     if template is not None:
         known = set(out.columns)
-        for name in re.findall(r"{(\w+)[^}]*}", template):
-            if name not in known:
+        try:  # the fields the template names ("{{...}}" is a literal brace, not a field)
+            names = [re.match(r"[^.\[!:]*", f).group(0) for _, f, _, _ in string.Formatter().parse(template) if f]
+        except ValueError as e:
+            raise ValueError(f"text template {template!r} is not a valid format string ({e})") from e
+        for name in names:
+            if name and not name.isdigit() and name not in known:
                 raise ValueError(
                     f"text template {template!r} uses field {name!r}, which the catalog lacks; "
                     f"available: {sorted(known)}"

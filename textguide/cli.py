@@ -93,6 +93,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_onboard(args: argparse.Namespace) -> int:
+    from .encoder import EmbeddingCache
+    from .guide import Guide
+
+    guide = Guide.load(args.guide)
+    cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
+    report = guide.onboard(args.catalog, category=args.category, replace=args.replace, columns=_columns(args),
+                           template=args.template, cache=cache, show_progress=True)
+    print(f"onboarded into {args.guide}: {report.added} added, {report.replaced} replaced, "
+          f"{report.unchanged} unchanged; {report.items} items now ({report.seconds:.1f}s)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .workflows import train_recipe
+
+    report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
+                          steps=args.steps, max_seconds=args.max_seconds, seed=args.seed,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume)
+    print(report["markdown"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .workflows import evaluate_recipe
+
+    report = evaluate_recipe(args.recipe, args.guide, report_dir=args.report_dir)
+    print(report["markdown"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="textguide", description="Text-driven shopping guidance.")
@@ -127,6 +158,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("onboard", help="add a new category's products to a live guide (no retraining)")
+    p.add_argument("guide")
+    p.add_argument("catalog")
+    p.add_argument("--category", help="category of every new item")
+    p.add_argument("--replace", action="store_true", help="replace items whose id exists with another text")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--no-cache", action="store_true")
+    _add_catalog_args(p)
+    p.set_defaults(func=cmd_onboard)
+
+    recipes_help = "amazon-scientific, polyvore, completejourney, or all (one multi-task model, three guides)"
+    p = sub.add_parser("train", help="build a guide from a benchmark dataset in ../shared/data and train adapters")
+    p.add_argument("recipe", help=recipes_help)
+    p.add_argument("output", help="guide directory (for 'all': a parent directory of the three guides)")
+    p.add_argument("--sharing", choices=["hard", "soft", "experts"], default="hard")
+    p.add_argument("--weighting", choices=["static", "uncertainty", "gradnorm", "dwa"], default="static")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--max-seconds", type=float, default=600, help="training time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained guide on its dataset's protocol (JSON + Markdown report)")
+    p.add_argument("recipe", help=recipes_help)
+    p.add_argument("guide")
+    p.add_argument("--report-dir", default=None, help="where to write report.json / report.md / curves.png")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="what a guide directory holds")
     p.add_argument("guide")

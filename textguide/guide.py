@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, overload
@@ -29,6 +30,8 @@ class Hits:
     ids: list[str]
     scores: np.ndarray
     items: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "text"
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,6 +63,17 @@ def _where(category: str | Sequence[str] | None, where: Where | None) -> Where |
     return merged
 
 
+@dataclass
+class OnboardReport:
+    """What an onboarding did."""
+
+    added: int = 0
+    replaced: int = 0
+    unchanged: int = 0
+    items: int = 0
+    seconds: float = 0.0
+
+
 class Guide:
     """Shopping guidance over one catalog.
 
@@ -75,6 +89,10 @@ class Guide:
         self._encoder = encoder
         self.path: Path | None = None
         self.manifest: dict[str, Any] = {}
+        self.adapter: Any = None  # textguide.adapters.MultiTaskAdapter once trained or loaded
+        self.adapter_meta: dict[str, Any] = {}
+        self.coupons: dict[str, list[str]] = {}
+        self._task_index: dict[str, ItemIndex] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -133,14 +151,30 @@ class Guide:
 
     def _write(self, tmp: Path) -> dict[str, Any]:
         section = self.index.write(tmp)
+        if self.path is not None and (self.path / "reports").is_dir():  # keep training reports across updates
+            import shutil
+
+            shutil.copytree(self.path / "reports", tmp / "reports")
+        adapter = None
+        if self.adapter is not None:
+            from .adapters import save_adapter
+
+            save_adapter(self.adapter, tmp / "adapter")
+            adapter = {"config": self.adapter.config.to_dict(), **self.adapter_meta}
+        if self.coupons:
+            import pandas as pd
+
+            rows = [(c, i) for c, items in self.coupons.items() for i in items]
+            pd.DataFrame(rows, columns=["coupon_id", "item_id"]).to_parquet(tmp / "coupons.parquet", index=False)
         return {
+            "adapter": adapter,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "textguide_version": __version__,
             "encoder": self.encoder_info,
             "metric": "inner_product",
             "index": section,
-            "counts": {"items": self.index.count},
+            "counts": {"items": self.index.count, "coupons": len(self.coupons)},
         }
 
     @classmethod
@@ -171,6 +205,16 @@ class Guide:
                 logger.info("%s was replaced while loading; reading it again", path)
         guide = cls(index, manifest["encoder"], None)
         guide.path, guide.manifest = path, manifest
+        if manifest.get("adapter"):
+            from .adapters import load_adapter
+
+            guide.adapter = load_adapter(path / "adapter")
+            guide.adapter_meta = {k: v for k, v in manifest["adapter"].items() if k != "config"}
+        if (path / "coupons.parquet").is_file():
+            import pandas as pd
+
+            frame = pd.read_parquet(path / "coupons.parquet")
+            guide.coupons = {str(c): g.tolist() for c, g in frame.groupby("coupon_id", sort=False)["item_id"]}
         if encoder is not None:
             guide._check_encoder(encoder)
             guide._encoder = encoder
@@ -218,6 +262,349 @@ class Guide:
         hits = [self._hits(f, s) for f, s in zip(found, scores)]
         return hits[0] if single else hits
 
+    # ------------------------------------------------------------------ onboarding
+    def onboard(
+        self,
+        catalog: Catalog | str | os.PathLike[str],
+        *,
+        category: str | None = None,
+        replace: bool = False,
+        columns: ColumnMap | None = None,
+        template: str | None = None,
+        cache: EmbeddingCache | None = None,
+        save: bool = True,
+        show_progress: bool | None = None,
+    ) -> "OnboardReport":
+        """Add a new category's products to the live guide, without rebuilding or retraining.
+
+        The products are embedded, added to a copy of the index and, when the guide has a directory,
+        written there atomically; only then does this object switch to the new state, so concurrent
+        readers see the old or the new state and a failure leaves everything as it was. Items whose id
+        and text are already present are skipped (re-onboarding is idempotent); an id present with a
+        different text is an error unless ``replace=True``. ``category`` sets the category of every
+        new item (it becomes filterable at once).
+        """
+        t0 = time.perf_counter()
+        if not isinstance(catalog, Catalog):
+            catalog = load_catalog(catalog, columns, template)
+        meta = catalog.metadata.copy()
+        meta["text"] = catalog.texts
+        if category is not None:
+            if not isinstance(category, str) or not category.strip():
+                raise ValueError(f"category must be a non-empty string, got {category!r}")
+            meta["category"] = category
+        old = self.index
+        keep, unchanged, clashes = [], [], []
+        texts = old.metadata["text"] if "text" in old.metadata.columns else None
+        for j, item_id in enumerate(catalog.ids):
+            if item_id in old:
+                same = texts is not None and texts.iloc[old.row_of[item_id]] == catalog.texts[j]
+                if same and not replace:
+                    unchanged.append(item_id)
+                    continue
+                clashes.append(item_id)
+            keep.append(j)
+        if clashes and not replace:
+            raise ValueError(
+                f"{len(clashes)} ids already in the guide with a different text, first {clashes[:5]}; "
+                f"use new ids, or pass replace=True (--replace) to replace those items"
+            )
+        report = OnboardReport(added=len(keep) - len(clashes), replaced=len(clashes), unchanged=len(unchanged))
+        if keep:
+            vecs = encode_texts(self.encoder, [catalog.texts[j] for j in keep], cache=cache,
+                                show_progress=show_progress)
+            new = old.copy()
+            new.add(vecs, [catalog.ids[j] for j in keep], meta.iloc[keep].reset_index(drop=True), replace=replace)
+            self._swap(new, save)
+        report.seconds = time.perf_counter() - t0
+        report.items = self.index.count
+        logger.info("onboarded: %s", report)
+        return report
+
+    def _swap(self, new_index: ItemIndex, save: bool) -> None:
+        """Persist (if this guide has a directory) and then switch to ``new_index``."""
+        if save and self.path is not None:
+            old_index, self.index = self.index, new_index
+            try:
+                self.manifest = write_artifact(self.path, self._write)
+            except BaseException:
+                self.index = old_index
+                raise
+        else:
+            self.index = new_index
+        self._on_index_change()
+
+    def _on_index_change(self) -> None:
+        """Drop derived state (adapted item vectors) that depends on the index."""
+        self._task_index = {}
+
+    def refresh(self) -> bool:
+        """Reload from disk if another process changed the guide directory; True if reloaded."""
+        if self.path is None:
+            return False
+        try:
+            import json
+
+            on_disk = json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if on_disk.get("files") == self.manifest.get("files"):
+            return False
+        fresh = type(self).load(self.path, self._encoder)
+        self.__dict__.update(fresh.__dict__)
+        return True
+
+    # ------------------------------------------------------------------ adapters: recommend, outfits, coupons
+    def set_adapter(self, model: Any, meta: dict[str, Any] | None = None) -> None:
+        """Attach a trained :class:`~textguide.adapters.MultiTaskAdapter` (saved with the guide).
+
+        ``meta`` may hold ``slot_field`` (metadata column of outfit slots) and ``slots`` (its vocabulary,
+        in the model's slot order), ``profile`` ("text" when coupon profiles are verbalised and embedded),
+        and free-form training facts (metrics, data, time).
+        """
+        if model.config.input_dim != self.index.dim:
+            raise ValueError(
+                f"adapter expects {model.config.input_dim}-d text embeddings, this guide has {self.index.dim}-d; "
+                f"train it on this guide's embeddings"
+            )
+        self.adapter = model
+        self.adapter_meta = dict(meta or {})
+        self._task_index = {}
+
+    def _require_task(self, task: str) -> None:
+        if self.adapter is None or task not in self.adapter.config.tasks:
+            have = list(self.adapter.config.tasks) if self.adapter is not None else []
+            raise ValueError(
+                f"this guide has no trained {task!r} adapter (it has {have or 'none'}); train one with "
+                f"`textguide train`, or use the text-similarity fallback (method='text')"
+            )
+
+    def _task_vectors(self, task: str) -> ItemIndex:
+        """Exact inner-product index over the adapted item vectors of ``task`` (live items only)."""
+        if task not in self._task_index:
+            from .train import encode_items
+
+            live = np.flatnonzero(~self.index.deleted)
+            vecs = encode_items(self.adapter, self.index.embeddings[live], task)
+            meta = self.index.metadata.iloc[live].reset_index(drop=True)
+            self._task_index[task] = ItemIndex.build(vecs, [self.index.ids[r] for r in live], meta,
+                                                     IndexConfig(factory="Flat"))
+        return self._task_index[task]
+
+    def _rows(self, item_ids: Sequence[str], what: str, on_unknown: str) -> tuple[list[int], list[str]]:
+        if isinstance(item_ids, str):
+            raise ValueError(f"{what} must be a list of item ids, got a single string; wrap it as [{item_ids!r}]")
+        if on_unknown not in ("error", "skip"):
+            raise ValueError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
+        ids = list(item_ids)
+        unknown = [i for i in ids if i not in self.index]
+        if unknown and (on_unknown == "error" or len(unknown) == len(ids)):
+            raise KeyError(
+                f"unknown item ids in {what}: {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
+                f"({len(unknown)} of {len(ids)}); onboard them first, or pass on_unknown='skip' to ignore them"
+            )
+        if unknown:
+            logger.warning("%s: skipping %d unknown item ids %s", what, len(unknown), unknown[:5])
+        return [self.index.row_of[i] for i in ids if i in self.index], unknown
+
+    def recommend(
+        self,
+        history: Sequence[str],
+        k: int = 10,
+        *,
+        category: str | Sequence[str] | None = None,
+        where: Where | None = None,
+        exclude_history: bool = True,
+        on_unknown: str = "error",
+        method: str = "auto",
+    ) -> Hits:
+        """Next items for a user with this history (item ids, oldest first).
+
+        Uses the trained recommendation adapter; ``method='text'`` (or a guide without one) ranks by
+        cosine to the mean history embedding. History items are excluded unless ``exclude_history=False``.
+        Unknown ids raise ``KeyError`` (``on_unknown='skip'`` drops them and lists them in ``hits.skipped``).
+        """
+        k = _check_k(k)
+        if isinstance(history, str) or not len(history):
+            raise ValueError("history must be a non-empty list of item ids (oldest first)")
+        rows, unknown = self._rows(history, "history", on_unknown)
+        known = [self.index.ids[r] for r in rows]
+        exclude = [known] if exclude_history else None
+        use_adapter = method == "adapter" or (method == "auto" and self.adapter is not None
+                                               and "recommend" in self.adapter.config.tasks)
+        if method not in ("auto", "adapter", "text"):
+            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
+        if use_adapter:
+            self._require_task("recommend")
+            from .train import recommend_queries
+
+            q = recommend_queries(self.adapter, self.index.embeddings, [rows])
+            ids, scores = self._task_vectors("recommend").search(q, k, where=_where(category, where), exclude=exclude)
+        else:
+            q = self.index.embeddings[rows].mean(0, keepdims=True)
+            q /= max(float(np.linalg.norm(q)), 1e-12)
+            ids, scores = self.index.search(q, k, where=_where(category, where), exclude=exclude)
+        hits = self._hits(ids[0], scores[0])
+        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown
+        return hits
+
+    def complete_outfit(
+        self,
+        items: Sequence[str],
+        k: int = 10,
+        *,
+        slot: str | None = None,
+        candidates: Sequence[str] | None = None,
+        on_unknown: str = "error",
+        method: str = "auto",
+    ) -> Hits:
+        """Items that go with a partial outfit (not near-duplicates of it).
+
+        ``slot`` names the wanted slot or category (a value of the guide's slot field, e.g. "shoe" or
+        "Shoes"); with ``candidates`` only those ids are ranked (fill-in-the-blank), otherwise the whole
+        catalog of that slot is searched. The input items are never returned.
+        """
+        k = _check_k(k)
+        if isinstance(items, str) or not len(items):
+            raise ValueError("items must be a non-empty list of item ids")
+        if method not in ("auto", "adapter", "text"):
+            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
+        rows, unknown = self._rows(items, "items", on_unknown)
+        known = [self.index.ids[r] for r in rows]
+        slot_field = self.adapter_meta.get("slot_field", "category")
+        where = None
+        if slot is not None:
+            if slot_field not in self.index.metadata.columns:
+                raise ValueError(f"cannot filter on slot: this guide's items have no {slot_field!r} field")
+            where = {slot_field: slot}
+        use_adapter = method == "adapter" or (method == "auto" and self.adapter is not None
+                                               and "outfit" in self.adapter.config.tasks)
+        if use_adapter:
+            self._require_task("outfit")
+            from .train import outfit_queries
+
+            slots = list(self.adapter_meta.get("slots", []))
+            if slot is not None and slot not in slots and slots:
+                raise ValueError(f"unknown slot {slot!r}; this guide's slots ({slot_field}): {slots}")
+            slot_idx = slots.index(slot) if slot in slots else -1
+            q = outfit_queries(self.adapter, self.index.embeddings, [rows], [slot_idx])
+            space = self._task_vectors("outfit")
+        else:
+            q = self.index.embeddings[rows].mean(0, keepdims=True)
+            q /= max(float(np.linalg.norm(q)), 1e-12)
+            space = self.index
+        if candidates is not None:
+            if isinstance(candidates, str) or not len(candidates):
+                raise ValueError("candidates must be a non-empty list of item ids")
+            cand_rows, _ = self._rows(candidates, "candidates", "error")
+            cand = [self.index.ids[r] for r in cand_rows if self.index.ids[r] not in set(known)]
+            scores = (space.vectors(cand) @ q[0]).astype(np.float32)
+            order = np.argsort(-scores, kind="stable")[:k]
+            hits = self._hits([cand[i] for i in order], scores[order])
+        else:
+            ids, scores = space.search(q, k, where=where, exclude=[known])
+            hits = self._hits(ids[0], scores[0])
+        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown
+        return hits
+
+    def add_coupons(self, coupons: dict[str, Sequence[str]], *, replace: bool = False, save: bool = True) -> None:
+        """Register coupons (coupon id -> ids of the products it covers); new coupons need no retraining."""
+        new = dict(self.coupons)
+        for cid, items in coupons.items():
+            items = list(items)
+            if not items:
+                raise ValueError(f"coupon {cid!r} covers no products; give the product ids it applies to")
+            unknown = [i for i in items if i not in self.index]
+            if unknown:
+                raise KeyError(f"coupon {cid!r} covers unknown item ids {unknown[:5]}; onboard those products first")
+            if cid in new and new[cid] != items and not replace:
+                raise ValueError(f"coupon {cid!r} already exists with other products; pass replace=True")
+            new[cid] = items
+        old, self.coupons = self.coupons, new
+        if save and self.path is not None:
+            try:
+                self.manifest = write_artifact(self.path, self._write)
+            except BaseException:
+                self.coupons = old
+                raise
+
+    def rank_coupons(
+        self,
+        history: Sequence[str],
+        coupons: Sequence[str] | dict[str, Sequence[str]] | None = None,
+        *,
+        profile: dict[str, Any] | None = None,
+        on_unknown: str = "error",
+        method: str = "auto",
+    ) -> Hits:
+        """Rank coupons for a user by the probability of redemption (``hits.scores`` are probabilities).
+
+        ``coupons`` are ids registered in the guide (default: all) or a mapping coupon id -> product ids
+        for coupons never seen before. ``profile`` is a dict of user fields (age, income, ...), verbalised
+        and embedded. Without a coupon adapter (or ``method='text'``), scores are the cosine between the
+        user's mean history and the coupon's mean product embedding, mapped to [0, 1].
+        """
+        if method not in ("auto", "adapter", "text"):
+            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
+        if isinstance(history, str):
+            raise ValueError("history must be a list of item ids")
+        rows, unknown = self._rows(history, "history", on_unknown) if len(history) else ([], [])
+        if coupons is None:
+            coupons = list(self.coupons)
+        if isinstance(coupons, dict):
+            spec = {c: list(v) for c, v in coupons.items()}
+        else:
+            missing = [c for c in coupons if c not in self.coupons]
+            if missing:
+                raise KeyError(
+                    f"unknown coupon ids {missing[:5]}; register them with guide.add_coupons({{id: [product ids]}}) "
+                    f"or pass a mapping coupon id -> product ids"
+                )
+            spec = {c: self.coupons[c] for c in coupons}
+        if not spec:
+            raise ValueError("no coupons to rank: pass coupon ids or a mapping, or register coupons first")
+        coupon_rows = []
+        for cid, items in spec.items():
+            if not items:
+                raise ValueError(f"coupon {cid!r} covers no products; give the product ids it applies to")
+            coupon_rows.append(self._rows(items, f"coupon {cid!r}", "error")[0])
+        use_adapter = method == "adapter" or (method == "auto" and self.adapter is not None
+                                               and "coupon" in self.adapter.config.tasks)
+        if use_adapter:
+            self._require_task("coupon")
+            from .train import coupon_probabilities
+
+            prof = self._profile_vector(profile)
+            if not rows and prof is None:
+                raise ValueError("empty history and no profile: give at least one purchased item or a profile")
+            probs = coupon_probabilities(self.adapter, self.index.embeddings, rows, coupon_rows, prof)
+        else:
+            if not rows:
+                raise ValueError("history is empty: the text method needs at least one purchased item")
+            u = self.index.embeddings[rows].mean(0)
+            u /= max(float(np.linalg.norm(u)), 1e-12)
+            c = np.stack([self.index.embeddings[r].mean(0) for r in coupon_rows])
+            c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+            probs = ((c @ u + 1) / 2).astype(np.float32)
+        order = np.argsort(-probs, kind="stable")
+        ids = list(spec)
+        hits = Hits([ids[i] for i in order], probs[order].astype(np.float32),
+                    [{"id": ids[i], "items": len(coupon_rows[i])} for i in order])
+        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown
+        return hits
+
+    def _profile_vector(self, profile: dict[str, Any] | None) -> np.ndarray | None:
+        if not self.adapter.config.profile_dim:
+            return None
+        if profile is None:
+            return np.zeros(self.adapter.config.profile_dim, np.float32)
+        if not isinstance(profile, dict):
+            raise ValueError(f"profile must be a dict of user fields, got {type(profile).__name__}")
+        vec = self.encoder.encode([verbalise_profile(profile)], show_progress=False)[0]
+        if len(vec) != self.adapter.config.profile_dim:
+            raise ValueError(f"profile vector has dimension {len(vec)}, adapter expects {self.adapter.config.profile_dim}")
+        return vec
+
     def info(self) -> dict[str, Any]:
         """What this guide holds: counts, encoder, index type, path."""
         meta = self.index.metadata
@@ -230,6 +617,16 @@ class Guide:
             "categories": cats,
             "textguide_version": self.manifest.get("textguide_version", __version__),
         }
+
+
+def verbalise_profile(profile: dict[str, Any]) -> str:
+    """A user profile as text, e.g. ``{"age": "45-54", "kids_count": 2}`` -> "age: 45-54. kids count: 2"."""
+    parts = []
+    for key, value in profile.items():
+        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+            continue
+        parts.append(f"{str(key).replace('_', ' ')}: {value}")
+    return ". ".join(parts) if parts else "unknown customer"
 
 
 def _inode(path: Path) -> int | None:

@@ -91,16 +91,40 @@ class ItemIndex:
         return index
 
     def _new_faiss(self, train: np.ndarray) -> faiss.Index:
-        fi = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        try:
+            fi = faiss.index_factory(self.dim, self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:  # FAISS reports a bad factory string as a C++ RuntimeError
+            raise ValueError(
+                f"cannot make a FAISS index from factory string {self.factory!r} for dimension {self.dim} "
+                f"({str(e).rsplit(': ', 1)[-1].strip()}); use e.g. 'Flat', 'HNSW32,Flat' or 'IVF256,Flat'"
+            ) from e
         if hasattr(fi, "hnsw"):
             fi.hnsw.efConstruction = self.config.ef_construction
             fi.hnsw.efSearch = self.config.ef_search
         if not fi.is_trained:
             logger.info("training %s on %d vectors", self.factory, len(train))
-            fi.train(train)
+            try:
+                fi.train(train)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"cannot train FAISS index {self.factory!r} on {len(train)} vectors "
+                    f"({str(e).rsplit(': ', 1)[-1].strip()}); use fewer lists/centroids, or 'Flat' for small catalogs"
+                ) from e
         return fi
 
     def _append(self, x: np.ndarray, ids: list[str], metadata: pd.DataFrame | None) -> None:
+        metadata = self._check_new(x, ids, metadata)
+        start = len(self.ids)
+        self.faiss_index.add(x)  # labels are row numbers: start .. start+n-1
+        self.embeddings = np.concatenate([self.embeddings, x]) if start else x
+        self.ids.extend(ids)
+        self.row_of.update({i: start + j for j, i in enumerate(ids)})
+        self.metadata = pd.concat([self.metadata, metadata], ignore_index=True) if start else metadata
+        self.deleted = np.concatenate([self.deleted, np.zeros(len(ids), bool)])
+
+    @staticmethod
+    def _check_new(x: np.ndarray, ids: list[str], metadata: pd.DataFrame | None) -> pd.DataFrame:
+        """Validate new items (before anything is changed); returns their metadata with an ``id`` column."""
         if len(ids) != len(x):
             raise ValueError(f"got {len(x)} vectors but {len(ids)} ids")
         bad = [i for i in ids if not isinstance(i, str) or not i]
@@ -116,13 +140,7 @@ class ItemIndex:
             raise ValueError(f"metadata has {len(metadata)} rows for {len(ids)} items")
         metadata = metadata.reset_index(drop=True).copy()
         metadata["id"] = ids
-        start = len(self.ids)
-        self.faiss_index.add(x)  # labels are row numbers: start .. start+n-1
-        self.embeddings = np.concatenate([self.embeddings, x]) if start else x
-        self.ids.extend(ids)
-        self.row_of.update({i: start + j for j, i in enumerate(ids)})
-        self.metadata = pd.concat([self.metadata, metadata], ignore_index=True) if start else metadata
-        self.deleted = np.concatenate([self.deleted, np.zeros(len(ids), bool)])
+        return metadata
 
     def add(
         self,
@@ -141,6 +159,7 @@ class ItemIndex:
                 f"{len(clash)} ids already in the index, first {clash[:5]}; pass replace=True to replace them"
             )
         if clash:
+            self._check_new(x, ids, metadata)  # a call that fails must not remove the items it would replace
             self.remove(clash)
         # a removed id may come back: its old row stays a tombstone, the id maps to the new row
         self._append(x, ids, metadata)
@@ -155,6 +174,18 @@ class ItemIndex:
         if row is None or self.deleted[row]:
             raise KeyError(f"unknown item id {item_id!r}: not in this index ({self.count} items)")
         return row
+
+    def copy(self) -> "ItemIndex":
+        """An independent copy (copy-on-write updates: readers keep the old object meanwhile)."""
+        new = ItemIndex(self.dim, self.config)
+        new.ids = list(self.ids)
+        new.row_of = dict(self.row_of)
+        new.embeddings = self.embeddings.copy()
+        new.metadata = self.metadata.copy()
+        new.deleted = self.deleted.copy()
+        new.factory = self.factory
+        new.faiss_index = faiss.clone_index(self.faiss_index)
+        return new
 
     # ------------------------------------------------------------------ read
     @property
@@ -277,7 +308,7 @@ class ItemIndex:
         meta = self.metadata.copy()
         for col in meta.columns:
             if meta[col].dtype == object:
-                meta[col] = meta[col].map(lambda v: v if isinstance(v, str) or v is None else json.dumps(v))
+                meta[col] = meta[col].map(_to_json_text)
         meta.to_parquet(directory / "items.parquet", index=False)
         return {
             "factory": self.factory,
@@ -312,6 +343,15 @@ class ItemIndex:
                 f"{len(index.embeddings)} embeddings, {n} metadata rows; rebuild it with `textguide build-index`"
             )
         return index
+
+
+def _to_json_text(v: Any) -> str | None:
+    """A value of a mixed (object) metadata column as parquet-safe text; missing values stay missing."""
+    if v is None or isinstance(v, str):
+        return v
+    if v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return json.dumps(v, default=str)
 
 
 def _clean_record(rec: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 
 ENV_VAR = "TEXTGUIDE_DATA"
@@ -93,7 +94,9 @@ def clean(value: object) -> str:
         text = html.unescape(text)
     if "<" in text:
         text = _TAG.sub(" ", text)
-    return _WS.sub(" ", text).strip()
+    if "  " in text or "\n" in text or "\t" in text or "\r" in text or "\xa0" in text:
+        text = _WS.sub(" ", text)
+    return text.strip()
 
 
 def trim_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
@@ -125,9 +128,21 @@ def compose_text(parts: Iterable[object], max_chars: int = MAX_TEXT_CHARS, sep: 
     return trim_text(joined, max_chars)
 
 
+def compose_rows(rows: Iterable[tuple[object, ...]], max_chars: int = MAX_TEXT_CHARS) -> list[str]:
+    """compose_text over many rows, composing each distinct row once."""
+    cache: dict[tuple[object, ...], str] = {}
+    out: list[str] = []
+    for row in rows:
+        text = cache.get(row)
+        if text is None:
+            text = cache[row] = compose_text(row, max_chars)
+        out.append(text)
+    return out
+
+
 def compose_column(frame: pd.DataFrame, columns: Sequence[str], max_chars: int = MAX_TEXT_CHARS) -> list[str]:
-    """compose_text applied row-wise over the given columns."""
-    return [compose_text(row, max_chars) for row in zip(*(frame[c].tolist() for c in columns))]
+    """compose_text applied row-wise over the given columns of a DataFrame."""
+    return compose_rows(zip(*(frame[c].tolist() for c in columns)), max_chars)
 
 
 def sentence_case(text: object) -> str:
@@ -178,6 +193,12 @@ class OutfitDataset:
     outfits: list[Outfit]
     category_outfits: list[list[str]] = field(default_factory=list)
     category_outfit_info: pd.DataFrame | None = None
+
+
+def isin(values: pd.Series, allowed: Iterable[object]) -> np.ndarray:
+    """Boolean mask of values found in allowed (a set lookup; much faster than Series.isin on arrow strings)."""
+    known = set(allowed.tolist() if isinstance(allowed, pd.Series) else allowed)
+    return np.fromiter((v in known for v in values.tolist()), dtype=bool, count=len(values))
 
 
 def item_frame(

@@ -77,7 +77,9 @@ def load_scientific(root: str | os.PathLike[str] | None = None) -> SequenceDatas
     asins = [asin for asin, _ in sorted(item2index.items(), key=lambda kv: int(kv[1]))]
     missing = [a for a in asins if a not in texts]
     if missing:
-        raise KeyError(f"{len(missing)} items of Scientific.item2index have no row in Scientific.text, e.g. {missing[:3]}")
+        raise KeyError(
+            f"{len(missing)} items of Scientific.item2index have no row in Scientific.text, e.g. {missing[:3]}"
+        )
     parsed = [_parse_text(texts[a]) for a in asins]
     items = item_frame(
         [PREFIX + a for a in asins],

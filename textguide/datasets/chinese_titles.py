@@ -20,6 +20,11 @@ SPLITS = {
 }
 SPLITS["all"] = [f for name in ("train", "dev", "test", "jd") for f in SPLITS[name]]
 Split = Literal["train", "dev", "test", "jd", "all"]
+# Top-level Amazon China categories; the source lists a product's category levels in no fixed order.
+TOP_CATEGORIES = (
+    "图书音像", "电脑/办公", "手机/数码", "美妆个护", "家用电器", "家居生活", "家具/家装/建材", "母婴/玩具",
+    "钟表/首饰/眼镜/礼品",
+)
 
 
 def load_chinese_titles(root: str | os.PathLike[str] | None = None, split: Split = "train") -> list[str]:
@@ -41,7 +46,7 @@ def _cn_folder(root: str | os.PathLike[str] | None) -> os.PathLike[str]:
 
 
 def load_amazon_cn(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """Load the 96 Amazon China products (id "cn:<productId>", Chinese title, category = top of the path)."""
+    """Load the 96 Amazon China products (id "cn:<productId>", Chinese title, category = top-level category)."""
     path = require_file(_cn_folder(root), "products.csv")
     frame = pd.read_csv(
         path,
@@ -56,16 +61,16 @@ def load_amazon_cn(root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     paths = [[p.strip() for p in c.split("|") if p.strip()] for c in frame["categories"]]
     tags = [[t.strip() for t in c.split("|") if t.strip()] for c in frame["tags"]]
     texts = [
-        trim_text("。".join(part for part in (t, " > ".join(reversed(p)), "、".join(g)) if part))
+        trim_text("。".join(part for part in (t, "、".join(p), "、".join(g)) if part))
         for t, p, g in zip(titles, paths, tags)
     ]
     return item_frame(
         PREFIX + frame["product_id"],
         titles,
         texts,
-        [p[-1] if p else "" for p in paths],
+        [next((c for c in p if c in TOP_CATEGORIES), p[-1] if p else "") for p in paths],
         asin=frame["asin"],
-        category_path=[" > ".join(reversed(p)) for p in paths],
+        category_levels=["|".join(p) for p in paths],
         tags=["|".join(g) for g in tags],
     )
 

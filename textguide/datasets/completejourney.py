@@ -8,12 +8,22 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._common import compose_text, dataset_dir, find_file, require_file, sentence_case
+from ._common import compose_rows, dataset_dir, find_file, isin, require_file, sentence_case
 
 FOLDER = "completejourney"
 PREFIX = "cj:"
 COUPON_PREFIX = "cj-coupon:"
 BRANDS = {"national": "National brand", "private": "Private label"}
+
+
+def _fix_ids(values: pd.Series) -> pd.Series:
+    """Undo scientific notation in integer ids written by R ("9e+05" -> "900000", "4.0128e+10" -> "40128000000")."""
+    odd = values.str.contains("e", case=False, regex=False, na=False)
+    if not odd.any():
+        return values
+    fixed = values.copy()
+    fixed[odd] = [str(int(float(v))) for v in values[odd]]
+    return fixed
 
 
 @dataclass
@@ -39,17 +49,18 @@ def _products(folder: os.PathLike[str]) -> pd.DataFrame:
         dtype=str,
         keep_default_na=False,
     )
-    cased = {c: {v: sentence_case(v) for v in frame[c].unique()} for c in ("department", "product_category", "product_type")}
+    columns = ("department", "product_category", "product_type")
+    cased = {c: {v: sentence_case(v) for v in frame[c].unique()} for c in columns}
     ptype = frame["product_type"].map(cased["product_type"])
     pcat = frame["product_category"].map(cased["product_category"])
     dept = frame["department"].map(cased["department"])
     brand = frame["brand"].map(lambda b: BRANDS.get(b.strip().lower(), b.strip()))
     size = frame["package_size"].str.strip().str.lower()
-    texts = [compose_text(parts) for parts in zip(ptype, pcat, dept, brand, size)]
-    titles = [t or c or d for t, c, d in zip(ptype, pcat, dept)]
+    texts = compose_rows(zip(ptype.tolist(), pcat.tolist(), dept.tolist(), brand.tolist(), size.tolist()))
+    titles = [t or c or d for t, c, d in zip(ptype.tolist(), pcat.tolist(), dept.tolist())]
     return pd.DataFrame(
         {
-            "id": PREFIX + frame["product_id"],
+            "id": PREFIX + _fix_ids(frame["product_id"]),
             "title": titles,
             "text": texts,
             "category": dept,
@@ -65,19 +76,21 @@ def load_completejourney(root: str | os.PathLike[str] | None = None) -> CouponDa
     """Load products, coupons, receipts, redemptions, the transaction sample and demographics."""
     folder = dataset_dir(FOLDER, root)
     products = _products(folder)
-    known = set(products["id"])
 
-    links = pd.read_csv(find_file(folder, "coupons.csv.gz", "coupons.csv"), dtype={"coupon_upc": str, "product_id": str})
-    links["coupon_id"] = COUPON_PREFIX + links["coupon_upc"]
-    links["item_id"] = PREFIX + links["product_id"]
+    links = pd.read_csv(
+        find_file(folder, "coupons.csv.gz", "coupons.csv"), dtype={"coupon_upc": str, "product_id": str}
+    )
+    links["coupon_id"] = COUPON_PREFIX + _fix_ids(links["coupon_upc"])
+    links["item_id"] = PREFIX + _fix_ids(links["product_id"])
     coupons = {c: [] for c in links["coupon_id"].unique()}
     pairs = links.drop_duplicates(["coupon_id", "item_id"])
-    pairs = pairs[pairs["item_id"].isin(known)]
+    pairs = pairs[isin(pairs["item_id"], products["id"])]
     for coupon_id, group in pairs.groupby("coupon_id", sort=False)["item_id"]:
         coupons[coupon_id] = group.tolist()
     camp = links[["coupon_id", "campaign_id"]].drop_duplicates().sort_values(["coupon_id", "campaign_id"])
     coupon_campaigns = {k: [int(x) for x in g] for k, g in camp.groupby("coupon_id", sort=False)["campaign_id"]}
-    campaign_coupons = {int(k): g.tolist() for k, g in camp.sort_values(["campaign_id", "coupon_id"]).groupby("campaign_id")["coupon_id"]}
+    by_campaign = camp.sort_values(["campaign_id", "coupon_id"]).groupby("campaign_id")["coupon_id"]
+    campaign_coupons = {int(k): g.tolist() for k, g in by_campaign}
 
     campaigns = pd.read_csv(require_file(folder, "campaign_descriptions.csv"), parse_dates=["start_date", "end_date"])
     received = pd.read_csv(require_file(folder, "campaigns.csv"), dtype={"household_id": str, "campaign_id": "int64"})
@@ -89,7 +102,7 @@ def load_completejourney(root: str | os.PathLike[str] | None = None) -> CouponDa
     redemptions = pd.DataFrame(
         {
             "household_id": red["household_id"],
-            "coupon_id": COUPON_PREFIX + red["coupon_upc"],
+            "coupon_id": COUPON_PREFIX + _fix_ids(red["coupon_upc"]),
             "campaign_id": red["campaign_id"],
             "date": pd.to_datetime(red["redemption_date"], format="%Y-%m-%d"),
         }
@@ -97,13 +110,19 @@ def load_completejourney(root: str | os.PathLike[str] | None = None) -> CouponDa
     tx = pd.read_csv(
         find_file(folder, "transactions_sample.csv.gz", "transactions_sample.csv"),
         usecols=["household_id", "basket_id", "product_id", "quantity", "sales_value", "transaction_timestamp"],
-        dtype={"household_id": str, "basket_id": str, "product_id": str, "quantity": "float32", "sales_value": "float32"},
+        dtype={
+            "household_id": str,
+            "basket_id": str,
+            "product_id": str,
+            "quantity": "float32",
+            "sales_value": "float32",
+        },
     )
     transactions = pd.DataFrame(
         {
-            "household_id": tx["household_id"],
-            "item_id": PREFIX + tx["product_id"],
-            "basket_id": tx["basket_id"],
+            "household_id": _fix_ids(tx["household_id"]),
+            "item_id": PREFIX + _fix_ids(tx["product_id"]),
+            "basket_id": _fix_ids(tx["basket_id"]),
             "timestamp": pd.to_datetime(tx["transaction_timestamp"], format="ISO8601"),
             "quantity": tx["quantity"],
             "sales_value": tx["sales_value"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 
 from ._common import compose_column, dataset_dir, find_file
@@ -67,6 +68,16 @@ def hm_baskets(transactions: pd.DataFrame, min_items: int = 2) -> list[list[str]
     for column in ("customer_id", "t_dat", "item_id"):
         if column not in transactions.columns:
             raise KeyError(f"transactions lacks column {column!r}; pass the frame from load_hm_transactions()")
-    unique = transactions.drop_duplicates(["customer_id", "t_dat", "item_id"])
-    baskets = unique.groupby(["customer_id", "t_dat"], sort=False)["item_id"].agg(list).tolist()
-    return [basket for basket in baskets if len(basket) >= min_items]
+    customer = pd.factorize(transactions["customer_id"])[0].astype(np.int64)
+    day, days = pd.factorize(transactions["t_dat"])
+    basket = pd.factorize(customer * max(len(days), 1) + day)[0]  # numbered in order of first purchase
+    item, item_ids = pd.factorize(transactions["item_id"])
+    first = ~pd.DataFrame({"b": basket, "i": item}).duplicated().to_numpy()
+    basket, item = basket[first], item[first]
+    order = np.argsort(basket, kind="stable")  # keeps purchase order inside each basket
+    basket, item = basket[order], item[order]
+    bounds = np.flatnonzero(np.diff(basket)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(basket)]))
+    names = np.asarray(item_ids, dtype=object)
+    return [names[item[s:e]].tolist() for s, e in zip(starts, ends) if e - s >= min_items]

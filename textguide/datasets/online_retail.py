@@ -27,13 +27,16 @@ NON_PRODUCT_DESCRIPTION = re.compile(
     r"cruk commission)$",
     re.IGNORECASE,
 )
+_SUBWORD = re.compile(r"[^-/]+")
 
 
 def _read(path: os.PathLike[str]) -> pd.DataFrame:
     """Read one Online Retail CSV with compact dtypes."""
     return pd.read_csv(
         path,
-        usecols=["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country"],
+        usecols=[
+            "InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country",
+        ],
         dtype={
             "InvoiceNo": str,
             "StockCode": str,
@@ -48,8 +51,8 @@ def _read(path: os.PathLike[str]) -> pd.DataFrame:
 
 
 def _title(description: str) -> str:
-    """'SET 3 WICKER OVAL BASKETS W LIDS' -> 'Set 3 Wicker Oval Baskets W Lids'."""
-    return " ".join(word.capitalize() for word in description.split())
+    """'WHITE HANGING HEART T-LIGHT HOLDER' -> 'White Hanging Heart T-Light Holder' (parts split by - and /)."""
+    return " ".join(_SUBWORD.sub(lambda m: m.group(0).capitalize(), word) for word in description.split())
 
 
 def load_online_retail(

@@ -11,7 +11,7 @@ from ._common import dataset_dir, is_missing, require_file
 FOLDER = "uci-in-vehicle-coupon"
 FILE = "in-vehicle-coupon-recommendation.csv"
 
-DESTINATIONS = {"No Urgent Place": "Driving with no urgent place to go", "Home": "Driving home", "Work": "Driving to work"}
+DESTINATIONS = {"No Urgent Place": ", no urgent destination", "Home": " home", "Work": " to work"}
 PASSENGERS = {"Alone": "alone", "Friend(s)": "with friends", "Partner": "with a partner", "Kid(s)": "with kids"}
 EXPIRATIONS = {"1d": "1 day", "2h": "2 hours"}
 AGES = {"below21": "under 21", "50plus": "50 or older"}
@@ -47,15 +47,15 @@ def _coupon_text(row: dict[str, object]) -> str:
 
 
 def _context_text(row: dict[str, object]) -> str:
-    """'Driving to work alone, sunny 80F at 7AM.'"""
-    where = DESTINATIONS.get(str(row["destination"]), f"Driving to {row['destination']}")
+    """'Driving alone to work, sunny 80F at 7AM.'"""
+    where = DESTINATIONS.get(str(row["destination"]), f" to {row['destination']}")
     who = PASSENGERS.get(str(row["passanger"]), f"with {row['passanger']}")
-    return f"{where} {who}, {str(row['weather']).lower()} {row['temperature']}F at {row['time']}."
+    return f"Driving {who}{where}, {str(row['weather']).lower()} {row['temperature']}F at {row['time']}."
 
 
 def _driver_text(row: dict[str, object]) -> str:
-    """'Driver: female, 26, single, no children, Bachelors degree, Student, income $12500 - $24999; ...'"""
-    age = AGES.get(str(row["age"]), str(row["age"]))
+    """'Driver: female, aged 26, single, no children, Bachelors degree, Student, income $12500 - $24999; ...'"""
+    age = "aged " + AGES.get(str(row["age"]), str(row["age"]))
     children = "has children" if row["has_children"] == 1 else "no children"
     parts = [str(row["gender"]).lower(), age, str(row["maritalStatus"]).lower(), children, str(row["education"]),
              str(row["occupation"]), f"income {row['income']}"]

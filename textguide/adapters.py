@@ -1,0 +1,578 @@
+"""The multi-task adapter model: small PyTorch parts on top of frozen text embeddings.
+
+There are no item-id embeddings anywhere. An item is its frozen, L2-normalised text embedding
+(``input_dim`` floats); the model maps it through a trained *item adapter* to a ``dim``-dim unit vector,
+so an item, a coupon or a user never seen in training is scored without retraining (cold start).
+Callers gather text-embedding tensors from an item embedding matrix by index and pass them in.
+
+Parts:
+
+* item adapter: a residual projection ``input_dim -> dim`` whose output is L2-normalised. It starts as a
+  random orthogonal projection (the residual MLP starts at zero), so the untrained model preserves text
+  similarity. ``sharing`` decides how tasks share it: ``"hard"`` (one adapter), ``"soft"`` (one tower per task,
+  pulled together by an L2 penalty, :meth:`MultiTaskAdapter.sharing_penalty`) or ``"experts"`` (MMoE:
+  ``n_experts`` shared adapters mixed by one softmax gate per task, conditioned on the input embedding).
+* recommend: a small transformer over the adapted history (positions counted from the most recent item);
+  the query is the most recent item's vector plus a learned (zero-initialised) correction.
+* outfit: the attention-pooled partial outfit plus the wanted slot's embedding, through an MLP, into a
+  *complementary* query scored against ``item_vectors(candidates, "outfit")``.
+* coupon: attention-pooled adapted purchase history (+ profile MLP) and attention-pooled coupon products,
+  an MLP on ``[u, c, u*c, |u-c|]`` gives the logit of P(redeem).
+
+``forward(batch, task) -> (output, loss)`` is the one path used by training and evaluation (nanoGPT style);
+``loss`` is None when the batch has no targets. Batch keys (tensors; ``D = input_dim``):
+
+=========== ===========================================================================================
+task        keys
+=========== ===========================================================================================
+recommend   ``history`` (B, L, D), ``history_mask`` (B, L) bool
+outfit      ``items`` (B, L, D), ``items_mask`` (B, L) bool, ``slot`` (B,) long, -1 = unknown
+both        optional ``candidates`` (C, D) shared by all rows, ``row_candidates`` (B, M, D) per row,
+            ``exclude`` (B, C + M) bool (True = left out of the softmax), ``targets`` (B,) long column
+            index into ``[candidates, row_candidates]``. Output: logits (B, C + M) when candidates are
+            given, else the query vectors (B, dim).
+coupon      ``user_history`` (B, L, D), ``user_mask`` (B, L), ``coupon_items`` (B, M, D),
+            ``coupon_mask`` (B, M), optional ``profile`` (B, profile_dim), ``labels`` (B,) float,
+            ``pos_weight`` () float. Output: logits (B,).
+=========== ===========================================================================================
+
+Saved as a directory: ``adapter_config.json`` (format version + config) and ``adapter.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .storage import ArtifactError, atomic_directory
+
+__all__ = [
+    "AdapterConfig",
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "ItemAdapter",
+    "MultiTaskAdapter",
+    "TASKS",
+    "WEIGHTS_FILE",
+    "load_adapter",
+    "save_adapter",
+]
+
+FORMAT_VERSION = 1
+TASKS: tuple[str, ...] = ("recommend", "outfit", "coupon")
+SHARING_MODES: tuple[str, ...] = ("hard", "soft", "experts")
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+_KIND = "textguide.MultiTaskAdapter"
+_MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass
+class AdapterConfig:
+    """Everything needed to rebuild a :class:`MultiTaskAdapter` (stored as JSON next to the weights).
+
+    Attributes:
+        input_dim: dimension of the frozen text embeddings (e.g. 384 for MiniLM).
+        dim: dimension of the adapted item vectors and queries.
+        sharing: how tasks share the item adapter: "hard", "soft" (one tower per task + L2 penalty) or
+            "experts" (MMoE: ``n_experts`` shared adapters, one softmax gate per task).
+        n_experts: number of expert adapters in "experts" mode.
+        soft_penalty: weight of the L2 penalty between corresponding tower parameters in "soft" mode.
+        seq_layers, seq_heads: size of the recommendation transformer.
+        max_history: longest history / partial outfit / coupon product list the model reads (most recent kept).
+        dropout: dropout probability in the MLPs and the transformer.
+        n_slots: size of the outfit slot (category) vocabulary; slot -1 means "unknown".
+        profile_dim: number of numeric user-profile features for the coupon task (0 = none). Standardise them.
+        tasks: the tasks this model serves, a subset of ("recommend", "outfit", "coupon").
+        init_temperature: initial softmax temperature of the learnable logit scale (recommend, outfit).
+    """
+
+    input_dim: int
+    dim: int = 256
+    sharing: Literal["hard", "soft", "experts"] = "hard"
+    n_experts: int = 4
+    soft_penalty: float = 1e-3
+    seq_layers: int = 2
+    seq_heads: int = 4
+    max_history: int = 50
+    dropout: float = 0.1
+    n_slots: int = 0
+    profile_dim: int = 0
+    tasks: tuple[str, ...] = TASKS
+    init_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        for name in ("input_dim", "dim", "n_experts", "seq_heads", "max_history"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"AdapterConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("seq_layers", "n_slots", "profile_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"AdapterConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.sharing not in SHARING_MODES:
+            raise ValueError(f"AdapterConfig.sharing must be one of {', '.join(SHARING_MODES)}; got {self.sharing!r}")
+        if not self.tasks:
+            raise ValueError(f"AdapterConfig.tasks is empty; choose from {', '.join(TASKS)}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(
+                f"AdapterConfig.tasks must be distinct names from {', '.join(TASKS)}; got {list(self.tasks)}"
+            )
+        if "recommend" in self.tasks and self.dim % self.seq_heads:
+            raise ValueError(f"AdapterConfig.dim ({self.dim}) must be divisible by seq_heads ({self.seq_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.soft_penalty < 0:
+            raise ValueError(f"AdapterConfig.soft_penalty must be >= 0, got {self.soft_penalty}")
+        if not self.init_temperature > 0:
+            raise ValueError(f"AdapterConfig.init_temperature must be > 0, got {self.init_temperature}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tasks as a list)."""
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AdapterConfig":
+        """Inverse of :meth:`to_dict`; unknown or missing fields raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown AdapterConfig field(s) {unknown}; known fields: {sorted(known)}")
+        if "input_dim" not in d:
+            raise ValueError("AdapterConfig needs 'input_dim' (the text embedding dimension)")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ItemAdapter(nn.Module):
+    """Residual projection ``input_dim -> dim``: ``h = P(x - b)``, ``h + MLP(LayerNorm(h))``, L2-normalised.
+
+    ``b`` is a learned centering vector (UniSRec-style whitening). ``P`` starts as a random orthogonal
+    projection and the MLP's last layer starts at zero, so the untrained adapter preserves text similarity.
+    """
+
+    def __init__(self, input_dim: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.center = nn.Parameter(torch.zeros(input_dim))
+        self.proj = nn.Linear(input_dim, dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        nn.init.orthogonal_(self.proj.weight, gain=max(1.0, math.sqrt(input_dim / dim)))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    @property
+    def last_layer(self) -> nn.Linear:
+        """The last linear layer (GradNorm measures gradient norms here)."""
+        return self.mlp[-1]
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised adapted vectors (..., dim)."""
+        h = self.proj(x - self.center)
+        return h + self.mlp(self.norm(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.hidden(x), dim=-1)
+
+
+class AttentionPool(nn.Module):
+    """Masked softmax pooling over a set (B, L, dim) -> (B, dim). Starts as the mean; empty rows pool to 0."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+        nonempty = mask.any(dim=-1, keepdim=True)
+        logits = torch.where(nonempty, logits, torch.zeros_like(logits))  # no NaN for empty rows
+        weights = torch.softmax(logits, dim=-1) * nonempty
+        return (weights.unsqueeze(-1) * x).sum(dim=1)
+
+
+def _positions_from_end(mask: torch.Tensor) -> torch.Tensor:
+    """0 for the last valid element of each row, 1 for the one before, ... (any mask layout)."""
+    return mask.flip(1).long().cumsum(1).flip(1) - 1
+
+
+class SequenceEncoder(nn.Module):
+    """Transformer over adapted history vectors; returns the most recent item's vector + a learned correction."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.max_history = config.max_history
+        self.scale = math.sqrt(config.dim)
+        self.position = nn.Embedding(config.max_history, config.dim)  # 0 = most recent
+        nn.init.normal_(self.position.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            config.dim,
+            config.seq_heads,
+            dim_feedforward=4 * config.dim,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(
+            layer, config.seq_layers, norm=nn.LayerNorm(config.dim), enable_nested_tensor=False
+        )
+        self.out = nn.Linear(config.dim, config.dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos = _positions_from_end(mask)
+        keep = mask & (pos < self.max_history)  # only the most recent max_history items are read
+        x = vectors * self.scale + self.position(pos.clamp(0, self.max_history - 1))
+        h = self.blocks(x, src_key_padding_mask=~keep)
+        last = (keep & (pos == 0)).long().argmax(dim=1)
+        rows = torch.arange(len(last), device=last.device)
+        return F.normalize(vectors[rows, last] + self.out(h[rows, last]), dim=-1)
+
+
+class OutfitHead(nn.Module):
+    """Pooled partial outfit + wanted-slot embedding -> MLP -> complementary query (B, dim)."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.n_slots = config.n_slots
+        self.scale = math.sqrt(config.dim)
+        self.pool = AttentionPool(config.dim)
+        self.slot = nn.Embedding(config.n_slots + 1, config.dim)  # the last row is "unknown slot"
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.dim, 2 * config.dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(2 * config.dim, config.dim),
+        )
+
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(vectors, mask) * self.scale
+        slot = torch.where(slot < 0, torch.full_like(slot, self.n_slots), slot)
+        return F.normalize(self.mlp(torch.cat([pooled, self.slot(slot)], dim=-1)), dim=-1)
+
+
+class CouponHead(nn.Module):
+    """User (pooled history + profile MLP) and coupon (pooled products) -> MLP on [u, c, u*c, |u-c|] -> logit."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.scale = math.sqrt(d)
+        self.profile_dim = config.profile_dim
+        self.user_pool = AttentionPool(d)
+        self.coupon_pool = AttentionPool(d)
+        self.profile = (
+            nn.Sequential(nn.Linear(config.profile_dim, d), nn.GELU(), nn.Linear(d, d)) if config.profile_dim else None
+        )
+        self.mlp = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1))
+
+    def forward(
+        self,
+        user_vectors: torch.Tensor,
+        user_mask: torch.Tensor,
+        coupon_vectors: torch.Tensor,
+        coupon_mask: torch.Tensor,
+        profile: torch.Tensor | None,
+    ) -> torch.Tensor:
+        u = self.user_pool(user_vectors, user_mask) * self.scale
+        if self.profile is not None:
+            if profile is None:  # unknown profile: all-zero (standardised) features
+                profile = u.new_zeros(u.shape[0], self.profile_dim)
+            u = u + self.profile(profile.to(u.dtype))
+        c = self.coupon_pool(coupon_vectors, coupon_mask) * self.scale
+        return self.mlp(torch.cat([u, c, u * c, (u - c).abs()], dim=-1)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the model
+# ----------------------------------------------------------------------------------------------------------
+
+
+class MultiTaskAdapter(nn.Module):
+    """Item adapter(s) shared across tasks + one small head per task. See the module docstring.
+
+    Example:
+        >>> model = MultiTaskAdapter(AdapterConfig(input_dim=384, dim=64))
+        >>> hist = torch.nn.functional.normalize(torch.randn(2, 5, 384), dim=-1)
+        >>> model.recommend_query(hist, torch.ones(2, 5, dtype=torch.bool)).shape
+        torch.Size([2, 64])
+    """
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        if c.sharing == "hard":
+            self.item_adapter = ItemAdapter(c.input_dim, c.dim, c.dropout)
+        elif c.sharing == "soft":
+            tower = ItemAdapter(c.input_dim, c.dim, c.dropout)  # every tower starts equal: zero penalty
+            self.towers = nn.ModuleDict({t: copy.deepcopy(tower) for t in c.tasks})
+        else:
+            self.experts = nn.ModuleList([ItemAdapter(c.input_dim, c.dim, c.dropout) for _ in range(c.n_experts)])
+            self.gates = nn.ModuleDict({t: nn.Linear(c.input_dim, c.n_experts) for t in c.tasks})
+            for gate in self.gates.values():  # uniform mixture at the start
+                nn.init.zeros_(gate.weight)
+                nn.init.zeros_(gate.bias)
+        init_scale = math.log(1.0 / c.init_temperature)
+        self.logit_scale = nn.ParameterDict(
+            {t: nn.Parameter(torch.tensor(init_scale)) for t in c.tasks if t in ("recommend", "outfit")}
+        )
+        if "recommend" in c.tasks:
+            self.sequence = SequenceEncoder(c)
+        if "outfit" in c.tasks:
+            self.outfit = OutfitHead(c)
+        if "coupon" in c.tasks:
+            self.coupon = CouponHead(c)
+
+    # -- checks ------------------------------------------------------------------------------------------
+
+    def check_task(self, task: str) -> None:
+        """Raise ValueError unless ``task`` is one of this model's tasks."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        if task not in self.config.tasks:
+            raise ValueError(
+                f"task {task!r} is not part of this model (its tasks: {', '.join(self.config.tasks)}); "
+                "build it with AdapterConfig(tasks=...) including it"
+            )
+
+    def _check_emb(self, emb: torch.Tensor, name: str) -> None:
+        if emb.shape[-1] != self.config.input_dim:
+            raise ValueError(
+                f"{name} has wrong embedding dimension: expected {self.config.input_dim}, got {emb.shape[-1]} "
+                "(embed the items with the encoder this adapter was trained on)"
+            )
+
+    @staticmethod
+    def _check_set(emb: torch.Tensor, mask: torch.Tensor, name: str, allow_empty: bool = False) -> None:
+        if emb.dim() != 3 or mask.shape != emb.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(
+                f"{name} must be (B, L, input_dim) with a bool mask (B, L); "
+                f"got {tuple(emb.shape)} and mask {tuple(mask.shape)} {mask.dtype}"
+            )
+        if not allow_empty:
+            empty = (~mask.any(dim=1)).nonzero().flatten()
+            if len(empty):
+                raise ValueError(f"empty {name} in batch row(s) {empty[:5].tolist()}: at least one item is needed")
+
+    # -- task parts --------------------------------------------------------------------------------------
+
+    def item_vectors(self, emb: torch.Tensor, task: str) -> torch.Tensor:
+        """Adapted, L2-normalised item vectors (..., dim) from text embeddings (..., input_dim)."""
+        self.check_task(task)
+        self._check_emb(emb, "item embeddings")
+        if self.config.sharing == "hard":
+            return self.item_adapter(emb)
+        if self.config.sharing == "soft":
+            return self.towers[task](emb)
+        gates = torch.softmax(self.gates[task](emb), dim=-1)  # (..., K)
+        hidden = torch.stack([expert.hidden(emb) for expert in self.experts], dim=-2)  # (..., K, dim)
+        return F.normalize((gates.unsqueeze(-1) * hidden).sum(dim=-2), dim=-1)
+
+    def recommend_query(self, hist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Next-item query (B, dim) from a history (B, L, input_dim) in time order with a bool mask (B, L)."""
+        self.check_task("recommend")
+        self._check_set(hist, mask, "history")
+        return self.sequence(self.item_vectors(hist, "recommend"), mask)
+
+    def outfit_query(self, items: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Complementary-item query (B, dim) from a partial outfit and the wanted slot (B,) (-1 = unknown)."""
+        self.check_task("outfit")
+        self._check_set(items, mask, "partial outfit")
+        slot = torch.as_tensor(slot, dtype=torch.long)
+        if slot.shape != (items.shape[0],):
+            raise ValueError(f"slot must have shape ({items.shape[0]},), got {tuple(slot.shape)}")
+        bad = (slot < -1) | (slot >= self.config.n_slots)
+        if bad.any():
+            raise ValueError(
+                f"slot {int(slot[bad][0])} out of range: this model has n_slots={self.config.n_slots} "
+                "(use -1 for an unknown slot, or build AdapterConfig(n_slots=...) large enough)"
+            )
+        return self.outfit(self.item_vectors(items, "outfit"), mask, slot)
+
+    def coupon_logit(
+        self,
+        user_hist: torch.Tensor,
+        user_mask: torch.Tensor,
+        coupon_items: torch.Tensor,
+        coupon_mask: torch.Tensor,
+        profile: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B,) of P(redeem) for user histories and the products each coupon covers.
+
+        A user with an empty history is allowed (pooled to zero; the profile then carries the signal).
+        """
+        self.check_task("coupon")
+        self._check_set(user_hist, user_mask, "user history", allow_empty=True)
+        self._check_set(coupon_items, coupon_mask, "coupon items")
+        if user_hist.shape[0] != coupon_items.shape[0]:
+            raise ValueError(f"{user_hist.shape[0]} user rows but {coupon_items.shape[0]} coupon rows")
+        if profile is not None:
+            if self.config.profile_dim == 0:
+                raise ValueError("a profile was given but this model has profile_dim=0; build it with profile_dim")
+            if profile.shape != (user_hist.shape[0], self.config.profile_dim):
+                raise ValueError(
+                    f"profile must be ({user_hist.shape[0]}, {self.config.profile_dim}), got {tuple(profile.shape)}"
+                )
+        return self.coupon(
+            self.item_vectors(user_hist, "coupon"),
+            user_mask,
+            self.item_vectors(coupon_items, "coupon"),
+            coupon_mask,
+            profile,
+        )
+
+    def logit_scale_of(self, task: str) -> torch.Tensor:
+        """The learnable inverse temperature of a retrieval task (clamped at 100)."""
+        return self.logit_scale[task].exp().clamp(max=_MAX_LOGIT_SCALE)
+
+    def forward(self, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One path for training and evaluation: ``(output, loss)``; loss is None without targets/labels."""
+        self.check_task(task)
+        if task == "coupon":
+            _require(batch, ("user_history", "user_mask", "coupon_items", "coupon_mask"), task)
+            logits = self.coupon_logit(
+                batch["user_history"],
+                batch["user_mask"],
+                batch["coupon_items"],
+                batch["coupon_mask"],
+                batch.get("profile"),
+            )
+            if "labels" not in batch:
+                return logits, None
+            loss = F.binary_cross_entropy_with_logits(
+                logits, batch["labels"].to(logits.dtype), pos_weight=batch.get("pos_weight")
+            )
+            return logits, loss
+
+        if task == "recommend":
+            _require(batch, ("history", "history_mask"), task)
+            query = self.recommend_query(batch["history"], batch["history_mask"])
+        else:
+            _require(batch, ("items", "items_mask", "slot"), task)
+            query = self.outfit_query(batch["items"], batch["items_mask"], batch["slot"])
+        if "candidates" not in batch and "row_candidates" not in batch:
+            if "targets" in batch:
+                raise ValueError(f"{task} batch has 'targets' but no 'candidates'/'row_candidates' to score")
+            return query, None
+
+        parts = []
+        if "candidates" in batch:
+            parts.append(query @ self.item_vectors(batch["candidates"], task).T)
+        if "row_candidates" in batch:
+            parts.append(torch.einsum("bd,bmd->bm", query, self.item_vectors(batch["row_candidates"], task)))
+        logits = self.logit_scale_of(task) * torch.cat(parts, dim=1)
+        if "exclude" in batch:
+            logits = logits.masked_fill(batch["exclude"], float("-inf"))
+        if "targets" not in batch:
+            return logits, None
+        return logits, F.cross_entropy(logits, batch["targets"])
+
+    # -- multi-task helpers ------------------------------------------------------------------------------
+
+    def sharing_penalty(self) -> torch.Tensor:
+        """Soft sharing: ``soft_penalty * sum over tower pairs of ||theta_i - theta_j||^2``; 0 otherwise."""
+        ref = next(self.parameters())
+        total = ref.new_zeros(())
+        if self.config.sharing != "soft" or self.config.soft_penalty == 0:
+            return total
+        towers = list(self.towers.values())
+        for i in range(len(towers)):
+            for j in range(i + 1, len(towers)):
+                for a, b in zip(towers[i].parameters(), towers[j].parameters()):
+                    total = total + (a - b).pow(2).sum()
+        return self.config.soft_penalty * total
+
+    def gradnorm_parameters(self, task: str) -> list[nn.Parameter]:
+        """The last shared layer's weights that ``task`` reaches (its own tower's in soft mode), for GradNorm."""
+        self.check_task(task)
+        if self.config.sharing == "hard":
+            return [self.item_adapter.last_layer.weight]
+        if self.config.sharing == "soft":
+            return [self.towers[task].last_layer.weight]
+        return [expert.last_layer.weight for expert in self.experts]
+
+
+def _require(batch: dict[str, torch.Tensor], keys: tuple[str, ...], task: str) -> None:
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"{task} batch is missing {missing}; it needs {list(keys)} (see textguide.adapters)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# save / load
+# ----------------------------------------------------------------------------------------------------------
+
+
+def save_adapter(model: MultiTaskAdapter, directory: str | os.PathLike[str]) -> Path:
+    """Write ``adapter_config.json`` + ``adapter.safetensors`` into ``directory``, atomically replacing it."""
+    directory = Path(directory)
+    payload = {"format": _KIND, "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_directory(directory) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": _KIND, "format_version": str(FORMAT_VERSION)})
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+    return directory
+
+
+def load_adapter(directory: str | os.PathLike[str]) -> MultiTaskAdapter:
+    """Rebuild a model written by :func:`save_adapter` (in eval mode); raises on a wrong format version."""
+    directory = Path(directory)
+    hint = (
+        "re-train the adapter and save it again with this textguide version "
+        "(textguide.train.train, then textguide.adapters.save_adapter)"
+    )
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: {directory} is not an adapter directory; {hint}")
+    try:
+        payload = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{config_path} is not valid JSON ({e}); {hint}") from e
+    found = payload.get("format_version") if isinstance(payload, dict) else None
+    if found != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{config_path}: adapter format_version expected {FORMAT_VERSION}, found {found!r}; {hint}"
+        )
+    if not isinstance(payload.get("config"), dict):
+        raise ArtifactError(f"{config_path} has no 'config' object; {hint}")
+    config = AdapterConfig.from_dict(payload["config"])
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found; {hint}")
+    model = MultiTaskAdapter(config)
+    state = load_file(str(weights_path))
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights_path} does not match {CONFIG_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}; {hint}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # shape mismatches
+        raise ArtifactError(f"{weights_path} does not match {CONFIG_FILE}: {e}; {hint}") from e
+    model.eval()
+    return model

@@ -1,0 +1,333 @@
+"""Recipes: turn a public dataset into a guide, a training task and its evaluation protocol.
+
+Each ``prepare_*`` function embeds a dataset's catalog into a :class:`~textguide.guide.Guide` and builds
+the :mod:`textguide.train` task; each ``evaluate_*`` function scores a method on the dataset's
+validation protocol and returns ``{metric: value}``. Benchmark scripts and ``textguide train`` use them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .catalog import Catalog
+from .encoder import EmbeddingCache, TextEncoder
+from .evaluate import (
+    best_f1_threshold,
+    fitb_accuracy,
+    grouped_auc,
+    metrics_from_ranks,
+    near_duplicate_rate,
+    precision_recall_f1,
+    rank_of_target,
+    roc_auc,
+)
+from .guide import Guide, verbalise_profile
+from .train import CouponTask, OutfitTask, SequenceTask, _coupon_logits, encode_items, outfit_queries, recommend_queries
+
+logger = logging.getLogger("textguide")
+
+POLYVORE_SLOTS = ["upper", "bottom", "shoe", "bag", "accessory"]
+
+
+def items_catalog(items: pd.DataFrame, columns: tuple[str, ...] = ("title", "category")) -> Catalog:
+    """A catalog from a dataset's items frame (``id``, ``text`` and metadata columns)."""
+    meta = items[["id", *[c for c in columns if c in items.columns]]].reset_index(drop=True).copy()
+    return Catalog(ids=items["id"].astype(str).tolist(), texts=items["text"].astype(str).tolist(), metadata=meta)
+
+
+def _split_users(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = int(round(frac * n))
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+# ------------------------------------------------------------------------------------------ recommendation
+@dataclass
+class SequenceBench:
+    """A next-item dataset on a guide: train task, a selection split and a report split (row indices)."""
+
+    name: str
+    guide: Guide
+    task: SequenceTask
+    report_histories: list[list[int]]
+    report_targets: np.ndarray
+    popularity: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_scientific(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.2,
+                       seed: int = 0) -> SequenceBench:
+    """Amazon Scientific (UniSRec protocol): train on train.inter; valid.inter users are split into a
+    selection part (early stopping) and a report part (the numbers we publish). Test is held out."""
+    from .datasets.amazon_scientific import load_scientific
+
+    ds = load_scientific()
+    guide = Guide.build(items_catalog(ds.items), encoder, cache=cache)
+    row = guide.index.row_of
+    hist = [[row[i] for i in ex.history] for ex in ds.train]
+    targ = [row[ex.target] for ex in ds.train]
+    v_hist = [[row[i] for i in ex.history] for ex in ds.valid]
+    v_targ = np.array([row[ex.target] for ex in ds.valid])
+    sel, rep = _split_users(len(v_hist), select_frac, seed)
+    task = SequenceTask(guide.index.embeddings, hist, targ, [v_hist[i] for i in sel], v_targ[sel].tolist())
+    pop = np.bincount(np.array(targ), minlength=len(row)).astype(np.float32)  # each interaction once
+    return SequenceBench("amazon-scientific", guide, task, [v_hist[i] for i in rep], v_targ[rep], pop,
+                         {"items": len(row), "train_rows": len(hist), "select_users": len(sel), "report_users": len(rep)})
+
+
+def sequence_scores(bench: SequenceBench, method: str, model: Any = None) -> Callable[[list[list[int]]], np.ndarray]:
+    """A scorer ``histories -> (n, items)`` for ``popularity``, ``text`` (mean history cosine) or ``adapter``."""
+    emb = bench.guide.index.embeddings
+    if method == "popularity":
+        return lambda hs: np.repeat(bench.popularity[None, :], len(hs), 0)
+    if method == "text":
+        def text(hs: list[list[int]]) -> np.ndarray:
+            q = np.stack([emb[h].mean(0) for h in hs])
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            return q @ emb.T
+        return text
+    if method == "adapter":
+        vectors = encode_items(model, emb, "recommend")
+        return lambda hs: recommend_queries(model, emb, hs) @ vectors.T
+    raise ValueError(f"unknown method {method!r}: use popularity, text or adapter")
+
+
+def evaluate_sequences(bench: SequenceBench, scorer: Callable[[list[list[int]]], np.ndarray],
+                       ks: tuple[int, ...] = (10, 50)) -> dict[str, float]:
+    """Full-ranking Recall@k / NDCG@k on the report split, history items excluded."""
+    ranks = []
+    hs, ts = bench.report_histories, bench.report_targets
+    for s in range(0, len(hs), 512):
+        scores = scorer(hs[s:s + 512])
+        ranks.append(rank_of_target(scores, ts[s:s + 512], hs[s:s + 512]))
+    m = metrics_from_ranks(np.concatenate(ranks), ks)
+    return {key: m[key] for key in m if key.split("@")[0] in ("Recall", "NDCG")}
+
+
+# ------------------------------------------------------------------------------------------ outfits
+@dataclass
+class OutfitBench:
+    """Polyvore outfits on a guide: train task, selection and report outfits (row indices)."""
+
+    name: str
+    guide: Guide
+    task: OutfitTask
+    report_outfits: list[list[int]]
+    slots: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.3,
+                     seed: int = 0) -> OutfitBench:
+    """Polyvore (Maryland, MCN named outfits): train on MCN train outfits; MCN valid outfits are split into
+    selection and report parts. Item text = the item name (the same for every split)."""
+    from .datasets.polyvore import load_polyvore
+
+    ds = load_polyvore()
+    items = ds.items.copy()
+    items["text"] = items["title"]
+    items["category"] = items["slot"]
+    guide = Guide.build(items_catalog(items, ("title", "category", "slot")), encoder, cache=cache)
+    row = guide.index.row_of
+    slot_of = {s: i for i, s in enumerate(POLYVORE_SLOTS)}
+    item_slots = np.array([slot_of.get(s, -1) for s in guide.index.metadata["slot"]], dtype=np.int64)
+    train = [[row[i] for i in o.item_ids] for o in ds.outfits if o.split == "train" and len(o.item_ids) >= 2]
+    valid = [[row[i] for i in o.item_ids] for o in ds.outfits if o.split == "valid" and len(o.item_ids) >= 2]
+    sel, rep = _split_users(len(valid), select_frac, seed)
+    task = OutfitTask(guide.index.embeddings, train, item_slots, [valid[i] for i in sel])
+    return OutfitBench("polyvore", guide, task, [valid[i] for i in rep], POLYVORE_SLOTS,
+                       {"items": len(row), "train_outfits": len(train), "select_outfits": len(sel),
+                        "report_outfits": len(rep)})
+
+
+def outfit_scorer(bench: OutfitBench, method: str, model: Any = None):
+    """``(partials, slots) -> (queries, item_vectors)`` for ``text`` or ``adapter`` scoring."""
+    emb = bench.guide.index.embeddings
+    if method == "text":
+        def text(partials, slots):
+            q = np.stack([emb[p].mean(0) for p in partials])
+            return q / np.linalg.norm(q, axis=1, keepdims=True), emb
+        return text
+    if method == "adapter":
+        vectors = encode_items(model, emb, "outfit")
+        return lambda partials, slots: (outfit_queries(model, emb, partials, slots), vectors)
+    raise ValueError(f"unknown method {method!r}: use text or adapter")
+
+
+def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, float]:
+    """FITB accuracy (1 of 4, same slot), compatibility AUC (real vs random same-slot replacements),
+    complete-the-look Recall@10 among all items of the wanted slot, and the near-duplicate rate of top-10."""
+    task = bench.task
+    emb = bench.guide.index.embeddings
+    partials, slots, cands = task.fitb_questions(bench.report_outfits, seed=seed)
+    q, vecs = scorer(partials, slots)
+    fitb = fitb_accuracy(np.einsum("qd,qcd->qc", q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
+
+    # compatibility: an outfit's score = mean over its items of score(item | the rest, its slot)
+    rng = np.random.default_rng(seed + 1)
+    pools = task._pools
+
+    def outfit_score(outfits: list[list[int]]) -> np.ndarray:
+        parts, sl, ans, owner = [], [], [], []
+        for o_i, o in enumerate(outfits):
+            for j in range(len(o)):
+                parts.append(o[:j] + o[j + 1:])
+                sl.append(int(task.item_slots[o[j]]))
+                ans.append(o[j])
+                owner.append(o_i)
+        qq, vv = scorer(parts, sl)
+        s = np.einsum("qd,qd->q", qq, vv[np.array(ans)])
+        return np.bincount(owner, s, len(outfits)) / np.bincount(owner, minlength=len(outfits))
+
+    fakes = [[int(rng.choice(pools[int(task.item_slots[i])])) for i in o] for o in bench.report_outfits]
+    pos, neg = outfit_score(bench.report_outfits), outfit_score(fakes)
+    auc = roc_auc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+
+    # complete the look: rank the hidden item among all items of its slot
+    hits, dup = [], []
+    for p_i, (part, slot, cand) in enumerate(zip(partials, slots, cands)):
+        pool = np.setdiff1d(pools[slot], part)
+        scores = vecs[pool] @ q[p_i]
+        top = pool[np.argsort(-scores)[:10]]
+        hits.append(cand[0] in set(top.tolist()))
+        dup.append(near_duplicate_rate(emb[part].mean(0, keepdims=True), emb[top][None], threshold=0.9))
+    return {"FITB": fitb, "AUC": auc, "CTL-Recall@10": float(np.mean(hits)), "NearDup@10": float(np.mean(dup))}
+
+
+# ------------------------------------------------------------------------------------------ coupons
+@dataclass
+class CouponBench:
+    """Complete Journey coupon redemption on a guide, split by household."""
+
+    name: str
+    guide: Guide
+    task: CouponTask
+    coupon_ids: list[str]
+    households: list[str]
+    report: pd.DataFrame  # household row, coupon row, label, user index, coupon index
+    train_frame: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0,
+                            max_coupon_items: int = 50) -> CouponBench:
+    """Complete Journey: (household, received coupon) -> redeemed? Households split 60/20/20 into
+    train / selection / report. Users are their purchases (transaction sample) plus a verbalised profile."""
+    from .datasets.completejourney import coupon_examples, load_completejourney
+
+    ds = load_completejourney()
+    rng = np.random.default_rng(seed)
+    coupon_ids = sorted(ds.coupons)
+    coupon_items = {c: ds.coupons[c] for c in coupon_ids}
+    used = set(ds.transactions["item_id"]) | {i for c in coupon_ids for i in coupon_items[c]}
+    items = ds.products[ds.products["id"].isin(used)].reset_index(drop=True)
+    guide = Guide.build(items_catalog(items), encoder, cache=cache)
+    row = guide.index.row_of
+
+    examples = coupon_examples(ds)
+    households = sorted(examples["household_id"].unique())
+    h_index = {h: i for i, h in enumerate(households)}
+    tx = ds.transactions[ds.transactions["item_id"].isin(row.keys())].sort_values("timestamp")
+    by_h = tx.groupby("household_id")["item_id"].apply(list).to_dict()
+    histories = [[row[i] for i in by_h.get(h, [])][-200:] for h in households]
+    coupons = []
+    for c in coupon_ids:
+        rows = [row[i] for i in coupon_items[c] if i in row]
+        if len(rows) > max_coupon_items:
+            rows = rng.choice(rows, max_coupon_items, replace=False).tolist()
+        coupons.append(rows)
+    c_index = {c: i for i, c in enumerate(coupon_ids)}
+    demo = ds.demographics
+    prof_text = [verbalise_profile(demo.loc[h].to_dict()) if h in demo.index else "unknown customer" for h in households]
+    profiles = encoder.encode(prof_text, show_progress=False)
+    known = np.array([h in demo.index for h in households])
+    profiles[~known] = 0.0
+
+    examples = examples.assign(u=examples["household_id"].map(h_index), c=examples["coupon_id"].map(c_index))
+    examples = examples.dropna(subset=["c"]).astype({"c": int})
+    perm = rng.permutation(len(households))
+    n = len(households)
+    part = np.empty(n, dtype="<U6")
+    part[perm[: int(0.6 * n)]] = "train"
+    part[perm[int(0.6 * n): int(0.8 * n)]] = "select"
+    part[perm[int(0.8 * n):]] = "report"
+    examples["part"] = part[examples["u"].to_numpy()]
+    tr, se, re_ = (examples[examples["part"] == p] for p in ("train", "select", "report"))
+    task = CouponTask(
+        guide.index.embeddings, histories, coupons, tr["label"].to_numpy(), profiles,
+        tr["u"].to_numpy(), tr["c"].to_numpy(),
+        se["label"].to_numpy(), se["u"].to_numpy(), se["c"].to_numpy(),
+    )
+    info = {"items": len(row), "coupons": len(coupon_ids), "households": n, "train_examples": len(tr),
+            "train_positives": int(tr["label"].sum()), "report_examples": len(re_),
+            "report_positives": int(re_["label"].sum()), "households_with_purchases": int(sum(bool(h) for h in histories))}
+    guide.coupons = {c: [guide.index.ids[r] for r in rows] for c, rows in zip(coupon_ids, coupons)}
+    return CouponBench("completejourney", guide, task, coupon_ids, households, re_.reset_index(drop=True),
+                       tr.reset_index(drop=True), info)
+
+
+def coupon_features(bench: CouponBench, frame: pd.DataFrame) -> np.ndarray:
+    """Hand-made features for the gradient-boosted-trees baseline: text similarity of history and coupon,
+    coupon popularity in training, sizes, and the embedded profile reduced to 16 dimensions."""
+    emb = bench.guide.index.embeddings
+    task = bench.task
+    u_vec = np.stack([emb[h].mean(0) if h else np.zeros(emb.shape[1], np.float32) for h in task.user_histories])
+    c_vec = np.stack([emb[c].mean(0) for c in task.coupon_items])
+    tf = bench.train_frame
+    rate = np.zeros(len(task.coupon_items))
+    cnt = np.bincount(tf["c"], minlength=len(rate))
+    pos = np.bincount(tf["c"], weights=tf["label"], minlength=len(rate))
+    rate = (pos + 0.01) / (cnt + 1)
+    u, c = frame["u"].to_numpy(), frame["c"].to_numpy()
+    sim = np.einsum("nd,nd->n", u_vec[u], c_vec[c])
+    n_hist = np.array([len(h) for h in task.user_histories])[u]
+    n_items = np.array([len(x) for x in task.coupon_items])[c]
+    prof = task.profiles[u][:, :16] if task.profiles is not None else np.zeros((len(u), 0))
+    return np.column_stack([sim, rate[c], n_hist, n_items, prof]).astype(np.float32)
+
+
+def coupon_logits(bench: CouponBench, method: str, frame: pd.DataFrame, model: Any = None,
+                  gbt: Any = None) -> np.ndarray:
+    """Scores for ``frame`` rows by ``popularity``, ``text``, ``gbt`` or ``adapter``."""
+    task, emb = bench.task, bench.guide.index.embeddings
+    u, c = frame["u"].to_numpy(), frame["c"].to_numpy()
+    if method == "popularity":
+        tf = bench.train_frame
+        cnt = np.bincount(tf["c"], minlength=len(task.coupon_items))
+        pos = np.bincount(tf["c"], weights=tf["label"], minlength=len(task.coupon_items))
+        return ((pos + 0.01) / (cnt + 1))[c]
+    if method == "text":
+        return coupon_features(bench, frame)[:, 0]
+    if method == "gbt":
+        return gbt.predict_proba(coupon_features(bench, frame))[:, 1]
+    if method == "adapter":
+        profiles = None if task.profiles is None else task.profiles[u]
+        return _coupon_logits(model, emb, [task.user_histories[i] for i in u], [task.coupon_items[i] for i in c],
+                              profiles)
+    raise ValueError(f"unknown method {method!r}: use popularity, text, gbt or adapter")
+
+
+def evaluate_coupons(bench: CouponBench, scores: np.ndarray, frame: pd.DataFrame | None = None,
+                     threshold: float | None = None) -> dict[str, float]:
+    """AUC, mean per-coupon AUC, Recall@5 of redeemed among received coupons (per household), and
+    precision / recall / F1 at ``threshold`` (default: the best-F1 threshold on these scores — optimistic)."""
+    frame = bench.report if frame is None else frame
+    labels = frame["label"].to_numpy()
+    probs = 1 / (1 + np.exp(-scores)) if scores.min() < 0 or scores.max() > 1 else scores
+    auc = roc_auc(labels, probs)
+    cauc, _ = grouped_auc(labels, probs, frame["c"].to_numpy())
+    rec = []
+    for _, g in frame.assign(s=probs).groupby(["u", "campaign_id"]):
+        if g["label"].sum() == 0:
+            continue
+        top = g.nlargest(5, "s")
+        rec.append(top["label"].sum() / g["label"].sum())
+    if threshold is None:
+        threshold, _ = best_f1_threshold(labels, probs)
+    p, r, f1 = precision_recall_f1(labels, probs, threshold)
+    return {"AUC": auc, "CouponAUC": cauc, "Recall@5": float(np.mean(rec)), "P": p, "R": r, "F1": f1}

@@ -1,0 +1,203 @@
+"""End-to-end workflows behind ``textguide train`` and ``textguide evaluate`` on the benchmark datasets."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import recipes
+from .adapters import AdapterConfig, MultiTaskAdapter
+from .encoder import EmbeddingCache, TextEncoder, load_encoder
+from .evaluate import best_f1_threshold
+from .guide import Guide
+from .train import TrainConfig, train
+
+logger = logging.getLogger("textguide")
+
+#: recipe name -> the task it trains
+RECIPE_TASK = {"amazon-scientific": "recommend", "polyvore": "outfit", "completejourney": "coupon"}
+TASK_RECIPE = {v: k for k, v in RECIPE_TASK.items()}
+
+
+def _tasks_of(recipe: str) -> tuple[str, ...]:
+    if recipe == "all":
+        return tuple(RECIPE_TASK.values())
+    if recipe not in RECIPE_TASK:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPE_TASK)} or all")
+    return (RECIPE_TASK[recipe],)
+
+
+def prepare(task: str, encoder: TextEncoder, cache: EmbeddingCache | None) -> Any:
+    """The benchmark of one task (guide + training task + report split)."""
+    if task == "recommend":
+        return recipes.prepare_scientific(encoder, cache)
+    if task == "outfit":
+        return recipes.prepare_polyvore(encoder, cache)
+    return recipes.prepare_completejourney(encoder, cache)
+
+
+def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0) -> MultiTaskAdapter:
+    """A fresh adapter for these benchmark tasks (384-d MiniLM input, 256-d adapted space)."""
+    import torch
+
+    torch.manual_seed(seed)
+    return MultiTaskAdapter(AdapterConfig(
+        input_dim=384, dim=256, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
+        n_slots=len(recipes.POLYVORE_SLOTS) if "outfit" in tasks else 0,
+        profile_dim=384 if "coupon" in tasks else 0,
+    ))
+
+
+def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Each task's report-split metrics for a trained adapter."""
+    out: dict[str, dict[str, float]] = {}
+    if "recommend" in tasks:
+        b = benches["recommend"]
+        out["recommend"] = recipes.evaluate_sequences(b, recipes.sequence_scores(b, "adapter", model))
+    if "outfit" in tasks:
+        b = benches["outfit"]
+        out["outfit"] = recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model))
+    if "coupon" in tasks:
+        b = benches["coupon"]
+        t = b.task
+        sel = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
+        s_sel = recipes.coupon_logits(b, "adapter", sel, model)
+        thr, _ = best_f1_threshold(sel["label"].to_numpy(), 1 / (1 + np.exp(-s_sel)))  # threshold from selection
+        out["coupon"] = recipes.evaluate_coupons(b, recipes.coupon_logits(b, "adapter", b.report, model), threshold=thr)
+    return out
+
+
+def guide_meta(task: str) -> dict[str, Any]:
+    """What the guide must remember to serve a task (slot vocabulary, profile encoding)."""
+    if task == "outfit":
+        return {"slot_field": "slot", "slots": recipes.POLYVORE_SLOTS}
+    if task == "coupon":
+        return {"profile": "text"}
+    return {}
+
+
+def md_table(rows: list[tuple[str, dict[str, float]]], metrics: list[str]) -> str:
+    """A Markdown table: one row per method, one column per metric."""
+    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, m in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in metrics) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Validation metric per task vs training step, one panel per task (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({k.split("/", 1)[1] for h in curves.values() for row in h for k in row if k.startswith("valid/")})
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5))
+    for ax, task in zip(np.atleast_1d(axes), tasks):
+        for name, hist in curves.items():
+            pts = [(r["step"], r[f"valid/{task}"]) for r in hist if r.get(f"valid/{task}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=name)
+        ax.set_title(f"selection metric: {task}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(report_dir: Path, title: str, results: dict[str, dict[str, dict[str, float]]],
+                 curves: dict[str, list[dict]] | None = None, extra: dict[str, Any] | None = None) -> str:
+    """Write report.json, report.md (and curves.png); return the Markdown."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", ""]
+    for task, rows in results.items():
+        metrics = list(next(iter(rows.values())))
+        lines += [f"## {task} ({TASK_RECIPE[task]})", "", md_table(list(rows.items()), metrics), ""]
+    md = "\n".join(lines)
+    (report_dir / "report.md").write_text(md + "\n", encoding="utf-8")
+    (report_dir / "report.json").write_text(json.dumps({"results": results, "curves": curves or {}, **(extra or {})},
+                                                       indent=1, default=float), encoding="utf-8")
+    if curves:
+        plot_curves(curves, report_dir / "curves.png")
+    return md
+
+
+def train_recipe(
+    recipe: str,
+    output: str | Path,
+    *,
+    sharing: str = "hard",
+    weighting: str = "static",
+    steps: int = 3000,
+    max_seconds: float | None = 600,
+    seed: int = 0,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    encoder: TextEncoder | None = None,
+) -> dict[str, Any]:
+    """Build the dataset's guide, train adapters (all three tasks jointly for ``all``), evaluate, save.
+
+    ``output`` is the guide directory, or for ``all`` a parent directory receiving one guide per dataset
+    (each with the shared multi-task adapter). A report (JSON, Markdown, training curves) is written into
+    each guide's ``reports/`` folder.
+    """
+    tasks = _tasks_of(recipe)
+    encoder = encoder or load_encoder()
+    cache = EmbeddingCache()
+    benches = {t: prepare(t, encoder, cache) for t in tasks}
+    model = new_model(tasks, sharing, seed)
+    cfg = TrainConfig(steps=steps, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
+                      max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
+    t0 = time.time()
+    result = train(model, {t: benches[t].task for t in tasks}, cfg)
+    seconds = time.time() - t0
+    metrics = evaluate_model(benches, model, tasks)
+    results = {t: {f"adapter ({sharing}/{weighting})": metrics[t]} for t in tasks}
+    curves = {f"{sharing}/{weighting}": result.history}
+    md = ""
+    for t in tasks:
+        path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
+        g: Guide = benches[t].guide
+        g.set_adapter(model, {**guide_meta(t), "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
+                              "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step})
+        g.save(path)
+        md = write_report(path / "reports", f"textguide train {recipe}: {sharing}/{weighting}, {seconds:.0f}s",
+                          {t2: results[t2] for t2 in tasks}, curves, {"info": {t2: benches[t2].info for t2 in tasks}})
+        # the report lives inside the guide but is not part of its checksummed artifact
+    return {"results": results, "markdown": md, "seconds": seconds}
+
+
+def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a saved guide's adapter on its dataset's report split, against the text-similarity baseline."""
+    tasks = _tasks_of(recipe)
+    if len(tasks) != 1:
+        raise ValueError("evaluate one dataset at a time: amazon-scientific, polyvore or completejourney")
+    task = tasks[0]
+    guide = Guide.load(guide_path)
+    if guide.adapter is None or task not in guide.adapter.config.tasks:
+        raise ValueError(f"{guide_path} has no trained {task!r} adapter; run `textguide train {recipe} {guide_path}`")
+    bench = prepare(task, guide.encoder, EmbeddingCache())
+    if bench.guide.index.ids != guide.index.ids:
+        raise ValueError(f"{guide_path} does not hold the {recipe} catalog in the expected order; rebuild it with "
+                         f"`textguide train {recipe} {guide_path}`")
+    rows = evaluate_model({task: bench}, guide.adapter, (task,))
+    results: dict[str, dict[str, float]] = {"adapter": rows[task]}
+    if task == "recommend":
+        results["text similarity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "text"))
+        results["popularity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "popularity"))
+    elif task == "outfit":
+        results["text similarity"] = recipes.evaluate_outfits(bench, recipes.outfit_scorer(bench, "text"))
+    else:
+        results["text similarity"] = recipes.evaluate_coupons(bench, recipes.coupon_logits(bench, "text", bench.report))
+    out = Path(report_dir) if report_dir else Path(guide_path) / "reports"
+    md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results})
+    return {"results": {task: results}, "markdown": md}
