@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 import pytest
+import torch
 
 from textguide.catalog import Catalog
 from textguide.encoder import HashingEncoder
@@ -23,6 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # One OpenMP thread: on a shared 2-core machine FAISS's thread pool makes small builds ~10x slower,
 # and single-threaded HNSW construction is deterministic.
 faiss.omp_set_num_threads(1)
+# Tiny models train faster on one thread than on two competing ones.
+torch.set_num_threads(1)
 
 #: A tiny catalog (20 products, 5 categories) whose texts share words within a category.
 PRODUCTS: list[dict] = [

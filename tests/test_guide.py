@@ -131,13 +131,14 @@ def test_similar_non_string_id_in_list(guide: Guide) -> None:
         guide.similar(["p01", 7])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="guide.py bug: similar(123) raises TypeError from list(123), not ValueError; remove this marker once fixed",
-)
 def test_similar_non_string_scalar_id(guide: Guide) -> None:
-    with pytest.raises(ValueError, match=r"item ids must be strings"):
+    with pytest.raises(ValueError, match=r"item_id must be a string or a non-empty list of strings, got 123"):
         guide.similar(123)
+
+
+def test_similar_empty_list(guide: Guide) -> None:
+    with pytest.raises(ValueError, match=r"non-empty list"):
+        guide.similar([])
 
 
 def test_unknown_item_id(guide: Guide) -> None:

@@ -171,7 +171,7 @@ def test_bf16_matches_fp32(minilm, scientific, title_vectors_fp32) -> None:
     assert overlap >= 0.95, f"top-{k} neighbour overlap bf16 vs fp32 is {overlap:.3f}"
 
 
-def test_sentence_transformer_errors(tmp_path: Path, minilm) -> None:
+def test_sentence_transformer_errors(tmp_path: Path) -> None:
     from textguide.encoder import SentenceTransformerEncoder, load_encoder
 
     with pytest.raises(FileNotFoundError, match=r"encoder model path .*does not exist"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -253,6 +254,8 @@ class Guide:
         """Items most similar in text to an item (itself excluded); a list of ids -> list of hits."""
         k = _check_k(k)
         single = isinstance(item_id, str)
+        if not single and (not isinstance(item_id, (list, tuple)) or not item_id):
+            raise ValueError(f"item_id must be a string or a non-empty list of strings, got {item_id!r}")
         ids = [item_id] if single else list(item_id)
         for i in ids:
             if not isinstance(i, str):
@@ -322,14 +325,31 @@ class Guide:
         return report
 
     def _swap(self, new_index: ItemIndex, save: bool) -> None:
-        """Persist (if this guide has a directory) and then switch to ``new_index``."""
+        """Persist (if this guide has a directory) and only then switch to ``new_index``.
+
+        The directory is written from a staged shallow copy of this guide, so threads querying this
+        object keep the old index until the new state is safely on disk, and a failed write leaves
+        them on the old one. A directory changed by another writer since this guide was loaded is an
+        error (the other writer's items would be lost): call :meth:`refresh` and try again.
+        """
         if save and self.path is not None:
-            old_index, self.index = self.index, new_index
-            try:
-                self.manifest = write_artifact(self.path, self._write)
-            except BaseException:
-                self.index = old_index
-                raise
+            import copy
+            import json
+
+            staged = copy.copy(self)
+            staged.index = new_index
+            with _writer_lock(self.path):
+                try:
+                    on_disk = json.loads((self.path / "manifest.json").read_text(encoding="utf-8")).get("files")
+                except (OSError, ValueError):
+                    on_disk = None  # no readable guide there: nothing to lose
+                if on_disk is not None and self.manifest.get("files") and on_disk != self.manifest["files"]:
+                    raise ValueError(
+                        f"{self.path} was changed by another writer since this guide was loaded; "
+                        f"call guide.refresh() and onboard again"
+                    )
+                manifest = write_artifact(self.path, staged._write)
+            self.index, self.manifest = new_index, manifest
         else:
             self.index = new_index
         self._on_index_change()
@@ -350,7 +370,16 @@ class Guide:
             return False
         if on_disk.get("files") == self.manifest.get("files"):
             return False
-        fresh = type(self).load(self.path, self._encoder)
+        for attempt in range(3):
+            try:
+                fresh = type(self).load(self.path, self._encoder)
+                break
+            except (ValueError, OSError, RuntimeError):
+                # a writer swapped a new version in between load's checksum pass and its reads
+                # (its parts then disagree): read again; a directory that stays bad raises
+                if attempt == 2:
+                    raise
+                logger.info("%s changed while refreshing; reading it again", self.path)
         self.__dict__.update(fresh.__dict__)
         return True
 
@@ -615,6 +644,10 @@ class Guide:
             "encoder": self.encoder_info,
             "index": {"factory": self.index.factory, "dim": self.index.dim, "metric": "inner_product"},
             "categories": cats,
+            "coupons": len(self.coupons),
+            "adapter": None if self.adapter is None else {
+                "tasks": list(self.adapter.config.tasks), "sharing": self.adapter.config.sharing,
+                "dim": self.adapter.config.dim, **self.adapter_meta},
             "textguide_version": self.manifest.get("textguide_version", __version__),
         }
 
@@ -627,6 +660,27 @@ def verbalise_profile(profile: dict[str, Any]) -> str:
             continue
         parts.append(f"{str(key).replace('_', ' ')}: {value}")
     return ". ".join(parts) if parts else "unknown customer"
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path):
+    """Exclusive lock (a sibling ``.<name>.lock`` file) serialising onboarding writers of one guide directory.
+
+    The kernel drops it when its holder dies, so a killed writer never blocks the next one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the manifest check alone guards against lost updates
+        yield
+        return
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _inode(path: Path) -> int | None:

@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, Protocol, Union
 
 import numpy as np
@@ -170,6 +170,8 @@ class SequenceTask:
     Loss: softmax cross-entropy over all items (catalogs up to ``full_softmax_max``), else over in-batch targets
     plus uniformly sampled items; history items are left out of the softmax except the target.
     Validation: Recall@10 by full ranking over all items, history excluded.
+    ``weights`` (optional, one non-negative number per example) makes batches sample example ``i`` with
+    probability ``weights[i] / sum(weights)`` instead of uniformly (instance re-weighting, textguide.transfer).
     """
 
     item_emb: np.ndarray
@@ -177,6 +179,7 @@ class SequenceTask:
     targets: list[int]
     valid_histories: list[list[int]] | None = None
     valid_targets: list[int] | None = None
+    weights: np.ndarray | None = None
     kind: ClassVar[str] = "recommend"
 
     def __post_init__(self) -> None:
@@ -191,13 +194,28 @@ class SequenceTask:
             self.valid_targets = _index_array(
                 self.valid_targets, n, "valid_targets", len(self.valid_histories), "valid_histories"
             )
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.shape != (len(self.targets),) or not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError(
+                    f"weights must be {len(self.targets)} finite numbers >= 0 (one per history), got shape {w.shape}"
+                )
+            if len(w) and w.sum() <= 0:
+                raise ValueError("weights sum to 0: give at least one example a positive weight")
+            self.weights = w
 
     def __len__(self) -> int:
         return len(self.targets)
 
+    def sample_rows(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` example rows: uniform, or proportional to ``weights`` when given."""
+        if self.weights is None:
+            return rng.integers(len(self.targets), size=size)
+        return rng.choice(len(self.targets), size=size, p=self.weights / self.weights.sum())
+
     def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
         """A training batch for ``MultiTaskAdapter.forward(batch, "recommend")``."""
-        rows = rng.integers(len(self.targets), size=batch_size)
+        rows = self.sample_rows(rng, batch_size)
         hist, mask = _pad([self.histories[r] for r in rows], max_history)
         targets = self.targets[rows]
         n = len(self.item_emb)
@@ -622,12 +640,19 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(model: MultiTaskAdapter, tasks: dict[str, Task], config: TrainConfig | None = None) -> TrainResult:
+def train(
+    model: MultiTaskAdapter,
+    tasks: dict[str, Task],
+    config: TrainConfig | None = None,
+    regularizer: Callable[[MultiTaskAdapter], torch.Tensor] | None = None,
+) -> TrainResult:
     """Train ``model`` on every task in ``tasks`` ({task name: task data}) at once; returns the history.
 
-    Each step draws one batch from every task, ``L = sum_i lambda_i L_i (+ soft-sharing penalty)``.
-    With validation data the best weights (mean validation metric) are kept in memory, and loaded at the
-    end when ``config.restore_best``.
+    Each step draws one batch from every task, ``L = sum_i lambda_i L_i (+ soft-sharing penalty)
+    (+ regularizer(model))``. ``regularizer`` is called once per step in training mode (textguide.transfer
+    uses it for L2-SP and for MMD/CORAL between domains). Parameters with ``requires_grad=False`` are frozen:
+    the optimizer never sees them. With validation data the best weights (mean validation metric) are kept
+    in memory, and loaded at the end when ``config.restore_best``.
     """
     config = config or TrainConfig()
     names = _check_tasks(model, tasks)
@@ -640,8 +665,11 @@ def train(model: MultiTaskAdapter, tasks: dict[str, Task], config: TrainConfig |
     random.seed(config.seed)
     rng = np.random.default_rng(config.seed)
     weighting = _make_weighting(config, names)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2] + weighting.parameters()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("every model parameter has requires_grad=False: nothing to train")
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2] + weighting.parameters()
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -676,10 +704,12 @@ def train(model: MultiTaskAdapter, tasks: dict[str, Task], config: TrainConfig |
             _, losses[name] = model(batch, name)
         total, weights = weighting.combine(losses, model)
         total = total + model.sharing_penalty()
+        if regularizer is not None:
+            total = total + regularizer(model)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
 
         values = {n: float(loss.detach()) for n, loss in losses.items()}

@@ -1,0 +1,722 @@
+"""Transfer between domains for next-item recommendation, and a guard against negative transfer.
+
+Every domain is seen through the same frozen text encoder, so a model trained on one catalog (the *source*)
+scores another catalog (the *target*) without retraining: that is the zero-shot starting point. On top of
+it, three families of transfer (Pan & Yang 2010's taxonomy):
+
+* **model-based** (``method="model"``): the target model starts from the source weights and is trained on the
+  target examples, ``model_mode`` = ``"finetune"`` (all parameters), ``"freeze-shared"`` (the item adapter
+  is frozen, the sequence head and temperature are trained) or ``"l2sp"`` (all parameters, plus
+  ``l2sp_weight * ||theta - theta_source||^2``; Li et al. 2018).
+* **feature-based** (``method="feature"``): train on source and target examples together while pulling the
+  two domains' adapted representations together: ``L = L_target + L_source + alpha * D(source, target)``,
+  with ``D`` = :func:`mmd` (Gaussian kernels, several bandwidths; Long et al. 2015) or :func:`coral`
+  (Sun & Saenko 2016), on the adapted item vectors and, when the target has training histories, on the user
+  (query) vectors.
+* **instance-based** (``method="instance"``): source examples are re-weighted by an estimated density ratio
+  ``p_target(x) / p_source(x)`` (:func:`domain_weights`: a logistic-regression domain classifier on the text
+  embeddings), clipped at ``weight_clip``, and source and target examples are trained on together.
+
+Source and target examples are trained on together through a joint task (source rows of the batch are
+scored against source items only, target rows against target items only). Feature- and instance-based runs
+start from the source weights by default (``init="source"``): the source model is already trained, and this
+spares a full source pre-training per run; ``init="scratch"`` starts from a fresh model.
+
+``method="auto"`` is the negative-transfer guard: it trains target-only and every enabled method
+(``candidates``), scores them on the target's validation split, keeps the best and *refuses* every transfer
+that does not beat target-only on ``select_metric`` (by more than ``min_gain``, relative), with the numbers
+in the report. Gains are relative changes vs target-only, per metric (:func:`textguide.evaluate.relative_gain`).
+
+With no target training examples (0 %), target-only is the untrained adapter (text similarity through a
+random orthogonal projection), model-based transfer is the source model applied as is, and feature- and
+instance-based transfer train on source examples only (aligned to / re-weighted toward the target catalog).
+
+Example::
+
+    result = transfer(source_model, source_task, target_task, TransferConfig(method="auto"))
+    result.method_chosen                      # e.g. "model:finetune", or "target-only" when transfer hurts
+    result.report["refused"]                  # {"feature:mmd": "valid Recall@10 0.0412 < target-only 0.0450 ..."}
+    save_transfer_report(guide, result.report)   # -> <guide>/reports/transfer.json
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .adapters import MultiTaskAdapter
+from .evaluate import metrics_from_ranks, rank_of_target, relative_gain
+from .train import SequenceTask, TrainConfig, _gather, _pad, encode_items, recommend_queries, train
+
+__all__ = [
+    "CANDIDATES",
+    "METHODS",
+    "TransferConfig",
+    "TransferResult",
+    "coral",
+    "domain_weights",
+    "freeze_shared",
+    "l2sp_penalty",
+    "mmd",
+    "save_transfer_report",
+    "shared_parameter_names",
+    "transfer",
+    "validation_metrics",
+]
+
+logger = logging.getLogger("textguide")
+
+METHODS: tuple[str, ...] = ("target-only", "model", "feature", "instance", "auto")
+MODEL_MODES: tuple[str, ...] = ("finetune", "freeze-shared", "l2sp")
+DISTANCES: tuple[str, ...] = ("mmd", "coral")
+#: every concrete candidate ``auto`` can compare (``"model"`` / ``"feature"`` alone use the config's mode)
+CANDIDATES: tuple[str, ...] = (
+    "target-only", *(f"model:{m}" for m in MODEL_MODES), *(f"feature:{d}" for d in DISTANCES), "instance",
+)
+_SHARED_PREFIXES = ("item_adapter.", "towers.", "experts.", "gates.")
+REPORT_FILE = "transfer.json"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configuration and result
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransferConfig:
+    """How to transfer (JSON-serialisable with :meth:`to_dict`).
+
+    Attributes:
+        method: "target-only", "model", "feature", "instance" or "auto" (the negative-transfer guard).
+        model_mode: model-based variant: "finetune", "freeze-shared" or "l2sp".
+        l2sp_weight: weight of ``||theta - theta_source||^2`` (summed over all parameters) in "l2sp".
+        feature_distance: "mmd" or "coral".
+        alpha: weight of the domain distance in feature-based transfer (>= 0; 0 = plain joint training).
+        bandwidths: Gaussian kernel bandwidths (sigma) of the MMD; the kernel is their sum.
+        feature_batch: items (and histories) per domain drawn each step to estimate the distance.
+        feature_users: also align user (query) vectors when the target has training histories.
+        weight_clip: upper clip of the instance weights (density ratios); must be > 0.
+        classifier_l2: L2 penalty of the logistic-regression domain classifier.
+        source_share: fraction of each joint batch drawn from source examples when the target has some.
+        init: where feature- and instance-based runs start: "source" (the source weights) or "scratch".
+        candidates: what ``auto`` compares with target-only: "model", "feature", "instance" (the config's
+            variants) or explicit variants "model:finetune", "model:freeze-shared", "model:l2sp",
+            "feature:mmd", "feature:coral".
+        select_metric: the validation metric that picks the winner, e.g. "Recall@10" (k must be in ``ks``).
+        ks: cut-offs of the validation metrics (Recall@k, NDCG@k, MAP@k).
+        min_gain: a transfer is kept only if its relative gain on ``select_metric`` exceeds this (0 = any gain).
+        seed: seeds model initialisation, sampling and the domain classifier.
+        train: the training loop's configuration (steps, time budget, early stopping) for every run.
+    """
+
+    method: Literal["target-only", "model", "feature", "instance", "auto"] = "auto"
+    model_mode: Literal["finetune", "freeze-shared", "l2sp"] = "finetune"
+    l2sp_weight: float = 0.01
+    feature_distance: Literal["mmd", "coral"] = "mmd"
+    alpha: float = 1.0
+    bandwidths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    feature_batch: int = 256
+    feature_users: bool = True
+    weight_clip: float = 10.0
+    classifier_l2: float = 1e-3
+    source_share: float = 0.5
+    init: Literal["source", "scratch"] = "source"
+    candidates: tuple[str, ...] = ("model", "feature", "instance")
+    select_metric: str = "Recall@10"
+    ks: tuple[int, ...] = (10,)
+    min_gain: float = 0.0
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.bandwidths = tuple(float(b) for b in self.bandwidths)
+        self.candidates = tuple(self.candidates)
+        self.ks = tuple(int(k) for k in self.ks)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown transfer method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.model_mode not in MODEL_MODES:
+            raise ValueError(f"unknown model_mode {self.model_mode!r}; choose one of {', '.join(MODEL_MODES)}")
+        if self.feature_distance not in DISTANCES:
+            raise ValueError(
+                f"unknown feature_distance {self.feature_distance!r}; choose one of {', '.join(DISTANCES)}"
+            )
+        for name in ("alpha", "l2sp_weight", "classifier_l2", "min_gain"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"TransferConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not self.weight_clip > 0:
+            raise ValueError(f"TransferConfig.weight_clip must be > 0, got {self.weight_clip!r}")
+        if not 0.0 < self.source_share < 1.0:
+            raise ValueError(f"TransferConfig.source_share must be in (0, 1), got {self.source_share!r}")
+        if not self.bandwidths or min(self.bandwidths) <= 0:
+            raise ValueError(f"TransferConfig.bandwidths must be positive numbers, got {self.bandwidths!r}")
+        if self.feature_batch < 2:
+            raise ValueError(f"TransferConfig.feature_batch must be >= 2, got {self.feature_batch!r}")
+        if self.init not in ("source", "scratch"):
+            raise ValueError(f"TransferConfig.init must be 'source' or 'scratch', got {self.init!r}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"TransferConfig.ks must be positive cut-offs, got {self.ks!r}")
+        metric, _, k = self.select_metric.partition("@")
+        if metric not in ("Recall", "NDCG", "MAP") or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(
+                f"select_metric {self.select_metric!r} must be Recall@k, NDCG@k or MAP@k with k in ks={self.ks}"
+            )
+        self.expanded_candidates()  # validates the names
+
+    def expanded_candidates(self) -> list[str]:
+        """The concrete candidates ``auto`` trains besides target-only (``"model"`` -> ``"model:<model_mode>"``)."""
+        out: list[str] = []
+        for name in self.candidates:
+            if name == "model":
+                name = f"model:{self.model_mode}"
+            elif name == "feature":
+                name = f"feature:{self.feature_distance}"
+            if name not in CANDIDATES or name == "target-only":
+                raise ValueError(
+                    f"unknown transfer candidate {name!r}; choose from model, feature, instance, "
+                    f"{', '.join(c for c in CANDIDATES if c != 'target-only')}"
+                )
+            if name not in out:
+                out.append(name)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the training config nested under "train")."""
+        d = asdict(self)
+        d["bandwidths"], d["candidates"], d["ks"] = list(self.bandwidths), list(self.candidates), list(self.ks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TransferConfig":
+        """Inverse of :meth:`to_dict`; unknown fields raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TransferConfig field(s) {unknown}; known fields: {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("train"), dict):
+            d["train"] = TrainConfig.from_dict(d["train"])
+        return cls(**d)
+
+
+@dataclass
+class TransferResult:
+    """What :func:`transfer` returns.
+
+    Attributes:
+        model: the chosen model (trained on the target, in eval mode).
+        method_chosen: the candidate it came from ("target-only", "model:finetune", "feature:mmd", ...).
+        report: JSON-ready dict: per-candidate validation metrics, gains vs target-only, refused candidates
+            with reasons, training time and steps, instance-weight and domain-distance diagnostics, config.
+        models: every trained candidate by name (the chosen one included).
+    """
+
+    model: MultiTaskAdapter
+    method_chosen: str
+    report: dict[str, Any]
+    models: dict[str, MultiTaskAdapter] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# distances and weights
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pair(x: Any, y: Any, min_rows: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 2-D float tensors with the same number of columns (numpy arrays become float64 tensors)."""
+    x = torch.as_tensor(x, dtype=torch.float64) if not torch.is_tensor(x) else x
+    y = torch.as_tensor(y, dtype=torch.float64) if not torch.is_tensor(y) else y
+    if x.dim() != 2 or y.dim() != 2:
+        raise ValueError(f"{what} takes two 2-D (n, dim) matrices, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"mismatched embedding dimensions: x has {x.shape[1]} columns, y has {y.shape[1]}; "
+            "represent both domains in the same space (same encoder / same adapter)"
+        )
+    if len(x) < min_rows or len(y) < min_rows:
+        raise ValueError(f"{what} needs at least {min_rows} rows in each matrix, got {len(x)} and {len(y)}")
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    return x, y
+
+
+def mmd(x: Any, y: Any, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0)) -> torch.Tensor:
+    """Squared maximum mean discrepancy between the rows of ``x`` (n, d) and ``y`` (m, d) (a 0-d tensor).
+
+    Biased (V-statistic) estimate with the kernel ``k(a, b) = sum_s exp(-||a - b||^2 / (2 s^2))`` over the
+    bandwidths ``s``: ``mean k(x, x') + mean k(y, y') - 2 mean k(x, y)`` (all pairs, diagonals included), so it
+    is >= 0 and 0 when the two samples are equal. Differentiable; numpy input is computed in float64.
+    """
+    x, y = _pair(x, y, 1, "mmd")
+    bw = [float(b) for b in bandwidths]
+    if not bw or min(bw) <= 0:
+        raise ValueError(f"bandwidths must be positive numbers, got {list(bandwidths)}")
+
+    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        d2 = (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
+        return sum(torch.exp(-d2 / (2 * s * s)) for s in bw)
+
+    return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
+
+
+def coral(x: Any, y: Any) -> torch.Tensor:
+    """CORAL distance ``||C_x - C_y||_F^2 / (4 d^2)`` between the feature covariances (unbiased, n - 1) of the
+    rows of ``x`` (n, d) and ``y`` (m, d); n, m >= 2. Differentiable; numpy input is computed in float64."""
+    x, y = _pair(x, y, 2, "coral")
+    d = x.shape[1]
+
+    def cov(a: torch.Tensor) -> torch.Tensor:
+        c = a - a.mean(0, keepdim=True)
+        return c.T @ c / (len(a) - 1)
+
+    return (cov(x) - cov(y)).pow(2).sum() / (4 * d * d)
+
+
+def _fit_domain_classifier(source_emb: np.ndarray, target_emb: np.ndarray, l2: float, seed: int) -> tuple[np.ndarray, float]:
+    """Class-balanced L2-regularised logistic regression (target = 1) fitted with L-BFGS in float64."""
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.concatenate([source_emb, target_emb]).astype(np.float64))
+    y = torch.cat([torch.zeros(len(source_emb)), torch.ones(len(target_emb))]).double()
+    sample_w = torch.cat([torch.full((len(source_emb),), 0.5 / len(source_emb)),
+                          torch.full((len(target_emb),), 0.5 / len(target_emb))]).double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = x @ w + b
+        loss = (sample_w * torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
+        loss = loss + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), float(b.detach())
+
+
+def domain_weights(
+    source_emb: np.ndarray, target_emb: np.ndarray, clip: float = 10.0, l2: float = 1e-3, seed: int = 0
+) -> np.ndarray:
+    """Importance weights ``min(clip, p_target(x) / p_source(x))`` (n_source,) for the source rows.
+
+    A logistic-regression domain classifier (target = 1) is fitted on the rows of both matrices with balanced
+    class weights, so its odds ``p(target | x) / p(source | x)`` estimate the density ratio
+    ``p_target(x) / p_source(x)``; source points that look like target points get weights above 1. The ratio
+    is clipped at ``clip`` (a few near-perfectly target-like points would otherwise dominate).
+    """
+    source_emb = np.asarray(source_emb, dtype=np.float64)
+    target_emb = np.asarray(target_emb, dtype=np.float64)
+    if source_emb.ndim != 2 or target_emb.ndim != 2:
+        raise ValueError(f"source_emb and target_emb must be 2-D, got {source_emb.shape} and {target_emb.shape}")
+    if source_emb.shape[1] != target_emb.shape[1]:
+        raise ValueError(
+            f"mismatched embedding dimensions: source_emb has {source_emb.shape[1]} columns, target_emb has "
+            f"{target_emb.shape[1]}; embed both domains with the same encoder"
+        )
+    if not len(source_emb) or not len(target_emb):
+        raise ValueError(f"need rows in both domains, got {len(source_emb)} source and {len(target_emb)} target")
+    if not clip > 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    w, b = _fit_domain_classifier(source_emb, target_emb, l2, seed)
+    logit = np.clip(source_emb @ w + b, -50, 50)
+    return np.minimum(np.exp(logit), clip)  # odds = p / (1 - p) = exp(logit)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model-based helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def shared_parameter_names(model: MultiTaskAdapter) -> list[str]:
+    """Names of the parameters shared by every task: the item adapter (hard), towers (soft), experts + gates."""
+    return [n for n, _ in model.named_parameters() if n.startswith(_SHARED_PREFIXES)]
+
+
+def freeze_shared(model: MultiTaskAdapter) -> list[str]:
+    """Set ``requires_grad=False`` on the shared parameters; returns their names (undo with requires_grad_)."""
+    names = set(shared_parameter_names(model))
+    for n, p in model.named_parameters():
+        if n in names:
+            p.requires_grad_(False)
+    return sorted(names)
+
+
+def l2sp_penalty(model: MultiTaskAdapter, reference: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
+    """L2-SP: ``weight * sum over trainable parameters of ||theta - theta_reference||^2`` (a 0-d tensor)."""
+    total = next(model.parameters()).new_zeros(())
+    for n, p in model.named_parameters():
+        if p.requires_grad and n in reference:
+            total = total + (p - reference[n]).pow(2).sum()
+    return weight * total
+
+
+# ----------------------------------------------------------------------------------------------------------
+# source + target together
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _JointTask(SequenceTask):
+    """Source and target examples in one task: items ``[0, n_source)`` are the source catalog, the rest the
+    target's. A row is scored against its own domain's items only (all of them up to ``full_softmax_max``,
+    else in-batch targets + ``num_negatives`` sampled items of its domain); validation is the target's."""
+
+    n_source: int = 0
+    target: SequenceTask | None = None
+
+    def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
+        rows = self.sample_rows(rng, batch_size)
+        hist, mask = _pad([self.histories[r] for r in rows], max_history)
+        targets = self.targets[rows]
+        parts = [targets]
+        for lo, hi in ((0, self.n_source), (self.n_source, len(self.item_emb))):
+            if hi - lo <= config.full_softmax_max:
+                parts.append(np.arange(lo, hi))
+            else:
+                parts.append(lo + rng.integers(hi - lo, size=config.num_negatives))
+        cand = np.concatenate(parts)
+        seen = np.concatenate([np.where(mask, hist, -1), targets[:, None]], axis=1)
+        exclude = (cand[None, None, :] == seen[:, :, None]).any(axis=1)  # history and copies of the target
+        exclude |= (cand[None, :] >= self.n_source) != (targets[:, None] >= self.n_source)  # other domain
+        exclude[np.arange(batch_size), np.arange(batch_size)] = False
+        return {
+            "history": _gather(self.item_emb, hist),
+            "history_mask": torch.from_numpy(mask),
+            "candidates": _gather(self.item_emb, cand),
+            "exclude": torch.from_numpy(exclude),
+            "targets": torch.arange(batch_size),
+        }
+
+    def valid_metric(self, model: MultiTaskAdapter) -> float | None:
+        return None if self.target is None else self.target.valid_metric(model)
+
+
+def _joint_task(source: SequenceTask, target: SequenceTask, source_weights: np.ndarray | None,
+                source_share: float) -> _JointTask:
+    n_s = len(source.item_emb)
+    w_s = np.ones(len(source)) if source_weights is None else np.asarray(source_weights, dtype=np.float64)
+    if len(target):
+        weights = np.concatenate([source_share * w_s / w_s.sum(), np.full(len(target), (1 - source_share) / len(target))])
+    else:
+        weights = w_s
+    return _JointTask(
+        np.concatenate([source.item_emb, target.item_emb]),
+        source.histories + [[i + n_s for i in h] for h in target.histories],
+        np.concatenate([source.targets, target.targets + n_s]).astype(np.int64),
+        weights=weights,
+        n_source=n_s,
+        target=target,
+    )
+
+
+def _example_embeddings(task: SequenceTask) -> np.ndarray:
+    """One text vector per example: the normalised mean of its history and target item vectors."""
+    emb = task.item_emb
+    out = np.stack([emb[h + [t]].mean(0) for h, t in zip(task.histories, task.targets.tolist())])
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def _feature_regularizer(source: SequenceTask, target: SequenceTask, config: TransferConfig
+                         ) -> Callable[[MultiTaskAdapter], torch.Tensor]:
+    rng = np.random.default_rng(config.seed + 1)
+    m = config.feature_batch
+    dist = mmd if config.feature_distance == "mmd" else coral
+    users = config.feature_users and len(target) > 0 and len(source) > 0
+
+    def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return dist(a, b, config.bandwidths) if dist is mmd else dist(a, b)
+
+    def regularizer(model: MultiTaskAdapter) -> torch.Tensor:
+        xs = model.item_vectors(_gather(source.item_emb, rng.integers(len(source.item_emb), size=m)), "recommend")
+        xt = model.item_vectors(_gather(target.item_emb, rng.integers(len(target.item_emb), size=m)), "recommend")
+        d = distance(xs, xt)
+        if users:
+            qs = [source.histories[i] for i in rng.integers(len(source), size=m)]
+            qt = [target.histories[i] for i in rng.integers(len(target), size=m)]
+            h_s, mask_s = _pad(qs, model.config.max_history)
+            h_t, mask_t = _pad(qt, model.config.max_history)
+            us = model.recommend_query(_gather(source.item_emb, h_s), torch.from_numpy(mask_s))
+            ut = model.recommend_query(_gather(target.item_emb, h_t), torch.from_numpy(mask_t))
+            d = d + distance(us, ut)
+        return config.alpha * d
+
+    return regularizer
+
+
+@torch.inference_mode()
+def _item_distances(model: MultiTaskAdapter, source: SequenceTask, target: SequenceTask, config: TransferConfig,
+                    n: int = 1000) -> dict[str, float]:
+    """MMD and CORAL between adapted source and target item vectors (fixed samples; diagnostics)."""
+    rng = np.random.default_rng(config.seed + 2)
+    xs = encode_items(model, source.item_emb[rng.integers(len(source.item_emb), size=n)], "recommend")
+    xt = encode_items(model, target.item_emb[rng.integers(len(target.item_emb), size=n)], "recommend")
+    return {"mmd": float(mmd(xs, xt, config.bandwidths)), "coral": float(coral(xs, xt))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def validation_metrics(model: MultiTaskAdapter, task: SequenceTask, ks: Sequence[int] = (10,)) -> dict[str, float] | None:
+    """Recall@k, NDCG@k, MAP@k on ``task``'s validation rows (full ranking, history excluded); None without them."""
+    if not task.valid_histories:
+        return None
+    vectors = encode_items(model, task.item_emb, "recommend")
+    ranks = []
+    for s in range(0, len(task.valid_histories), 1024):
+        hists = task.valid_histories[s:s + 1024]
+        scores = recommend_queries(model, task.item_emb, hists) @ vectors.T
+        ranks.append(rank_of_target(scores, task.valid_targets[s:s + 1024], hists))
+    m = metrics_from_ranks(np.concatenate(ranks), tuple(ks))
+    return {k: v for k, v in m.items() if k.split("@")[0] in ("Recall", "NDCG", "MAP")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transfer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(source_model: MultiTaskAdapter, source_task: Any, target_task: Any) -> None:
+    if not isinstance(source_model, MultiTaskAdapter):
+        raise ValueError(f"source_model must be a MultiTaskAdapter, got {type(source_model).__name__}")
+    source_model.check_task("recommend")
+    for name, task in (("source_task", source_task), ("target_task", target_task)):
+        if not isinstance(task, SequenceTask):
+            raise ValueError(
+                f"{name} must be a SequenceTask (transfer supports next-item recommendation only), "
+                f"got {type(task).__name__}"
+            )
+    dims = {"source_model": source_model.config.input_dim, "source_task": source_task.item_emb.shape[1],
+            "target_task": target_task.item_emb.shape[1]}
+    if len(set(dims.values())) > 1:
+        raise ValueError(
+            f"mismatched embedding dimensions {dims}: embed both catalogs with the encoder the source model "
+            "was trained on"
+        )
+    if not len(source_task):
+        raise ValueError("source_task has no training examples; transfer needs a source to learn from")
+
+
+def _fresh(source_model: MultiTaskAdapter, seed: int) -> MultiTaskAdapter:
+    torch.manual_seed(seed)
+    return MultiTaskAdapter(copy.deepcopy(source_model.config))
+
+
+def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target: SequenceTask,
+         config: TransferConfig) -> tuple[MultiTaskAdapter, dict[str, Any]]:
+    """Train one candidate; returns (model in eval mode, info)."""
+    info: dict[str, Any] = {"trained": False}
+    tc = config.train
+    family, _, variant = name.partition(":")
+    regularizer = None
+    task: SequenceTask = target
+    frozen: list[str] = []
+    if family == "target-only":
+        model = _fresh(source_model, config.seed)
+        if not len(target):
+            info["note"] = "no target examples: the untrained adapter (text similarity through a random projection)"
+    elif family == "model":
+        model = copy.deepcopy(source_model)
+        if not len(target):
+            info["note"] = "no target examples: the source model applied as is (zero-shot through the text space)"
+        elif variant == "freeze-shared":
+            frozen = freeze_shared(model)
+            info["frozen_parameters"] = int(sum(p.numel() for n, p in model.named_parameters() if n in set(frozen)))
+        elif variant == "l2sp":
+            reference = {n: p.detach().clone() for n, p in source_model.named_parameters()}
+            regularizer = lambda m: l2sp_penalty(m, reference, config.l2sp_weight)  # noqa: E731
+    else:
+        model = copy.deepcopy(source_model) if config.init == "source" else _fresh(source_model, config.seed)
+        weights = None
+        if family == "instance":
+            t0 = time.monotonic()
+            target_points = _example_embeddings(target) if len(target) else target.item_emb
+            weights = domain_weights(_example_embeddings(source), target_points, config.weight_clip,
+                                     config.classifier_l2, config.seed)
+            info["weights"] = {
+                "target_sample": "target training examples" if len(target) else "target catalog items",
+                "mean": float(weights.mean()), "max": float(weights.max()),
+                "share_clipped": float((weights >= config.weight_clip).mean()),
+                "effective_source_share": float(weights.sum() ** 2 / (weights ** 2).sum() / len(weights)),
+                "seconds": round(time.monotonic() - t0, 2),
+            }
+            if weights.sum() <= 0:
+                raise ValueError("every source example got weight 0; raise weight_clip or classifier_l2")
+        else:
+            regularizer = _feature_regularizer(source, target, config)
+        task = _joint_task(source, target, weights, config.source_share)
+    if len(task):
+        t0 = time.monotonic()
+        model.train()
+        try:
+            result = train(model, {"recommend": task}, tc, regularizer=regularizer)
+        finally:
+            for n, p in model.named_parameters():
+                if n in frozen:
+                    p.requires_grad_(True)
+        info.update(trained=True, seconds=round(time.monotonic() - t0, 1), best_step=result.best_step,
+                    steps=int(result.history[-1]["step"]) if result.history else 0)
+    model.eval()
+    return model, info
+
+
+def transfer(
+    source_model: MultiTaskAdapter,
+    source_task: SequenceTask,
+    target_task: SequenceTask,
+    config: TransferConfig | None = None,
+) -> TransferResult:
+    """Transfer a source recommendation model to a target domain (see the module docstring).
+
+    Args:
+        source_model: a model with the "recommend" task, trained on ``source_task``.
+        source_task: the source domain's training examples (used by feature- and instance-based transfer).
+        target_task: the target's training examples (may be empty: zero-shot) and validation rows
+            (``valid_histories`` / ``valid_targets``; required by ``method="auto"``).
+        config: the method and its settings.
+
+    Returns:
+        TransferResult(model, method_chosen, report, models). The report is JSON-ready
+        (:func:`save_transfer_report` writes it into a guide directory).
+    """
+    config = config or TransferConfig()
+    _check_inputs(source_model, source_task, target_task)
+    if config.method == "auto":
+        if not target_task.valid_histories:
+            raise ValueError(
+                "method='auto' needs a target validation split (target_task.valid_histories / valid_targets) "
+                "to compare the candidates on"
+            )
+        names = ["target-only", *config.expanded_candidates()]
+    elif config.method == "model":
+        names = [f"model:{config.model_mode}"]
+    elif config.method == "feature":
+        names = [f"feature:{config.feature_distance}"]
+    else:
+        names = [config.method]
+
+    models: dict[str, MultiTaskAdapter] = {}
+    methods: dict[str, dict[str, Any]] = {}
+    for name in names:
+        logger.info("transfer: training %s (%d target examples)", name, len(target_task))
+        model, info = _run(name, source_model, source_task, target_task, config)
+        info["valid"] = validation_metrics(model, target_task, config.ks)
+        info["item_distance"] = _item_distances(model, source_task, target_task, config)
+        models[name], methods[name] = model, info
+        logger.info("transfer: %s -> %s", name, info["valid"])
+
+    report: dict[str, Any] = {
+        "method": config.method,
+        "select_metric": config.select_metric,
+        "source_examples": len(source_task),
+        "target_examples": len(target_task),
+        "target_valid_rows": len(target_task.valid_histories or []),
+        "methods": methods,
+        "refused": {},
+        "config": config.to_dict(),
+    }
+    chosen = names[0]
+    if config.method == "auto":
+        chosen = _guard(methods, config, report)
+    report["chosen"] = chosen
+    report["summary"] = _summary(report)
+    return TransferResult(models[chosen], chosen, report, models)
+
+
+def _guard(methods: dict[str, dict[str, Any]], config: TransferConfig, report: dict[str, Any]) -> str:
+    """Gains vs target-only; refuse every candidate not better than it on select_metric; return the best."""
+    key = config.select_metric
+    base = methods["target-only"]["valid"]
+    best, best_value = "target-only", base[key]
+    accepted = []
+    for name, info in methods.items():
+        if name == "target-only":
+            continue
+        valid = info["valid"]
+        info["gain_vs_target_only"] = {m: _safe_gain(valid[m], base[m]) for m in base}
+        info["difference_vs_target_only"] = {m: valid[m] - base[m] for m in base}
+        gain = info["gain_vs_target_only"][key]
+        better = valid[key] > base[key] and (gain is None or gain > config.min_gain)
+        if not better:
+            word = "worse than" if valid[key] < base[key] else "no better than"
+            shown = "n/a" if gain is None else f"{gain:+.1%}"
+            report["refused"][name] = (
+                f"{word} target-only: valid {key} {valid[key]:.4f} vs {base[key]:.4f} ({shown} relative"
+                + (f", needs > {config.min_gain:+.1%}" if config.min_gain and valid[key] > base[key] else "") + ")"
+            )
+            continue
+        accepted.append(name)
+        if valid[key] > best_value:
+            best, best_value = name, valid[key]
+    report["accepted"] = accepted
+    return best
+
+
+def _safe_gain(new: float, base: float) -> float | None:
+    if base == 0:
+        return None  # relative gain undefined; difference_vs_target_only has the absolute change
+    return relative_gain({"m": new}, {"m": base})["m"]
+
+
+def _summary(report: dict[str, Any]) -> str:
+    key, chosen = report["select_metric"], report["chosen"]
+    valid = report["methods"][chosen]["valid"]
+    if report["method"] != "auto":
+        shown = "no validation split" if valid is None else f"valid {key} {valid[key]:.4f}"
+        return f"{chosen}: {shown}"
+    base = report["methods"]["target-only"]["valid"][key]
+    if chosen == "target-only":
+        text = f"kept target-only (valid {key} {base:.4f}): no transfer beat it"
+    else:
+        gain = report["methods"][chosen]["gain_vs_target_only"][key]
+        text = f"kept {chosen} (valid {key} {valid[key]:.4f} vs target-only {base:.4f}" + (
+            f", {gain:+.1%})" if gain is not None else ")")
+    if report["refused"]:
+        text += "; refused: " + "; ".join(f"{n}: {r}" for n, r in report["refused"].items())
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reports
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def save_transfer_report(guide: Any, report: dict[str, Any], name: str = REPORT_FILE) -> Path:
+    """Write ``report`` as JSON to ``<guide.path>/reports/<name>`` (directory created if needed); returns the path.
+
+    The guide must have a directory (``Guide.save`` or ``Guide.load`` first); ``reports/`` is kept when the
+    guide is saved again.
+    """
+    if getattr(guide, "path", None) is None:
+        raise ValueError("the guide has no directory yet: save it first (guide.save(path)), then save the report")
+    folder = Path(guide.path) / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=1, default=_json_default, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
