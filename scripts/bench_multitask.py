@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from textguide import recipes
-from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.adapters import MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.train import TrainConfig, train
+from textguide.workflows import evaluate_model, guide_meta, md_table, new_model, plot_curves
 
 logger = logging.getLogger("textguide")
 
@@ -36,43 +37,6 @@ ANCHORS = {
     "outfit": "Published (MCN paper, Polyvore-T, images+text): FITB 64.35%, compatibility AUC 0.919",
 }
 DATASET = {"recommend": "amazon-scientific", "outfit": "polyvore", "coupon": "completejourney"}
-
-
-def build_model(tasks: tuple[str, ...], sharing: str, profile_dim: int, seed: int) -> MultiTaskAdapter:
-    import torch
-
-    torch.manual_seed(seed)
-    return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=256, sharing=sharing, tasks=tasks,
-                                          n_slots=len(recipes.POLYVORE_SLOTS), profile_dim=profile_dim))
-
-
-def evaluate_all(benches: dict, model, methods: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    out = {}
-    if "recommend" in methods:
-        b = benches["recommend"]
-        out["recommend"] = recipes.evaluate_sequences(b, recipes.sequence_scores(b, "adapter", model))
-    if "outfit" in methods:
-        b = benches["outfit"]
-        out["outfit"] = recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model))
-    if "coupon" in methods:
-        b = benches["coupon"]
-        sel = b.task
-        import pandas as pd
-
-        sel_frame = pd.DataFrame({"u": sel.valid_user_index, "c": sel.valid_coupon_index, "label": sel.valid_labels})
-        from textguide.evaluate import best_f1_threshold
-
-        s_sel = recipes.coupon_logits(b, "adapter", sel_frame, model)
-        thr, _ = best_f1_threshold(sel_frame["label"].to_numpy(), 1 / (1 + np.exp(-s_sel)))
-        out["coupon"] = recipes.evaluate_coupons(b, recipes.coupon_logits(b, "adapter", b.report, model), threshold=thr)
-    return out
-
-
-def md_table(rows: list[tuple[str, dict[str, float]]], metrics: list[str]) -> str:
-    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for name, m in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in metrics) + " |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -85,6 +49,7 @@ def main() -> None:
     ap.add_argument("--report", default="reports/multitask")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--no-uci", dest="uci", action="store_false", help="skip the UCI in-vehicle coupon table")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -104,7 +69,6 @@ def main() -> None:
             benches[task] = prep(enc, cache)
             prep_time[task] = time.time() - t
             logger.info("prepared %s in %.0fs: %s", task, prep_time[task], benches[task].info)
-    profile_dim = 384 if "coupon" in tasks else 0
 
     results: dict[str, dict[str, dict[str, float]]] = {t: {} for t in tasks}
     timing: dict[str, float] = {}
@@ -132,14 +96,14 @@ def main() -> None:
     curves: dict[str, list[dict]] = {}
 
     def run(name: str, run_tasks: tuple[str, ...], sharing: str, weighting: str) -> None:
-        model = build_model(run_tasks, sharing, profile_dim if "coupon" in run_tasks else 0, args.seed)
-        cfg = TrainConfig(steps=args.steps, batch_size=256, lr=1e-3, weighting=weighting, eval_every=100,
+        model = new_model(run_tasks, sharing, args.seed)
+        cfg = TrainConfig(steps=args.steps, batch_size=128, lr=1e-3, weighting=weighting, eval_every=100,
                           patience=6, seed=args.seed, max_seconds=args.budget * len(run_tasks), show_progress=False)
         t = time.time()
         res = train(model, {t_: benches[t_].task for t_ in run_tasks}, cfg)
         timing[name] = time.time() - t
         curves[name] = res.history
-        ev = evaluate_all(benches, model, run_tasks)
+        ev = evaluate_model(benches, model, run_tasks)
         for t_ in run_tasks:
             results[t_][name] = ev[t_]
         models[name] = (model, {"best_step": res.best_step, "select": res.best_metrics, "seconds": timing[name]})
@@ -151,6 +115,21 @@ def main() -> None:
         for c in args.configs.split(","):
             sharing, weighting = c.split("-")
             run(f"multi {sharing}/{weighting}", tasks, sharing, weighting)
+
+    # ---- a second coupon dataset, single-task: UCI in-vehicle coupons (verbalised context, no purchase history)
+    uci_rows: dict[str, dict[str, float]] = {}
+    if args.uci:
+        ub = recipes.prepare_uci_coupon(enc, cache)
+        uci_rows["gbt (lightgbm, one-hot raw fields)"] = recipes.uci_baseline_gbt(ub, args.seed)
+        import torch
+
+        torch.manual_seed(args.seed)
+        um = new_model(("coupon",), "hard", args.seed)
+        t = time.time()
+        train(um, {"coupon": ub.task}, TrainConfig(steps=args.steps, batch_size=128, eval_every=100, patience=6, seed=args.seed,
+                                                     max_seconds=args.budget, show_progress=False))
+        timing["uci single-task (coupon)"] = time.time() - t
+        uci_rows["single-task adapter (text of context + offer)"] = recipes.uci_adapter_metrics(ub, um)
 
     # ---- tables
     lines = [f"# Multi-task results ({time.strftime('%Y-%m-%d')})", "",
@@ -175,15 +154,18 @@ def main() -> None:
                   "| configuration | Delta_m | training seconds |", "|---|---|---|"]
         lines += [f"| {n} | {g:+.2%} | {timing[n]:.0f} |" for n, g in gains.items()]
         lines.append("")
+    if uci_rows:
+        lines += [f"## coupon — UCI in-vehicle coupons ({json.dumps(ub.info)})", "",
+                  md_table(list(uci_rows.items()), ["Accuracy", "AUC"]), ""]
     lines += ["## Training time (seconds, this machine)", "", "| run | seconds | best step |", "|---|---|---|"]
-    lines += [f"| {n} | {timing[n]:.0f} | {models[n][1]['best_step']} |" for n in timing]
+    lines += [f"| {n} | {timing[n]:.0f} | {models[n][1]['best_step'] if n in models else ''} |" for n in timing]
     lines += ["", f"Data preparation (embedding with the cache): {json.dumps({k: round(v) for k, v in prep_time.items()})}"]
     text = "\n".join(lines)
     print(text)
     (report_dir / "results.md").write_text(text + "\n")
     (report_dir / "results.json").write_text(json.dumps(
         {"results": results, "gains": gains, "timing": timing, "curves": curves,
-         "info": {t_: benches[t_].info for t_ in tasks}}, indent=1, default=float))
+         "uci": uci_rows, "info": {t_: benches[t_].info for t_ in tasks}}, indent=1, default=float))
     plot_curves(curves, report_dir / "curves.png")
 
     # ---- save the best model per dataset (by the selection metric) into its guide
@@ -191,38 +173,11 @@ def main() -> None:
         cands = [(n, m) for n, m in models.items() if t_ in m[0].config.tasks]
         best_name, (best_model, meta) = max(cands, key=lambda nm: nm[1][1]["select"].get(t_, -1.0))
         b = benches[t_]
-        extra = {"slot_field": "slot", "slots": recipes.POLYVORE_SLOTS} if t_ == "outfit" else {}
-        if t_ == "coupon":
-            extra = {"profile": "text"}
-        b.guide.set_adapter(best_model, {**extra, "trained_as": best_name, "report_metrics": results[t_][best_name],
+        b.guide.set_adapter(best_model, {**guide_meta(t_), "trained_as": best_name, "report_metrics": results[t_][best_name],
                                          "train": meta})
         path = Path(args.out) / DATASET[t_]
         b.guide.save(path)
         logger.info("saved %s (%s) -> %s", DATASET[t_], best_name, path)
-
-
-def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
-    """Validation metric per task vs step, one panel per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({k.split("/", 1)[1] for h in curves.values() for row in h for k in row if k.startswith("valid/")})
-    if not tasks:
-        return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5))
-    axes = np.atleast_1d(axes)
-    for ax, t_ in zip(axes, tasks):
-        for name, hist in curves.items():
-            pts = [(r["step"], r[f"valid/{t_}"]) for r in hist if r.get(f"valid/{t_}") is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=name)
-        ax.set_title(f"valid {t_}")
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":

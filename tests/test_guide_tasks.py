@@ -186,3 +186,14 @@ def test_adapter_dimension_mismatch(guide: Guide) -> None:
 def test_verbalise_profile() -> None:
     assert verbalise_profile({"age": "45-54", "kids_count": 2, "income": None}) == "age: 45-54. kids count: 2"
     assert verbalise_profile({}) == "unknown customer"
+
+
+def test_remove_items(guide: Guide, tmp_path: Path, enc: HashingEncoder) -> None:
+    guide.save(tmp_path / "g")
+    guide.remove(["p02"])
+    assert "p02" not in guide.similar("p01", k=19).ids
+    assert "p02" not in Guide.load(tmp_path / "g", enc).index
+    with pytest.raises(KeyError, match="unknown item id 'p02'"):
+        guide.remove(["p02"])
+    with pytest.raises(ValueError, match="wrap it as"):
+        guide.remove("p01")

@@ -324,6 +324,14 @@ class Guide:
         logger.info("onboarded: %s", report)
         return report
 
+    def remove(self, item_ids: Sequence[str], *, save: bool = True) -> None:
+        """Remove items from the guide (atomically on disk, like :meth:`onboard`); unknown ids raise ``KeyError``."""
+        if isinstance(item_ids, str):
+            raise ValueError(f"item_ids must be a list of ids, got a single string; wrap it as [{item_ids!r}]")
+        new = self.index.copy()
+        new.remove(list(item_ids))
+        self._swap(new, save)
+
     def _swap(self, new_index: ItemIndex, save: bool) -> None:
         """Persist (if this guide has a directory) and only then switch to ``new_index``.
 

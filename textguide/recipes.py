@@ -215,7 +215,7 @@ class CouponBench:
 
 
 def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0,
-                            max_coupon_items: int = 50) -> CouponBench:
+                            max_coupon_items: int = 30) -> CouponBench:
     """Complete Journey: (household, received coupon) -> redeemed? Households split 60/20/20 into
     train / selection / report. Users are their purchases (transaction sample) plus a verbalised profile."""
     from .datasets.completejourney import coupon_examples, load_completejourney
@@ -223,11 +223,20 @@ def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None =
     ds = load_completejourney()
     rng = np.random.default_rng(seed)
     coupon_ids = sorted(ds.coupons)
-    coupon_items = {c: ds.coupons[c] for c in coupon_ids}
-    used = set(ds.transactions["item_id"]) | {i for c in coupon_ids for i in coupon_items[c]}
+    # a coupon is represented by (at most max_coupon_items of) the products it covers, sampled once
+    covered = {}
+    for c in coupon_ids:
+        items = list(dict.fromkeys(ds.coupons[c]))
+        if len(items) > max_coupon_items:
+            items = rng.choice(items, max_coupon_items, replace=False).tolist()
+        covered[c] = items
+    used = set(ds.transactions["item_id"]) | {i for c in coupon_ids for i in covered[c]}
     items = ds.products[ds.products["id"].isin(used)].reset_index(drop=True)
     guide = Guide.build(items_catalog(items), encoder, cache=cache)
     row = guide.index.row_of
+    coupons = [[row[i] for i in covered[c] if i in row] for c in coupon_ids]
+    keep = [i for i, c in enumerate(coupons) if c]
+    coupon_ids, coupons = [coupon_ids[i] for i in keep], [coupons[i] for i in keep]
 
     examples = coupon_examples(ds)
     households = sorted(examples["household_id"].unique())
@@ -235,12 +244,6 @@ def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None =
     tx = ds.transactions[ds.transactions["item_id"].isin(row.keys())].sort_values("timestamp")
     by_h = tx.groupby("household_id")["item_id"].apply(list).to_dict()
     histories = [[row[i] for i in by_h.get(h, [])][-200:] for h in households]
-    coupons = []
-    for c in coupon_ids:
-        rows = [row[i] for i in coupon_items[c] if i in row]
-        if len(rows) > max_coupon_items:
-            rows = rng.choice(rows, max_coupon_items, replace=False).tolist()
-        coupons.append(rows)
     c_index = {c: i for i, c in enumerate(coupon_ids)}
     demo = ds.demographics
     prof_text = [verbalise_profile(demo.loc[h].to_dict()) if h in demo.index else "unknown customer" for h in households]
@@ -331,3 +334,81 @@ def evaluate_coupons(bench: CouponBench, scores: np.ndarray, frame: pd.DataFrame
         threshold, _ = best_f1_threshold(labels, probs)
     p, r, f1 = precision_recall_f1(labels, probs, threshold)
     return {"AUC": auc, "CouponAUC": cauc, "Recall@5": float(np.mean(rec)), "P": p, "R": r, "F1": f1}
+
+
+# ------------------------------------------------------------------------------------------ in-vehicle coupons
+@dataclass
+class ContextCouponBench:
+    """UCI in-vehicle coupon acceptance: a user is the verbalised driver + context (a profile vector, no
+    purchase history); a coupon is its verbalised offer, embedded as one "item"."""
+
+    name: str
+    guide: Guide
+    task: CouponTask
+    report_users: np.ndarray
+    report_coupons: np.ndarray
+    report_labels: np.ndarray
+    frame: pd.DataFrame
+    parts: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_uci_coupon(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0) -> ContextCouponBench:
+    """UCI in-vehicle coupons: rows split 60/20/20 at random into train / selection / report."""
+    from .datasets.uci_coupon import load_uci_coupon
+
+    from .encoder import encode_texts
+
+    df = load_uci_coupon().reset_index(drop=True)
+    offers = sorted(df["coupon_text"].unique())
+    items = pd.DataFrame({"id": [f"uci-offer:{i}" for i in range(len(offers))], "title": offers, "text": offers,
+                          "category": "coupon"})
+    guide = Guide.build(items_catalog(items), encoder, cache=cache)
+    offer_row = {t: i for i, t in enumerate(offers)}
+    profiles = encode_texts(encoder, df["user_text"].tolist(), cache=cache, show_progress=False)
+    users = np.arange(len(df))
+    coupons = df["coupon_text"].map(offer_row).to_numpy()
+    labels = df["label"].to_numpy().astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(df))
+    parts = np.empty(len(df), dtype="<U6")
+    parts[perm[: int(0.6 * len(df))]] = "train"
+    parts[perm[int(0.6 * len(df)): int(0.8 * len(df))]] = "select"
+    parts[perm[int(0.8 * len(df)):]] = "report"
+    tr, se, rp = (parts == p for p in ("train", "select", "report"))
+    task = CouponTask(guide.index.embeddings, [[] for _ in users], [[i] for i in range(len(offers))], labels[tr],
+                      profiles, users[tr], coupons[tr], labels[se], users[se], coupons[se])
+    return ContextCouponBench("uci-coupon", guide, task, users[rp], coupons[rp], labels[rp], df, parts,
+                              {"rows": len(df), "offers": len(offers), "train": int(tr.sum()), "report": int(rp.sum()),
+                               "accept_rate": float(labels.mean())})
+
+
+def uci_baseline_gbt(bench: ContextCouponBench, seed: int = 0) -> dict[str, float]:
+    """The usual tabular baseline: gradient-boosted trees on one-hot raw columns."""
+    import lightgbm
+
+    raw = bench.frame.drop(columns=[c for c in ("text", "coupon_text", "user_text", "label", "Y") if c in bench.frame])
+    x = pd.get_dummies(raw.astype(str)).to_numpy(dtype=np.float32)
+    y = bench.frame["label"].to_numpy()
+    tr, se, rp = (bench.parts == p for p in ("train", "select", "report"))
+    gbt = lightgbm.LGBMClassifier(n_estimators=400, learning_rate=0.05, num_leaves=63, verbose=-1, random_state=seed)
+    gbt.fit(x[tr], y[tr])
+    return _binary_metrics(y[se], gbt.predict_proba(x[se])[:, 1], y[rp], gbt.predict_proba(x[rp])[:, 1])
+
+
+def uci_adapter_metrics(bench: ContextCouponBench, model: Any) -> dict[str, float]:
+    """Accuracy (threshold chosen on the selection split) and AUC of an adapter on the report split."""
+    t = bench.task
+
+    def logits(users: np.ndarray, coupons: np.ndarray) -> np.ndarray:
+        return _coupon_logits(model, t.item_emb, [[] for _ in users], [t.coupon_items[c] for c in coupons],
+                              t.profiles[users])
+
+    sel = 1 / (1 + np.exp(-logits(t.valid_user_index, t.valid_coupon_index)))
+    rep = 1 / (1 + np.exp(-logits(bench.report_users, bench.report_coupons)))
+    return _binary_metrics(t.valid_labels, sel, bench.report_labels, rep)
+
+
+def _binary_metrics(y_sel: np.ndarray, p_sel: np.ndarray, y_rep: np.ndarray, p_rep: np.ndarray) -> dict[str, float]:
+    grid = np.linspace(0.05, 0.95, 91)
+    thr = grid[int(np.argmax([((p_sel >= g) == y_sel).mean() for g in grid]))]
+    return {"Accuracy": float(((p_rep >= thr) == y_rep).mean()), "AUC": roc_auc(y_rep, p_rep)}

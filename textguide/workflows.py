@@ -43,12 +43,12 @@ def prepare(task: str, encoder: TextEncoder, cache: EmbeddingCache | None) -> An
 
 
 def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0) -> MultiTaskAdapter:
-    """A fresh adapter for these benchmark tasks (384-d MiniLM input, 256-d adapted space)."""
+    """A fresh adapter for these benchmark tasks (384-d MiniLM input, 128-d adapted space, last 20 items read)."""
     import torch
 
     torch.manual_seed(seed)
     return MultiTaskAdapter(AdapterConfig(
-        input_dim=384, dim=256, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
+        input_dim=384, dim=128, max_history=20, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
         n_slots=len(recipes.POLYVORE_SLOTS) if "outfit" in tasks else 0,
         profile_dim=384 if "coupon" in tasks else 0,
     ))
@@ -155,7 +155,7 @@ def train_recipe(
     cache = EmbeddingCache()
     benches = {t: prepare(t, encoder, cache) for t in tasks}
     model = new_model(tasks, sharing, seed)
-    cfg = TrainConfig(steps=steps, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
+    cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
                       max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
     t0 = time.time()
     result = train(model, {t: benches[t].task for t in tasks}, cfg)

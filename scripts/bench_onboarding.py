@@ -1,0 +1,572 @@
+"""Cold-start category onboarding: quality, a zero-interaction catalog, and speed under load.
+
+Subcommands (numbers and commands of our runs: docs/onboarding.md):
+
+  hm        H&M next-purchase recommendation with one product group held out of training entirely.
+            Recall@12 on purchases of that group for: text similarity (no training), the adapter trained
+            without the group after ``Guide.onboard`` (zero-shot), and the adapter trained with it (upper bound).
+  toys      Onboard the Amazon Toys catalog (11,252 titles, no interactions) into a guide trained on Amazon
+            Scientific and query it at once (search, similar, recommend) - in this process and after a reload.
+  speed     Onboard N new products (default 10,000 Toys titles, embeddings not cached) into a copy of a guide
+            while a reader thread in this process and a second process (which polls ``guide.refresh()``)
+            query it; reports seconds, throughput, memory and the readers' p50/p99 latency idle vs. during.
+  reader    (internal) the second process of ``speed``.
+
+The base guide of ``toys`` and ``speed`` is --guide (default indexes/amazon-scientific); when it does not
+exist it is built with ``textguide.workflows.train_recipe("amazon-scientific", ..., max_seconds=120)``.
+Guides are never changed in place: both subcommands onboard into a scratch copy.
+
+Example:
+    PYTHONUNBUFFERED=1 python scripts/bench_onboarding.py hm --group Accessories --json /tmp/hm.json
+    PYTHONUNBUFFERED=1 python scripts/bench_onboarding.py speed --n 10000 --json /tmp/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from textguide.catalog import Catalog  # noqa: E402
+from textguide.encoder import EmbeddingCache, load_encoder  # noqa: E402
+from textguide.guide import Guide  # noqa: E402
+from textguide.recipes import items_catalog  # noqa: E402
+
+logger = logging.getLogger("textguide")
+DEFAULT_GUIDE = ROOT / "indexes" / "amazon-scientific"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def rss_mb() -> float:
+    """Resident memory of this process (MiB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms; ``peak`` is the largest seen (MiB)."""
+
+    def __init__(self) -> None:
+        self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb())
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+class TimedEncoder:
+    """Wraps an encoder and adds up the seconds spent encoding."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name, self.dim, self.fingerprint = inner.name, inner.dim, inner.fingerprint
+        self.precision = getattr(inner, "precision", "fp32")
+        self.seconds = 0.0
+        self.texts = 0
+
+    def encode(self, texts, batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.texts += len(texts)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """n, p50, p99 and max of latencies (given in seconds) in milliseconds."""
+    if not values:
+        return {"n": 0}
+    x = np.asarray(values) * 1000
+    return {"n": len(x), "p50_ms": round(float(np.percentile(x, 50)), 2),
+            "p99_ms": round(float(np.percentile(x, 99)), 2), "max_ms": round(float(x.max()), 2)}
+
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def base_guide(path: Path, max_seconds: float) -> Path:
+    """The Amazon Scientific guide (trained recommend adapter); built when missing."""
+    if (path / "manifest.json").is_file():
+        return path
+    from textguide.workflows import train_recipe
+
+    print(f"{path} does not exist: building it (train_recipe amazon-scientific, max_seconds={max_seconds})", flush=True)
+    t0 = time.time()
+    train_recipe("amazon-scientific", path, max_seconds=max_seconds)
+    print(f"built {path} in {time.time() - t0:.0f}s", flush=True)
+    return path
+
+
+def scratch_copy(src: Path, name: str) -> Path:
+    """A private copy of a guide directory to onboard into."""
+    dst = Path(tempfile.mkdtemp(prefix="tg-onboard-")) / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def toys_catalog(n: int | None = None) -> Catalog:
+    from textguide.datasets.amazon_toys import load_toys
+
+    items = load_toys()
+    if n is not None:
+        items = items.iloc[:n]
+    return items_catalog(items)
+
+
+# ------------------------------------------------------------------------------------------------ hm
+def hm_sequences(group: str, seed: int, report_frac: float, select_frac: float) -> dict[str, Any]:
+    """H&M purchase sequences (unique items per customer, time order) split by customer."""
+    from textguide.datasets.hm import load_hm_articles, load_hm_transactions
+
+    articles, tx = load_hm_articles(), load_hm_transactions()
+    items = articles[articles["id"].isin(set(tx["item_id"]))].reset_index(drop=True)
+    if group not in set(items["category"]):
+        raise ValueError(f"unknown product group {group!r}; bought groups: {sorted(set(items['category']))}")
+    tx = tx.assign(order=np.arange(len(tx))).sort_values(["customer_id", "t_dat", "order"], kind="stable")
+    seqs = [list(dict.fromkeys(s)) for s in tx.groupby("customer_id", sort=True)["item_id"].agg(list)]
+    seqs = [s for s in seqs if len(s) >= 2]
+    perm = np.random.default_rng(seed).permutation(len(seqs))
+    n_rep, n_sel = int(report_frac * len(seqs)), int(select_frac * len(seqs))
+    report = [seqs[i] for i in perm[:n_rep]]
+    select = [seqs[i] for i in perm[n_rep:n_rep + n_sel]]
+    train = [seqs[i] for i in perm[n_rep + n_sel:]]
+    in_group = set(items.loc[items["category"] == group, "id"])
+    return {"items": items, "group_ids": in_group, "train": train, "select": select, "report": report}
+
+
+def _examples(seqs: list[list[str]], max_history: int, last_only: bool) -> tuple[list[list[str]], list[str]]:
+    hist, targ = [], []
+    for s in seqs:
+        for i in (range(len(s) - 1, len(s)) if last_only else range(1, len(s))):
+            hist.append(s[max(0, i - max_history):i])
+            targ.append(s[i])
+    return hist, targ
+
+
+def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str]], args) -> tuple[Any, dict]:
+    """Train a recommend adapter on id sequences over this guide's items (ids not in the guide are dropped)."""
+    import torch
+
+    from textguide.adapters import AdapterConfig, MultiTaskAdapter
+    from textguide.train import SequenceTask, TrainConfig, train as fit
+
+    row = guide.index.row_of
+    keep = [[row[i] for i in s if i in row] for s in train]
+    keep = [s for s in keep if len(s) >= 2]
+    hist, targ = [], []
+    for s in keep:
+        for i in range(1, len(s)):
+            hist.append(s[max(0, i - 50):i])
+            targ.append(s[i])
+    sel = [[row[i] for i in s if i in row] for s in select]
+    sel = [s for s in sel if len(s) >= 2]
+    task = SequenceTask(guide.index.embeddings, hist, targ, [s[-51:-1] for s in sel], [s[-1] for s in sel])
+    torch.manual_seed(args.seed)
+    model = MultiTaskAdapter(AdapterConfig(input_dim=guide.index.dim, dim=256, tasks=("recommend",)))
+    cfg = TrainConfig(steps=args.steps, batch_size=256, eval_every=100, patience=5, seed=args.seed,
+                      max_seconds=args.max_seconds, full_softmax_max=args.full_softmax_max,
+                      num_negatives=args.num_negatives)
+    t0 = time.time()
+    result = fit(model, {"recommend": task}, cfg)
+    info = {"train_examples": len(targ), "select_users": len(sel), "items": len(row),
+            "seconds": round(time.time() - t0, 1), "best_step": result.best_step,
+            "steps": result.history[-1]["step"] if result.history else 0,
+            "select_Recall@10": result.best_metrics.get("recommend")}
+    print(f"trained on {len(row)} items, {len(targ)} examples: {info}", flush=True)
+    return model, info
+
+
+def score_hm(guide: Guide, hist: list[list[str]], targ: list[str], method: str, group_ids: set[str]) -> dict[str, float]:
+    """Recall@12 / NDCG@12 over the whole catalog and within the held-out group (history excluded)."""
+    from textguide.evaluate import metrics_from_ranks, rank_of_target
+    from textguide.train import encode_items, recommend_queries
+
+    idx = guide.index
+    emb = idx.embeddings
+    live = np.flatnonzero(~idx.deleted)
+    assert len(live) == len(idx.ids), "scoring assumes no removed rows"
+    h_rows = [[idx.row_of[i] for i in h] for h in hist]
+    t_rows = np.array([idx.row_of[i] for i in targ])
+    if method == "text":
+        vectors = emb
+    else:
+        vectors = encode_items(guide.adapter, emb, "recommend")
+    g_cols = np.array(sorted(idx.row_of[i] for i in group_ids))
+    g_pos = {int(c): j for j, c in enumerate(g_cols)}
+    ranks_all, ranks_group = [], []
+    for s in range(0, len(h_rows), 512):
+        hs, ts = h_rows[s:s + 512], t_rows[s:s + 512]
+        if method == "text":
+            q = np.stack([emb[h].mean(0) for h in hs])
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+        else:
+            q = recommend_queries(guide.adapter, emb, hs)
+        scores = q @ vectors.T
+        ranks_all.append(rank_of_target(scores, ts, hs))
+        if all(int(t) in g_pos for t in ts):
+            ranks_group.append(rank_of_target(scores[:, g_cols], [g_pos[int(t)] for t in ts],
+                                              [[g_pos[r] for r in h if r in g_pos] for h in hs]))
+    out = {f"all/{k}": v for k, v in metrics_from_ranks(np.concatenate(ranks_all), (12,)).items()
+           if k in ("Recall@12", "NDCG@12")}
+    if ranks_group:
+        out |= {f"group/{k}": v for k, v in metrics_from_ranks(np.concatenate(ranks_group), (12,)).items()
+                if k in ("Recall@12", "NDCG@12")}
+    return out
+
+
+def cmd_hm(args) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    group = args.group
+    data = hm_sequences(group, args.seed, args.report_frac, args.select_frac)
+    items, gids = data["items"], data["group_ids"]
+    enc, cache = load_encoder(), EmbeddingCache()
+    print(f"H&M: {len(items)} bought articles, {len(gids)} in {group!r}; customers train {len(data['train'])}, "
+          f"select {len(data['select'])}, report {len(data['report'])}", flush=True)
+
+    # evaluation examples: every purchase of a report customer after the first; group targets are the point
+    hist, targ = _examples(data["report"], 50, last_only=False)
+    in_g = np.array([t in gids for t in targ])
+    rng = np.random.default_rng(args.seed)
+    other = np.flatnonzero(~in_g)
+    other = np.sort(rng.choice(other, min(args.max_other, len(other)), replace=False))
+    ev = {"group": ([hist[i] for i in np.flatnonzero(in_g)], [targ[i] for i in np.flatnonzero(in_g)]),
+          "other": ([hist[i] for i in other], [targ[i] for i in other])}
+    print(f"report examples: {int(in_g.sum())} purchases of {group}, {len(other)} other purchases (sampled)", flush=True)
+
+    results: dict[str, dict[str, float]] = {}
+    info: dict[str, Any] = {"group": group, "items": len(items), "group_items": len(gids),
+                            "report_group_purchases": int(in_g.sum()), "report_other_purchases": len(other),
+                            "customers": {k: len(data[k]) for k in ("train", "select", "report")}}
+    out = Path(args.out)
+
+    # the upper bound: trained with the group
+    full = Guide.build(items_catalog(items), enc, cache=cache)
+    results["text similarity (no training)"] = {f"{k}/{m}": v for k in ev
+                                                for m, v in score_hm(full, *ev[k], "text", gids).items()}
+    model, info["upper_bound_training"] = train_hm_adapter(full, data["train"], data["select"], args)
+    full.set_adapter(model)
+    results["adapter trained with the group (upper bound)"] = {
+        f"{k}/{m}": v for k in ev for m, v in score_hm(full, *ev[k], "adapter", gids).items()}
+
+    # zero-shot: trained without the group (its items removed from the catalog and every sequence), then onboarded
+    rest = items[~items["id"].isin(gids)].reset_index(drop=True)
+    guide = Guide.build(items_catalog(rest), enc, cache=cache)
+    without = [[i for i in s if i not in gids] for s in data["train"]]
+    model, info["zero_shot_training"] = train_hm_adapter(guide, without, [[i for i in s if i not in gids]
+                                                                            for s in data["select"]], args)
+    guide.set_adapter(model)
+    path = out / f"hm-without-{group.lower().replace(' ', '-')}"
+    guide.save(path)
+    before = guide.index.count
+    report = guide.onboard(items_catalog(items[items["id"].isin(gids)].reset_index(drop=True)), category=group,
+                           cache=cache)
+    info["onboard"] = {"added": report.added, "seconds": round(report.seconds, 2), "items_before": before,
+                       "items_after": report.items, "guide": str(path)}
+    print(f"onboarded {report.added} {group} items into {path} in {report.seconds:.1f}s", flush=True)
+    results["zero-shot onboarding (trained without the group)"] = {
+        f"{k}/{m}": v for k in ev for m, v in score_hm(guide, *ev[k], "adapter", gids).items()}
+
+    # the served answers are the ones scored: Guide.recommend on the reloaded guide, for a sample of users
+    served = Guide.load(path, encoder=enc)
+    gh, gt = ev["group"]
+    agree = []
+    for i in range(min(50, len(gh))):
+        ids = served.recommend(gh[i], k=12).ids
+        agree.append(gt[i] in ids)
+    info["served_check"] = {"users": len(agree), "hits": int(sum(agree))}
+    return {"results": results, "info": info}
+
+
+def hm_markdown(res: dict[str, Any]) -> str:
+    g = res["info"]["group"]
+    lines = [f"| method | Recall@12, {g} purchases | NDCG@12, {g} | Recall@12 within {g} only | "
+             f"Recall@12, other purchases |", "|---|---|---|---|---|"]
+    for name, m in res["results"].items():
+        lines.append(f"| {name} | {m.get('group/all/Recall@12', float('nan')):.4f} | "
+                     f"{m.get('group/all/NDCG@12', float('nan')):.4f} | {m.get('group/group/Recall@12', float('nan')):.4f} | "
+                     f"{m.get('other/all/Recall@12', float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ toys
+def cmd_toys(args) -> dict[str, Any]:
+    src = base_guide(Path(args.guide), args.build_seconds)
+    path = scratch_copy(src, "amazon-scientific+toys")
+    enc = load_encoder()
+    guide = Guide.load(path, encoder=enc)
+    reader = Guide.load(path, encoder=enc)  # another instance, as a serving process would hold
+    before = guide.info()
+    catalog = toys_catalog()
+    t0 = time.perf_counter()
+    report = guide.onboard(catalog, category="Toys & Games", cache=EmbeddingCache())
+    seconds = time.perf_counter() - t0
+    out: dict[str, Any] = {"guide": str(path), "base": str(src), "items_before": before["items"],
+                           "onboard": {"added": report.added, "unchanged": report.unchanged, "items": report.items,
+                                       "seconds": round(seconds, 1)}}
+    refreshed = reader.refresh()
+    queries = ["lego star wars building kit", "wooden puzzle for toddlers", "microscope for kids",
+               "digital caliper stainless steel"]
+    shown: dict[str, Any] = {"refresh": refreshed}
+    for q in queries:
+        for who, g in (("onboarding process", guide), ("other instance after refresh()", reader)):
+            hits = g.search(q, k=5)
+            shown.setdefault(f"search {q!r}", {})[who] = [(i, g.index.item(i)["title"][:60]) for i in hits.ids]
+    toy = catalog.ids[0]
+    shown[f"similar {toy} ({catalog.texts[0][:50]})"] = [(i, guide.index.item(i)["title"][:60])
+                                                          for i in guide.similar(toy, k=5).ids]
+    sci = guide.index.live_ids()[0]  # an Amazon Scientific product
+    shown[f"similar {sci}, category Toys & Games"] = [(i, guide.index.item(i)["title"][:60])
+                                                      for i in guide.similar(sci, k=3, category="Toys & Games").ids]
+    hits = guide.recommend([toy, catalog.ids[1]], k=5)
+    shown[f"recommend history [{toy}, {catalog.ids[1]}] ({hits.method})"] = [
+        (i, guide.index.item(i)["title"][:60]) for i in hits.ids]
+    shown["info categories"] = guide.info()["categories"]
+    out["shown"] = shown
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ speed
+def _query_loop(guide: Guide, sample_ids: list[str], queries: list[str], stop: threading.Event,
+                log: list[tuple[float, str, float]], period: float, refresh_log: list | None = None) -> None:
+    """Open-loop reader: one query every ``period`` seconds, alternating similar and search."""
+    rng = np.random.default_rng(os.getpid() + threading.get_ident() % 1000)
+    n = 0
+    next_at = time.perf_counter()
+    while not stop.is_set():
+        now = time.perf_counter()
+        if now < next_at:
+            time.sleep(next_at - now)
+        next_at += period
+        kind = "similar" if n % 2 == 0 else "search"
+        t0 = time.perf_counter()
+        if kind == "similar":
+            guide.similar(sample_ids[int(rng.integers(len(sample_ids)))], k=10)
+        else:
+            guide.search(queries[int(rng.integers(len(queries)))], k=10)
+        log.append((time.time(), kind, time.perf_counter() - t0))
+        n += 1
+        if refresh_log is not None and n % 10 == 0:  # the second process polls for a new version
+            t1 = time.perf_counter()
+            changed = guide.refresh()
+            refresh_log.append((time.time(), changed, time.perf_counter() - t1, guide.index.count))
+
+
+QUERIES = ["pipette tips", "safety goggles", "digital thermometer", "lab notebook", "stainless steel tweezers",
+           "nitrile gloves", "magnifying glass", "soldering iron", "ph test strips", "beaker set glass"]
+
+
+def cmd_reader(args) -> None:
+    """The second process: query the guide until the stop file appears, polling guide.refresh()."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    guide = Guide.load(args.guide, encoder=load_encoder())
+    ids = guide.index.live_ids()
+    guide.search("warm up", k=10)
+    log: list = []
+    refresh_log: list = []
+    stop = threading.Event()
+    print("ready", flush=True)
+    thread = threading.Thread(target=_query_loop, args=(guide, ids, QUERIES, stop, log, args.period, refresh_log))
+    thread.start()
+    while not Path(args.stop_file).exists():
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    seen = guide.index.count
+    Path(args.log).write_text(json.dumps({"queries": log, "refresh": refresh_log, "final_count": seen}))
+
+
+def cmd_speed(args) -> dict[str, Any]:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = base_guide(Path(args.guide), args.build_seconds)
+    path = scratch_copy(src, "speed")
+    catalog = toys_catalog(args.n)
+    enc = TimedEncoder(load_encoder())
+    guide = Guide.load(path, encoder=enc)
+    base_ids = guide.index.live_ids()
+    guide.search("warm up", k=10)
+    guide.similar(base_ids[0], k=10)
+    cache = None
+    if args.cached:  # warm cache: embeddings reused from the default cache (filled on the first run)
+        cache = EmbeddingCache()
+    work = path.parent
+    stop_file, child_log = work / "stop", work / "reader.json"
+    child = None
+    if not args.no_process:
+        child = subprocess.Popen(
+            [sys.executable, __file__, "reader", "--guide", str(path), "--stop-file", str(stop_file), "--log",
+             str(child_log), "--period", str(args.period), "--threads", "1"],
+            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("the reader process failed to start")
+    log: list = []
+    stop = threading.Event()
+    reader = threading.Thread(target=_query_loop, args=(guide, base_ids, QUERIES, stop, log, args.period))
+    phases: dict[str, tuple[float, float]] = {}
+    reader.start()
+    try:
+        t = time.time()
+        time.sleep(args.idle_seconds)
+        phases["idle"] = (t, time.time())
+        rss0 = rss_mb()
+        load0 = load_avg()
+        t = time.time()
+        with PeakRSS() as peak:
+            t0 = time.perf_counter()
+            report = guide.onboard(catalog, category="Toys & Games", cache=cache)
+            seconds = time.perf_counter() - t0
+        phases["onboarding"] = (t, time.time())
+        time.sleep(args.after_seconds)
+        phases["after"] = (phases["onboarding"][1], time.time())
+    finally:
+        stop.set()
+        reader.join()
+        stop_file.write_text("stop")
+        if child is not None:
+            child.wait(timeout=120)
+    child_data = json.loads(child_log.read_text()) if child is not None else {"queries": [], "refresh": []}
+
+    def window(entries, phase, kind=None):
+        lo, hi = phases[phase]
+        return [e[2] for e in entries if lo <= e[0] <= hi and (kind is None or e[1] == kind)]
+
+    latency: dict[str, Any] = {}
+    for who, entries in (("thread", log), ("process", child_data["queries"])):
+        for kind in ("similar", "search"):
+            idle, during = percentiles(window(entries, "idle", kind)), percentiles(window(entries, "onboarding", kind))
+            ratio = during.get("p99_ms", float("nan")) / idle["p99_ms"] if idle.get("p99_ms") else float("nan")
+            latency[f"{who}/{kind}"] = {"idle": idle, "during": during, "p99_ratio": round(ratio, 2)}
+    reloads = [r for r in child_data["refresh"] if r[1]]
+    toy = catalog.ids[-1]
+    served = {"search": guide.search("lego building kit", k=3, category="Toys & Games").ids,
+              "similar": guide.similar(toy, k=3).ids}
+    return {
+        "n": len(catalog), "added": report.added, "items_after": report.items, "seconds": round(seconds, 2),
+        "encode_seconds": round(enc.seconds, 2), "texts_encoded": enc.texts,
+        "other_seconds": round(seconds - enc.seconds, 2),
+        "items_per_second": round(len(catalog) / seconds, 1),
+        "rss_before_mb": round(rss0, 1), "rss_peak_during_mb": round(peak.peak, 1),
+        "rss_peak_increase_mb": round(peak.peak - rss0, 1), "rss_after_mb": round(rss_mb(), 1),
+        "load_average_1min_before": load0, "load_average_1min_after": load_avg(), "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "cached_embeddings": bool(args.cached),
+        "latency": latency,
+        "process_reloads": [{"seconds": round(r[2], 3), "items": r[3]} for r in reloads],
+        "process_final_count": child_data.get("final_count"),
+        "served_at_once": served, "guide": str(path),
+    }
+
+
+def speed_markdown(r: dict[str, Any]) -> str:
+    lines = [f"onboarded {r['added']} items in {r['seconds']} s ({r['items_per_second']} items/s; encoding "
+             f"{r['encode_seconds']} s, the rest {r['other_seconds']} s); memory: RSS {r['rss_before_mb']} MiB before, "
+             f"peak +{r['rss_peak_increase_mb']} MiB during; load average {r['load_average_1min_before']} -> "
+             f"{r['load_average_1min_after']} on {r['cpus']} CPUs", "",
+             "| reader | query | idle p50 / p99 (ms) | during p50 / p99 (ms) | p99 ratio | n idle / during |",
+             "|---|---|---|---|---|---|"]
+    for key, v in r["latency"].items():
+        who, kind = key.split("/")
+        i, d = v["idle"], v["during"]
+        lines.append(f"| {who} | {kind} | {i.get('p50_ms')} / {i.get('p99_ms')} | {d.get('p50_ms')} / "
+                     f"{d.get('p99_ms')} | {v['p99_ratio']} | {i.get('n')} / {d.get('n')} |")
+    lines.append("")
+    lines.append(f"second process: reloaded {len(r['process_reloads'])}x via refresh() "
+                 f"({r['process_reloads']}), ends with {r['process_final_count']} items")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    h = sub.add_parser("hm")
+    h.add_argument("--group", default="Accessories", help="H&M product_group_name held out (e.g. Shoes)")
+    h.add_argument("--steps", type=int, default=3000)
+    h.add_argument("--max-seconds", type=float, default=600, help="training budget of each model")
+    h.add_argument("--full-softmax-max", type=int, default=20_000)
+    h.add_argument("--num-negatives", type=int, default=1024)
+    h.add_argument("--report-frac", type=float, default=0.2)
+    h.add_argument("--select-frac", type=float, default=0.05)
+    h.add_argument("--max-other", type=int, default=5000, help="sampled report purchases of other groups")
+    h.add_argument("--threads", type=int, default=2)
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--out", default=str(ROOT / "indexes"), help="where the onboarded H&M guide is saved")
+
+    for name in ("toys", "speed"):
+        s = sub.add_parser(name)
+        s.add_argument("--guide", default=str(DEFAULT_GUIDE))
+        s.add_argument("--build-seconds", type=float, default=120, help="training budget if the guide is built")
+    s.add_argument("--n", type=int, default=10_000)
+    s.add_argument("--cached", action="store_true", help="reuse cached embeddings (default: encode them all)")
+    s.add_argument("--period", type=float, default=0.05, help="seconds between a reader's queries")
+    s.add_argument("--idle-seconds", type=float, default=30)
+    s.add_argument("--after-seconds", type=float, default=5)
+    s.add_argument("--threads", type=int, default=0, help="torch threads of the onboarding process (0: default)")
+    s.add_argument("--no-process", action="store_true", help="no second reader process")
+
+    r = sub.add_parser("reader")
+    r.add_argument("--guide", required=True)
+    r.add_argument("--stop-file", required=True)
+    r.add_argument("--log", required=True)
+    r.add_argument("--period", type=float, default=0.05)
+    r.add_argument("--threads", type=int, default=1)
+
+    for q in (sub.choices["hm"], sub.choices["toys"], sub.choices["speed"]):
+        q.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.cmd == "reader":
+        cmd_reader(args)
+        return 0
+    res = {"hm": cmd_hm, "toys": cmd_toys, "speed": cmd_speed}[args.cmd](args)
+    res["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv)
+    if args.cmd == "hm":
+        print(hm_markdown(res))
+    elif args.cmd == "speed":
+        print(speed_markdown(res))
+    print(json.dumps(res, indent=1, default=str))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Transfer benchmark: does a recommendation model trained on one domain help another, and when does it hurt?
+
+One command per experiment (each prints its tables and writes reports/transfer/<experiment>.{md,json}):
+
+    python scripts/bench_transfer.py --experiment baselines   # H&M and Online Retail alone: popularity, text, adapter
+    python scripts/bench_transfer.py --experiment hm-or       # fashion (H&M) -> home goods (Online Retail)
+    python scripts/bench_transfer.py --experiment ind-off     # Amazon Industrial & Scientific -> Office
+    python scripts/bench_transfer.py --experiment off-ind     # Amazon Office -> Industrial & Scientific
+
+A transfer experiment trains the source model (or reuses indexes/transfer-sources/<source> when present), then,
+for every target training size (0 %, 1 %, 10 %, 100 % of the target's training users), runs
+``textguide.transfer.transfer(method="auto")`` with every candidate (target-only, model-based finetune /
+freeze-shared / L2-SP, feature-based MMD / CORAL, instance-based): all candidates are scored on the report
+split, and the guard's choice (made on the selection split) is reported as ``auto``. An alpha sweep of the
+feature-based methods runs at one size. The 100 % target guide is saved under indexes/transfer-<experiment>
+with the chosen adapter and reports/transfer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from textguide import domains
+from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter
+from textguide.encoder import EmbeddingCache, load_encoder
+from textguide.evaluate import relative_gain
+from textguide.train import TrainConfig, train
+from textguide.transfer import CANDIDATES, TransferConfig, save_transfer_report, transfer
+
+logger = logging.getLogger("textguide")
+
+EXPERIMENTS = {
+    # name: (source, target, report metrics, selection metric)
+    "hm-or": ("hm", "online-retail", ("Recall@12", "MAP@12", "NDCG@12"), "Recall@12"),
+    "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), "Recall@10"),
+    "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), "Recall@10"),
+}
+TRANSFER_CANDIDATES = [c for c in CANDIDATES if c != "target-only"]
+
+
+def build_model(seed: int) -> MultiTaskAdapter:
+    import torch
+
+    torch.manual_seed(seed)
+    return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=128, seq_layers=1, seq_heads=2, max_history=20,
+                                          dropout=0.1, tasks=("recommend",)))
+
+
+def train_config(n_examples: int, args: argparse.Namespace, seconds: float | None = None,
+                 max_steps: int | None = None) -> TrainConfig:
+    """Steps grow with the data (``epochs`` passes, at least ``min_steps``), capped by steps and seconds."""
+    steps = max(args.min_steps, math.ceil(args.epochs * n_examples / args.batch))
+    steps = min(steps, max_steps or args.max_steps)
+    return TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, eval_every=args.eval_every, patience=4,
+                       seed=args.seed, num_negatives=1024, full_softmax_max=5000,
+                       max_seconds=seconds or args.budget, show_progress=False)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fmt_gain(g: float | None) -> str:
+    return "n/a" if g is None else f"{g:+.1%}"
+
+
+def safe_gain(new: dict[str, float], base: dict[str, float], metrics: tuple[str, ...]) -> dict[str, float | None]:
+    out = {}
+    for m in metrics:
+        out[m] = None if base[m] == 0 else relative_gain({m: new[m]}, {m: base[m]})[m]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ experiments
+def source_model(bench: domains.DomainBench, args: argparse.Namespace) -> tuple[MultiTaskAdapter, dict]:
+    """Load indexes/transfer-sources/<name> if present (and not --retrain-source), else train and save it."""
+    path = Path(args.out) / "transfer-sources" / bench.name
+    if path.is_dir() and not args.retrain_source:
+        meta = json.loads((path / "train_meta.json").read_text())
+        logger.info("reusing the source model %s (trained in %.0fs)", path, meta["seconds"])
+        return load_adapter(path), {**meta, "reused": str(path)}
+    model = build_model(args.seed)
+    cfg = train_config(len(bench.task), args, seconds=args.source_budget, max_steps=args.source_steps)
+    t = time.time()
+    res = train(model, {"recommend": bench.task}, cfg)
+    meta = {"seconds": round(time.time() - t, 1), "best_step": res.best_step, "steps": res.history[-1]["step"],
+            "select": res.best_metrics, "train_config": cfg.to_dict()}
+    save_adapter(model, path)
+    (path / "train_meta.json").write_text(json.dumps(meta, indent=1))
+    logger.info("trained the source model on %s in %.0fs: %s", bench.name, meta["seconds"], res.best_metrics)
+    return model, meta
+
+
+def run_baselines(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
+    lines, out = [], {}
+    for name in ("hm", "online-retail"):
+        t = time.time()
+        bench = domains.prepare_domain(name, enc, cache)
+        prep = time.time() - t
+        rows = {m: domains.evaluate_domain(bench, domains.domain_scorer(bench, m)) for m in ("popularity", "text")}
+        model, meta = source_model(bench, args)
+        rows["adapter (trained alone)"] = domains.evaluate_domain(bench, domains.domain_scorer(bench, "adapter", model))
+        metrics = list(rows["popularity"])
+        lines += [f"## {name} alone ({json.dumps(bench.info)})", "",
+                  md_table(["method", *metrics], [[k, *(f"{v[m]:.4f}" for m in metrics)] for k, v in rows.items()]),
+                  "", f"Data preparation {prep:.0f}s; adapter training {meta['seconds']:.0f}s "
+                  f"({meta['steps']} steps, best {meta['best_step']}{', reused' if 'reused' in meta else ''}).", ""]
+        out[name] = {"results": rows, "info": bench.info, "train": meta, "prep_seconds": prep}
+    return "\n".join(lines), out
+
+
+def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
+    src_name, tgt_name, metrics, select = EXPERIMENTS[args.experiment]
+    ks = (int(select.split("@")[1]),)
+    t = time.time()
+    source = domains.prepare_domain(src_name, enc, cache)
+    target = domains.prepare_domain(tgt_name, enc, cache)
+    prep = time.time() - t
+    logger.info("prepared %s %s and %s %s in %.0fs", src_name, source.info, tgt_name, target.info, prep)
+    model, src_meta = source_model(source, args)
+    src_alone = domains.evaluate_domain(source, domains.domain_scorer(source, "adapter", model))
+    text = domains.evaluate_domain(target, domains.domain_scorer(target, "text"))
+    pop = domains.evaluate_domain(target, domains.domain_scorer(target, "popularity"))
+
+    sizes = [float(s) for s in args.sizes.split(",")]
+    results: dict[str, dict] = {}
+    for size in sizes:
+        task = domains.subsample(target, size, seed=args.seed)
+        cfg = TransferConfig(method="auto", candidates=tuple(TRANSFER_CANDIDATES), select_metric=select, ks=ks,
+                             alpha=args.alpha, l2sp_weight=args.l2sp_weight, weight_clip=args.weight_clip,
+                             seed=args.seed, train=train_config(len(task), args))
+        t = time.time()
+        res = transfer(model, source.task, task, cfg)
+        seconds = time.time() - t
+        report_metrics = {name: domains.evaluate_domain(target, domains.domain_scorer(target, "adapter", m))
+                          for name, m in res.models.items()}
+        report_metrics["auto"] = report_metrics[res.method_chosen]
+        base = report_metrics["target-only"]
+        results[f"{size:g}"] = {
+            "target_examples": len(task), "seconds": round(seconds, 1), "chosen": res.method_chosen,
+            "report": report_metrics,
+            "gain": {n: safe_gain(m, base, metrics) for n, m in report_metrics.items() if n != "target-only"},
+            "transfer_report": res.report,
+        }
+        logger.info("size %g (%d examples, %.0fs): chosen %s; %s", size, len(task), seconds, res.method_chosen,
+                    res.report["summary"])
+        if size == 1.0:  # the full-data guide, with its transfer report
+            guide = target.guide
+            guide.set_adapter(res.model, {"trained_as": f"transfer:{res.method_chosen}", "source": src_name})
+            guide.save(Path(args.out) / f"transfer-{args.experiment}")
+            save_transfer_report(guide, res.report)
+
+    sweep = {}
+    if args.sweep_size is not None and args.sweep:
+        task = domains.subsample(target, args.sweep_size, seed=args.seed)
+        for item in args.sweep.split(","):
+            dist, alpha = item.split(":")
+            cfg = TransferConfig(method="feature", feature_distance=dist, alpha=float(alpha), select_metric=select,
+                                 ks=ks, seed=args.seed, train=train_config(len(task), args))
+            t = time.time()
+            res = transfer(model, source.task, task, cfg)
+            m = domains.evaluate_domain(target, domains.domain_scorer(target, "adapter", res.model))
+            base = results.get(f"{args.sweep_size:g}", {}).get("report", {}).get("target-only")
+            sweep[item] = {"report": m, "valid": res.report["methods"][res.method_chosen]["valid"],
+                           "item_distance": res.report["methods"][res.method_chosen]["item_distance"],
+                           "gain": safe_gain(m, base, metrics) if base else None, "seconds": round(time.time() - t, 1)}
+            logger.info("sweep %s: %s", item, sweep[item])
+
+    # ---------------- tables
+    head = metrics[0]
+    lines = [f"## {args.experiment}: {src_name} -> {tgt_name}", "",
+             f"Source {src_name}: {json.dumps(source.info)}", "", f"Target {tgt_name}: {json.dumps(target.info)}", "",
+             f"Source model: {src_meta['seconds']:.0f}s training, {src_meta['steps']} steps"
+             f"{' (reused from ' + src_meta['reused'] + ')' if 'reused' in src_meta else ''}; on its own report split "
+             + ", ".join(f"{k} {v:.4f}" for k, v in src_alone.items()), "",
+             f"Target baselines without training: text similarity " + ", ".join(f"{k} {text[k]:.4f}" for k in metrics)
+             + "; popularity " + ", ".join(f"{k} {pop[k]:.4f}" for k in metrics), ""]
+    names = ["target-only", *TRANSFER_CANDIDATES, "auto"]
+    for m in metrics[:2]:
+        rows = []
+        for n in names:
+            rows.append([n, *(f"{results[s]['report'][n][m]:.4f}" for s in results)])
+        lines += [f"### {m} on the report split, by target training size", "",
+                  md_table(["method", *(f"{float(s):.0%} ({results[s]['target_examples']} ex.)" for s in results)],
+                           rows), ""]
+    rows = [[n, *(fmt_gain(results[s]["gain"][n][head]) for s in results)] for n in names if n != "target-only"]
+    lines += [f"### Transfer gain in {head} vs target-only (report split; relative)", "",
+              md_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
+    rows = []
+    for s, r in results.items():
+        rep = r["transfer_report"]
+        base = rep["methods"]["target-only"]["valid"][select]
+        refused = ", ".join(f"{n} ({rep['methods'][n]['valid'][select]:.4f})" for n in rep["refused"]) or "none"
+        rows.append([f"{float(s):.0%}", r["chosen"], f"{base:.4f}",
+                     f"{rep['methods'][r['chosen']]['valid'][select]:.4f}", refused, f"{r['seconds']:.0f}"])
+    lines += [f"### The guard (`auto`): choice on the selection split ({select})", "",
+              md_table(["size", "chosen", "target-only valid", "chosen valid", "refused (valid)", "seconds"], rows), ""]
+    if sweep:
+        rows = [[k, *(f"{v['report'][m]:.4f}" for m in metrics[:2]), fmt_gain((v["gain"] or {}).get(head)),
+                 f"{v['item_distance']['mmd']:.4f}", f"{v['item_distance']['coral']:.2e}", f"{v['seconds']:.0f}"]
+                for k, v in sweep.items()]
+        lines += [f"### Feature-based alpha sweep at {args.sweep_size:.0%} target data", "",
+                  md_table(["distance:alpha", *metrics[:2], f"gain {head}", "item MMD after", "item CORAL after",
+                            "seconds"], rows), ""]
+    out = {"source": src_name, "target": tgt_name, "source_info": source.info, "target_info": target.info,
+           "source_train": src_meta, "source_alone": src_alone, "text": text, "popularity": pop,
+           "results": results, "sweep": sweep, "prep_seconds": prep}
+    return "\n".join(lines), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--experiment", required=True, choices=["baselines", *EXPERIMENTS])
+    ap.add_argument("--sizes", default="0,0.01,0.1,1", help="target training fractions (of users)")
+    ap.add_argument("--budget", type=float, default=20, help="seconds of training per candidate run")
+    ap.add_argument("--source-budget", type=float, default=150, help="seconds of source training")
+    ap.add_argument("--source-steps", type=int, default=2000)
+    ap.add_argument("--retrain-source", action="store_true", help="train the source model even if saved")
+    ap.add_argument("--min-steps", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=500)
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--alpha", type=float, default=1.0, help="feature-based alpha in the size runs")
+    ap.add_argument("--l2sp-weight", type=float, default=0.01)
+    ap.add_argument("--weight-clip", type=float, default=10.0)
+    ap.add_argument("--sweep", default="mmd:0.1,mmd:10,coral:100,coral:10000",
+                    help="distance:alpha pairs for the alpha sweep ('' to skip)")
+    ap.add_argument("--sweep-size", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="indexes")
+    ap.add_argument("--report", default="reports/transfer")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    enc, cache = load_encoder(), EmbeddingCache()
+    if args.experiment == "baselines":
+        text, out = run_baselines(args, enc, cache)
+    else:
+        text, out = run_transfer(args, enc, cache)
+    total = time.time() - t0
+    cmd = "python scripts/bench_transfer.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "report")
+    text = (f"# Transfer benchmark: {args.experiment} ({time.strftime('%Y-%m-%d')})\n\n`{cmd}`; "
+            f"{torch.get_num_threads()} torch thread(s); total {total:.0f}s.\n\n" + text)
+    print(text)
+    report_dir = Path(args.report)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / f"{args.experiment}.md").write_text(text + "\n")
+    out["total_seconds"] = total
+    out["args"] = vars(args)
+    (report_dir / f"{args.experiment}.json").write_text(json.dumps(out, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Transfer: the negative-transfer guard on synthetic domains with known answers, MMD / CORAL / density-ratio
+weights / L2-SP against hand-computed values, freezing, joint batches, reports, error paths."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.train import SequenceTask, TrainConfig, train
+from textguide.transfer import (
+    TransferConfig,
+    _joint_task,
+    coral,
+    domain_weights,
+    l2sp_penalty,
+    mmd,
+    save_transfer_report,
+    shared_parameter_names,
+    transfer,
+)
+
+D = 32  # text embedding dimension of the synthetic domains
+K, PER = 12, 8  # clusters, items per cluster in each domain's catalog
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# synthetic domains: two catalogs in the same text space (the same K cluster centroids, different items);
+# the next item comes from the cluster that follows the last item's cluster under a rule
+# ---------------------------------------------------------------------------------------------------------
+
+_rng = np.random.default_rng(0)
+CENTROIDS = unit(_rng.normal(size=(K, D)))
+SUCC = _rng.permutation(K)
+while (SUCC == np.arange(K)).any() or (SUCC[SUCC] == np.arange(K)).any():  # no fixed points, no 2-cycles
+    SUCC = _rng.permutation(K)
+PRED = np.argsort(SUCC)  # the reverse rule: the cluster that precedes
+
+
+def domain_task(seed: int, rule: np.ndarray, n_train: int, n_valid: int = 200) -> SequenceTask:
+    rng = np.random.default_rng(seed)
+    cluster = np.repeat(np.arange(K), PER)
+    emb = unit(CENTROIDS[cluster] + 0.1 * rng.normal(size=(len(cluster), D)))
+    members = [np.flatnonzero(cluster == k) for k in range(K)]
+
+    def walks(n: int) -> tuple[list[list[int]], list[int]]:
+        hs, ts = [], []
+        for _ in range(n):
+            walk = [int(rng.integers(len(cluster)))]
+            for _ in range(int(rng.integers(0, 4))):
+                walk.append(int(rng.choice(members[rule[cluster[walk[-1]]]])))
+            hs.append(walk)
+            ts.append(int(rng.choice(members[rule[cluster[walk[-1]]]])))
+        return hs, ts
+
+    h, t = walks(n_train)
+    vh, vt = walks(n_valid) if n_valid else (None, None)
+    return SequenceTask(emb, h, t, vh, vt)
+
+
+def small_model(input_dim: int = D) -> MultiTaskAdapter:
+    torch.manual_seed(0)
+    return MultiTaskAdapter(AdapterConfig(input_dim=input_dim, dim=16, seq_layers=1, seq_heads=2, max_history=6,
+                                          dropout=0.0, tasks=("recommend",)))
+
+
+TRAIN = TrainConfig(steps=60, batch_size=64, lr=3e-3, eval_every=20, show_progress=False)
+
+
+_SOURCES: dict[str, tuple[MultiTaskAdapter, SequenceTask]] = {}
+
+
+def source_model(rule: np.ndarray) -> tuple[MultiTaskAdapter, SequenceTask]:
+    """A model trained on a source domain that follows ``rule`` (trained once per rule; transfer never
+    modifies it)."""
+    key = "succ" if rule is SUCC else "pred"
+    if key not in _SOURCES:
+        _SOURCES[key] = _train_source(rule)
+    return _SOURCES[key]
+
+
+def _train_source(rule: np.ndarray) -> tuple[MultiTaskAdapter, SequenceTask]:
+    task = domain_task(1, rule, 1500)
+    model = small_model()
+    train(model, {"recommend": task}, TRAIN)
+    assert task.valid_metric(model) > 0.9  # the source rule is learned
+    return model, task
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the negative-transfer guard
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_guard_refuses_a_source_built_to_hurt():
+    # the source's next item follows the REVERSE of the target's rule; training on it together with the target
+    # (feature- and instance-based) teaches contradicting answers for the same text clusters
+    model, source = source_model(PRED)
+    target = domain_task(2, SUCC, 300)
+    cfg = TransferConfig(method="auto", candidates=("feature:mmd", "feature:coral", "instance"), train=TRAIN)
+    result = transfer(model, source, target, cfg)
+    report = result.report
+    base = report["methods"]["target-only"]["valid"]["Recall@10"]
+    assert result.method_chosen == "target-only" and report["chosen"] == "target-only"
+    assert result.model is result.models["target-only"]
+    assert base > 0.9
+    assert set(report["refused"]) == {"feature:mmd", "feature:coral", "instance"}
+    for name, reason in report["refused"].items():
+        valid = report["methods"][name]["valid"]["Recall@10"]
+        gain = report["methods"][name]["gain_vs_target_only"]["Recall@10"]
+        assert valid < base - 0.05  # clearly hurt, not a tie
+        assert gain == pytest.approx((valid - base) / base)
+        assert f"{valid:.4f}" in reason and f"{base:.4f}" in reason and "worse than target-only" in reason
+    assert report["accepted"] == []
+    assert "kept target-only" in report["summary"]
+    json.dumps(report)  # JSON-ready
+
+
+def test_guard_keeps_a_helpful_source_at_small_target_size():
+    model, source = source_model(SUCC)  # the same rule as the target
+    target = domain_task(2, SUCC, 10)  # 10 target examples
+    result = transfer(model, source, target, TransferConfig(method="auto", train=TRAIN))
+    report = result.report
+    methods = report["methods"]
+    assert set(methods) == {"target-only", "model:finetune", "feature:mmd", "instance"}
+    assert result.method_chosen != "target-only"
+    base = methods["target-only"]["valid"]["Recall@10"]
+    chosen = methods[result.method_chosen]["valid"]["Recall@10"]
+    assert chosen == max(m["valid"]["Recall@10"] for m in methods.values())
+    assert chosen > base + 0.3
+    assert methods[result.method_chosen]["gain_vs_target_only"]["Recall@10"] > 0.5
+    assert result.method_chosen in report["accepted"]
+    # zero-shot: with no target examples the source model is applied as is, and still beats the text baseline
+    zero = transfer(model, source, domain_task(2, SUCC, 0), TransferConfig(method="auto", candidates=("model",),
+                                                                        train=TRAIN))
+    assert zero.method_chosen == "model:finetune"
+    assert zero.report["methods"]["model:finetune"]["trained"] is False
+    assert "zero-shot" in zero.report["methods"]["model:finetune"]["note"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# distances, weights, L2-SP against hand-computed values
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_mmd_hand_computed():
+    x = np.array([[0.0], [1.0]])
+    y = np.array([[2.0]])
+    # bandwidth s = 1: k(a, b) = exp(-(a - b)^2 / 2)
+    #   mean k(x, x') = (1 + e^-0.5 + e^-0.5 + 1) / 4 = (1 + e^-0.5) / 2
+    #   mean k(y, y') = 1
+    #   mean k(x, y)  = (e^-(4/2) + e^-(1/2)) / 2
+    #   MMD^2 = (1 + e^-0.5) / 2 + 1 - (e^-2 + e^-0.5) = 1.5 - 0.5 e^-0.5 - e^-2
+    #         = 1.5 - 0.3032653 - 0.1353353 = 1.0613994
+    s1 = 1.5 - 0.5 * math.exp(-0.5) - math.exp(-2)
+    assert float(mmd(x, y, [1.0])) == pytest.approx(s1, abs=1e-12)
+    assert s1 == pytest.approx(1.0613994, abs=1e-7)
+    # bandwidth s = 2: k = exp(-(a - b)^2 / 8), same steps: 1.5 - 0.5 e^-0.125 - e^-0.5
+    s2 = 1.5 - 0.5 * math.exp(-0.125) - math.exp(-0.5)
+    # several bandwidths: the kernel is the sum, so MMD^2 is the sum of the single-bandwidth values
+    assert float(mmd(x, y, [1.0, 2.0])) == pytest.approx(s1 + s2, abs=1e-12)
+    assert float(mmd(x, x, [1.0, 2.0])) == pytest.approx(0.0, abs=1e-12)
+    # differentiable, and torch in -> torch out
+    xt = torch.tensor(x, requires_grad=True)
+    mmd(xt, torch.tensor(y), [1.0]).backward()
+    assert xt.grad is not None and torch.isfinite(xt.grad).all()
+
+
+def test_coral_hand_computed():
+    x = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    y = np.array([[0.0, 1.0], [0.0, -1.0]])
+    # means are 0; unbiased covariance = sum of outer products / (n - 1) = / 1
+    #   C_x = [[2, 0], [0, 0]], C_y = [[0, 0], [0, 2]], C_x - C_y = [[2, 0], [0, -2]]
+    #   ||C_x - C_y||_F^2 = 4 + 4 = 8;  CORAL = 8 / (4 d^2) = 8 / 16 = 0.5
+    assert float(coral(x, y)) == pytest.approx(0.5, abs=1e-12)
+    # a shift of the mean leaves covariances (and CORAL) unchanged
+    assert float(coral(x, x + 3.0)) == pytest.approx(0.0, abs=1e-12)
+    # x3 = [[0,0],[2,0],[0,2]]: mean (2/3, 2/3); centred rows (-2/3,-2/3), (4/3,-2/3), (-2/3,4/3)
+    #   C = [[4/9 + 16/9 + 4/9, 4/9 - 8/9 - 8/9], [., 4/9 + 4/9 + 16/9]] / 2 = [[4/3, -2/3], [-2/3, 4/3]]
+    #   vs C_x = [[2, 0], [0, 0]]: diff [[-2/3, -2/3], [-2/3, 4/3]] -> 4/9 * 3 + 16/9 = 28/9; / 16 = 7/36
+    x3 = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    assert float(coral(x3, x)) == pytest.approx(7 / 36, abs=1e-12)
+
+
+def test_domain_weights_favour_source_points_near_the_target_and_are_clipped():
+    rng = np.random.default_rng(0)
+    a, b = unit(rng.normal(size=(2, D)))
+    near = unit(a + 0.1 * rng.normal(size=(60, D)))  # source points in the target's region
+    far = unit(b + 0.1 * rng.normal(size=(60, D)))  # source points elsewhere
+    target = unit(a + 0.1 * rng.normal(size=(80, D)))
+    source = np.concatenate([near, far])
+    w = domain_weights(source, target, clip=50.0)
+    assert w.shape == (120,) and (w >= 0).all()
+    assert w[:60].min() > w[60:].max()  # every near point outweighs every far point
+    assert w[:60].mean() > 0.5 > 2 * w[60:].mean()
+    clipped = domain_weights(source, target, clip=0.8)
+    assert clipped.max() == pytest.approx(0.8) and (clipped <= 0.8).all()
+    assert np.isclose(clipped[:60], 0.8).sum() > 30  # the clip binds for the near points
+    np.testing.assert_allclose(clipped, np.minimum(w, 0.8))  # the same classifier, then the clip
+
+
+def test_l2sp_penalty_zero_at_source_and_hand_computed():
+    model = small_model(input_dim=8)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert l2sp_penalty(model, reference, 0.5).item() == 0.0
+    with torch.no_grad():
+        model.item_adapter.center.add_(0.1)  # 8 elements moved by 0.1
+        model.logit_scale["recommend"].add_(-0.2)  # 1 element moved by 0.2
+    # 0.5 * (8 * 0.1^2 + 1 * 0.2^2) = 0.5 * (0.08 + 0.04) = 0.06
+    assert float(l2sp_penalty(model, reference, 0.5)) == pytest.approx(0.06, rel=1e-5)
+    model.item_adapter.center.requires_grad_(False)  # frozen parameters are not penalised
+    assert float(l2sp_penalty(model, reference, 0.5)) == pytest.approx(0.5 * 0.04, rel=1e-5)
+
+
+def test_freeze_shared_leaves_the_shared_parameters_unchanged():
+    model, source = source_model(SUCC)
+    target = domain_task(2, PRED, 200)  # a different rule, so the heads have to move
+    cfg = TransferConfig(method="model", model_mode="freeze-shared", train=TRAIN)
+    result = transfer(model, source, target, cfg)
+    tuned = dict(result.model.named_parameters())
+    shared = shared_parameter_names(model)
+    assert shared and all(n.startswith("item_adapter.") for n in shared)
+    for n, p in model.named_parameters():
+        if n in shared:
+            assert torch.equal(p, tuned[n]), n
+    assert any(not torch.equal(p, tuned[n]) for n, p in model.named_parameters() if n not in shared)
+    assert all(p.requires_grad for p in result.model.parameters())  # unfrozen again afterwards
+    assert result.report["methods"]["model:freeze-shared"]["frozen_parameters"] == sum(
+        p.numel() for n, p in model.named_parameters() if n in shared)
+    # L2-SP from the same source stays closer to the source weights than plain fine-tuning
+    dist = {}
+    for mode in ("finetune", "l2sp"):
+        r = transfer(model, source, target, TransferConfig(method="model", model_mode=mode, l2sp_weight=1.0,
+                                                           train=TRAIN))
+        dist[mode] = float(l2sp_penalty(r.model, {n: p.detach() for n, p in model.named_parameters()}, 1.0))
+    assert dist["l2sp"] < dist["finetune"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the trainer hooks transfer relies on
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_joint_batches_score_rows_against_their_own_domain_and_follow_the_weights():
+    source = domain_task(1, SUCC, 50, n_valid=0)
+    target = domain_task(2, SUCC, 30)
+    weights = np.zeros(len(source))
+    weights[:5] = 1.0  # only the first 5 source examples may be drawn
+    joint = _joint_task(source, target, weights, source_share=0.5)
+    n_s = len(source.item_emb)
+    batch = joint.batch(np.random.default_rng(0), 256, 6, TrainConfig(full_softmax_max=10_000))
+    targets_rows = joint.targets[joint.sample_rows(np.random.default_rng(0), 256)]
+    is_target_row = targets_rows >= n_s
+    assert 0.35 < is_target_row.mean() < 0.65  # source_share = 0.5
+    src_rows = targets_rows[~is_target_row]
+    assert set(src_rows.tolist()) <= set(source.targets[:5].tolist())
+    excl = batch["exclude"].numpy()
+    n_cols = excl.shape[1]
+    assert n_cols == 256 + n_s + len(target.item_emb)
+    domain_of_col = np.r_[targets_rows >= n_s, np.zeros(n_s, bool), np.ones(len(target.item_emb), bool)]
+    other = domain_of_col[None, :] != is_target_row[:, None]
+    assert excl[other].all()  # never scored against the other domain's items
+    assert not excl[np.arange(256), np.arange(256)].any()  # the answer stays in
+    assert joint.valid_metric(small_model()) == target.valid_metric(small_model())  # validation = the target's
+
+
+def test_train_regularizer_and_frozen_parameters():
+    task = domain_task(2, SUCC, 100)
+    model = small_model()
+    calls = []
+
+    def pull_center_to_one(m: MultiTaskAdapter) -> torch.Tensor:
+        calls.append(1)
+        return 10.0 * (m.item_adapter.center - 1.0).pow(2).sum()
+
+    model.logit_scale["recommend"].requires_grad_(False)
+    before = model.logit_scale["recommend"].detach().clone()
+    train(model, {"recommend": task}, TrainConfig(steps=30, batch_size=32, lr=1e-2, eval_every=30,
+                                                  show_progress=False), regularizer=pull_center_to_one)
+    assert len(calls) == 30
+    assert float(model.item_adapter.center.mean()) > 0.2  # pulled from 0 toward 1
+    assert torch.equal(model.logit_scale["recommend"], before)  # frozen: untouched, even by weight decay
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(model, {"recommend": task}, TrainConfig(steps=1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reports and errors
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_report_is_saved_in_the_guide_directory(tmp_path, catalog, enc):
+    from textguide.guide import Guide
+
+    report = {"chosen": "target-only", "methods": {"target-only": {"valid": {"Recall@10": np.float32(0.25)}}}}
+    guide = Guide.build(catalog, enc)
+    with pytest.raises(ValueError, match="save it first"):
+        save_transfer_report(guide, report)
+    guide.save(tmp_path / "g")
+    path = save_transfer_report(guide, report)
+    assert path == tmp_path / "g" / "reports" / "transfer.json"
+    assert json.loads(path.read_text())["methods"]["target-only"]["valid"]["Recall@10"] == 0.25
+    loaded = Guide.load(tmp_path / "g")  # the extra file does not break the checksummed manifest
+    loaded.save(tmp_path / "g")  # and survives a re-save
+    assert (tmp_path / "g" / "reports" / "transfer.json").is_file()
+
+
+def test_error_paths():
+    with pytest.raises(ValueError, match="unknown transfer method 'magic'"):
+        TransferConfig(method="magic")
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        TransferConfig(alpha=-0.1)
+    with pytest.raises(ValueError, match="unknown transfer candidate 'model:zap'"):
+        TransferConfig(candidates=("model:zap",))
+    with pytest.raises(ValueError, match="select_metric 'MAP@12' must be"):
+        TransferConfig(select_metric="MAP@12")  # 12 not in ks
+    with pytest.raises(ValueError, match="mismatched embedding dimensions"):
+        mmd(np.zeros((3, 4)), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="mismatched embedding dimensions"):
+        coral(np.zeros((3, 4)), np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="mismatched embedding dimensions"):
+        domain_weights(np.ones((3, 4)), np.ones((3, 5)))
+    model = small_model()
+    source = domain_task(1, SUCC, 20, n_valid=0)
+    wide = SequenceTask(unit(np.random.default_rng(0).normal(size=(10, D + 1))), [[0]], [1], [[2]], [3])
+    with pytest.raises(ValueError, match="mismatched embedding dimensions"):
+        transfer(model, source, wide)
+    no_valid = domain_task(2, SUCC, 20, n_valid=0)
+    with pytest.raises(ValueError, match="needs a target validation split"):
+        transfer(model, source, no_valid, TransferConfig(method="auto"))
+    with pytest.raises(ValueError, match="weights must be 20 finite numbers"):
+        SequenceTask(source.item_emb, source.histories, source.targets, weights=-np.ones(20))
