@@ -176,6 +176,17 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+class CpuShare:
+    """CPU seconds this process got per wall second (2.0 = both cores of a 2-core machine)."""
+
+    def __enter__(self) -> "CpuShare":
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.value = (time.process_time() - self.cpu) / max(time.perf_counter() - self.wall, 1e-9)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("sentence_transformers", "transformers", "httpx", "urllib3"):
@@ -202,6 +213,7 @@ def bench_encode(frame: pd.DataFrame, n: int, repeats: int, work: Path, rows: li
     encode_texts(enc, warm, show_progress=False)
 
     runs: dict[str, list[float]] = {"plain": [], "textguide": []}
+    share: dict[str, list[float]] = {"plain": [], "textguide": []}
     loads: list[str] = []
     vec_plain = vec_tg = None
     cache = None
@@ -209,16 +221,20 @@ def bench_encode(frame: pd.DataFrame, n: int, repeats: int, work: Path, rows: li
         order = ["plain", "textguide"] if r % 2 == 0 else ["textguide", "plain"]
         for who in order:
             before = load()
-            if who == "plain":
-                vec_plain, dt = timed(lambda: plain.encode(texts, normalize_embeddings=True))
-            else:
+            if who == "textguide":
                 if cache is not None:
                     cache.close()
                 cache = EmbeddingCache(work / f"cache-cold-{r}")  # fresh and empty
-                vec_tg, dt = timed(lambda: encode_texts(enc, texts, cache=cache))
+            with CpuShare() as cpu:
+                if who == "plain":
+                    vec_plain, dt = timed(lambda: plain.encode(texts, normalize_embeddings=True))
+                else:
+                    vec_tg, dt = timed(lambda: encode_texts(enc, texts, cache=cache))
             runs[who].append(dt)
+            share[who].append(cpu.value)
             loads.append(f"{who}#{r + 1} {before}->{load()}")
-            logger.info("%s fp32 run %d: %.1f s, %.1f items/s (load %s -> %s)", who, r + 1, dt, n / dt, before, load())
+            logger.info("%s fp32 run %d: %.1f s, %.1f items/s, %.2f CPU s per s (load %s -> %s)", who, r + 1, dt,
+                        n / dt, cpu.value, before, load())
     cos_tg_plain = float(np.mean(np.sum(np.asarray(vec_plain) * vec_tg, axis=1)))
 
     tput = {w: [n / t for t in ts] for w, ts in runs.items()}
@@ -226,11 +242,12 @@ def bench_encode(frame: pd.DataFrame, n: int, repeats: int, work: Path, rows: li
     mean = {w: float(np.mean(v)) for w, v in tput.items()}
     ratio_best = best["textguide"] / best["plain"]
     ratio_mean = mean["textguide"] / mean["plain"]
-    results["encode"] = {"n": n, "seconds": runs, "items_per_s": tput, "loads": loads,
+    results["encode"] = {"n": n, "seconds": runs, "items_per_s": tput, "cpu_share": share, "loads": loads,
                          "ratio_best": ratio_best, "ratio_mean": ratio_mean, "cos_tg_plain": cos_tg_plain,
                          "torch_threads": torch.get_num_threads()}
-    runs_s = lambda w: ", ".join(f"{x:.1f}" for x in tput[w])  # noqa: E731
-    rows.append(Row("1", f"fp32 encode throughput, {n:,} texts (items/s; runs {runs_s('plain')} / {runs_s('textguide')})",
+    runs_s = lambda w: ", ".join(f"{x:.1f} [{c:.2f}]" for x, c in zip(tput[w], share[w]))  # noqa: E731
+    rows.append(Row("1", f"fp32 encode throughput, {n:,} distinct texts, items/s (runs [CPU s per s]: "
+                         f"textguide {runs_s('textguide')}; plain {runs_s('plain')})",
                     f"{best['textguide']:.1f} (mean {mean['textguide']:.1f})",
                     f"{best['plain']:.1f} (mean {mean['plain']:.1f})", "", None))
     rows.append(Row("1", "textguide / plain throughput (best of runs; mean of runs)",
@@ -242,18 +259,21 @@ def bench_encode(frame: pd.DataFrame, n: int, repeats: int, work: Path, rows: li
     encode_texts(enc16, warm, show_progress=False)
     cache16 = EmbeddingCache(work / "cache-bf16")
     before = load()
-    vec16, dt16 = timed(lambda: encode_texts(enc16, texts, cache=cache16))
+    with CpuShare() as cpu16:
+        vec16, dt16 = timed(lambda: encode_texts(enc16, texts, cache=cache16))
     cache16.close()
-    logger.info("textguide bf16: %.1f s, %.1f items/s (load %s -> %s)", dt16, n / dt16, before, load())
+    logger.info("textguide bf16: %.1f s, %.1f items/s, %.2f CPU s per s (load %s -> %s)", dt16, n / dt16,
+                cpu16.value, before, load())
     cos16 = float(np.mean(np.sum(vec16 * vec_tg, axis=1)))
     rng = np.random.default_rng(0)
     q = rng.choice(n, size=min(N_QUERIES, n), replace=False)
     nn32 = topk_exact(vec_tg, vec_tg[q], K, q)
     nn16 = topk_exact(vec16, vec16[q], K, q)
     overlap = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(nn32, nn16)]))
-    results["bf16"] = {"seconds": dt16, "items_per_s": n / dt16, "cosine": cos16, "overlap@10": overlap, "load": before}
-    rows.append(Row("1", "bf16 encode throughput (items/s; textguide precision='bf16')",
-                    f"{n / dt16:.1f} ({n / dt16 / best['textguide']:.2f}x fp32)", "—", "", None))
+    results["bf16"] = {"seconds": dt16, "items_per_s": n / dt16, "cpu_share": cpu16.value, "cosine": cos16,
+                       "overlap@10": overlap, "load": before}
+    rows.append(Row("1", f"bf16 encode throughput, items/s (textguide precision='bf16'; [{cpu16.value:.2f}] CPU s per s)",
+                    f"{n / dt16:.1f} ({n / dt16 / best['textguide']:.2f}x best fp32)", "—", "", None))
     rows.append(Row("1", "bf16 mean cosine to fp32", f"{cos16:.4f}", "—", ">= 0.99", cos16 >= 0.99))
     rows.append(Row("1", f"bf16 top-{K} neighbour overlap with fp32 ({len(q):,} queries)", f"{overlap:.3f}", "—",
                     ">= 0.95", overlap >= 0.95))
@@ -301,14 +321,15 @@ def _build_child(hm_path: str, limit: int | None, cache_dir: str, out_dir: str, 
         logger.info("section 3 build: %d items, %d unique texts, %d already cached", len(texts), len(keys), cached)
         before = load()
         # the same two steps as Guide.build, timed apart
-        vectors, t_enc = timed(lambda: encode_texts(enc, texts, cache=cache))
+        with CpuShare() as cpu:
+            vectors, t_enc = timed(lambda: encode_texts(enc, texts, cache=cache))
         cache.close()
         index, t_idx = timed(lambda: ItemIndex.build(vectors, frame["id"].tolist(), meta))
         guide = Guide(index, encoder_info(enc), enc)
         _, t_save = timed(lambda: guide.save(out_dir))
         queue.put({
             "ok": True, "n": len(texts), "unique": len(keys), "cached_before": cached,
-            "load_s": t_load, "encode_s": t_enc, "index_s": t_idx, "save_s": t_save,
+            "load_s": t_load, "encode_s": t_enc, "encode_cpu_share": cpu.value, "index_s": t_idx, "save_s": t_save,
             "factory": index.factory, "fingerprint": enc.fingerprint, "key": texts_key(enc.fingerprint, texts),
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "load": f"{before}->{load()}",
         })
@@ -351,7 +372,7 @@ def bench_catalog(args: argparse.Namespace, work: Path, rows: list[Row], results
     cold_db = json.loads(cold_path.read_text()) if cold_path.is_file() else {}
     if res["cached_before"] == 0:
         cold = {"encode_s": res["encode_s"], "unique": res["unique"], "date": time.strftime("%Y-%m-%d %H:%M"),
-                "load": res["load"]}
+                "load": res["load"], "cpu_share": res["encode_cpu_share"]}
         cold_db[res["key"]] = cold
         cold_path.write_text(json.dumps(cold_db, indent=2))
         cold_note = "this run"
@@ -380,11 +401,13 @@ def bench_catalog(args: argparse.Namespace, work: Path, rows: list[Row], results
     rows.append(Row("3", f"build, {n:,} items ({res['unique']:,} unique texts), this run", f"{build_s:.1f} s: {enc_line}",
                     base_build, "", None))
     if cold:
-        rows.append(Row("3", f"cold encode of the catalog ({cold_note}, load {cold['load']})",
+        rows.append(Row("3", f"cold encode of the catalog ({cold_note}, load {cold['load']}, "
+                             f"[{cold.get('cpu_share', float('nan')):.2f}] CPU s per s)",
                         f"{cold['encode_s']:.0f} s = {cold['unique'] / cold['encode_s']:.1f} unique texts/s", "—", "", None))
     rss_gb = res["maxrss_kb"] / 2**20
     rows.append(Row("3", "peak RSS of the build process (ru_maxrss)", f"{rss_gb:.2f} GB", "—", "<= 3 GB", rss_gb <= 3))
-    rows.append(Row("3", f"size on disk (Guide.save; {', '.join(f'{k} {v / 2**20:.0f} MB' for k, v in files.items() if v > 2**20)})",
+    big = ", ".join(f"{k} {v / 2**20:.0f} MB" for k, v in files.items() if v > 2**20)
+    rows.append(Row("3", f"size on disk (Guide.save{'; ' + big if big else ''})",
                     f"{size / 2**20:.0f} MB", f"{flat_size / 2**20:.0f} MB (IndexFlatIP only, no ids)", "", None))
     rows.append(Row("3", "Guide.load (checksums verified)", f"{t_open:.2f} s", "—", "", None))
 
@@ -420,35 +443,54 @@ def bench_catalog(args: argparse.Namespace, work: Path, rows: list[Row], results
         _, i = flat.search(v, K)
         return [ids[j] for j in i[0] if j >= 0]
 
-    pairs = {
-        "similar": (lambda x: guide.similar(x, k=K), base_similar, qids),
-        "search": (lambda x: guide.search(x, k=K), base_search, qtext),
+    import torch
+
+    def one_thread(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run(x: Any) -> Any:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return fn(x)
+            finally:
+                torch.set_num_threads(threads)
+        return run
+
+    # per kind: textguide, baseline, a diagnostic variant (what a proposed patch would get), inputs
+    kinds = {
+        "similar": ({"textguide": lambda x: guide.similar(x, k=K), "baseline": base_similar,
+                     "diag": lambda x: guide.index.search(guide.index.vector(x)[None, :], K, exclude=[[x]])}, qids),
+        "search": ({"textguide": lambda x: guide.search(x, k=K), "baseline": base_search,
+                    "diag": one_thread(lambda x: guide.search(x, k=K))}, qtext),
     }
-    lat: dict[str, dict[str, list[float]]] = {}
-    for name, (tg_fn, base_fn, inputs) in pairs.items():
+    lat: dict[str, dict[str, Any]] = {}
+    for name, (fns, inputs) in kinds.items():
         for x in inputs[:20]:  # warm-up
-            tg_fn(x), base_fn(x)
-        t_tg: list[float] = []
-        t_base: list[float] = []
+            for fn in fns.values():
+                fn(x)
+        times: dict[str, list[float]] = {w: [] for w in fns}
+        order = list(fns)
         before = load()
         for j, x in enumerate(tqdm(inputs, desc=f"latency {name}", mininterval=5)):
-            for who in (("tg", "base") if j % 2 == 0 else ("base", "tg")):
-                fn, store = (tg_fn, t_tg) if who == "tg" else (base_fn, t_base)
+            for w in order[j % 3:] + order[:j % 3]:  # rotate who goes first
                 t0 = time.perf_counter()
-                fn(x)
-                store.append(time.perf_counter() - t0)
-        lat[name] = {"textguide": t_tg, "baseline": t_base, "load": f"{before}->{load()}"}
-        logger.info("latency %s: textguide p50 %s, baseline p50 %s (load %s)", name, fmt_ms(pct(t_tg, 50)),
-                    fmt_ms(pct(t_base, 50)), lat[name]["load"])
-    results["latency"] = {k: {w: {"p50": pct(v[w], 50), "p99": pct(v[w], 99)} for w in ("textguide", "baseline")}
+                fns[w](x)
+                times[w].append(time.perf_counter() - t0)
+        lat[name] = dict(times, load=f"{before}->{load()}")
+        logger.info("latency %s p50: %s (load %s)", name,
+                    ", ".join(f"{w} {fmt_ms(pct(v, 50))}" for w, v in times.items()), lat[name]["load"])
+    results["latency"] = {k: {w: {"p50": pct(v[w], 50), "p99": pct(v[w], 99)} for w in ("textguide", "baseline", "diag")}
                           for k, v in lat.items()}
-    for name, target, label in (("similar", 1e-3, f"guide.similar(id, k={K})"),
-                                ("search", 15e-3, f"guide.search(text, k={K}) incl. encoding")):
-        tg, base = lat[name]["textguide"], lat[name]["baseline"]
+    for name, target, label, diag in (
+        ("similar", 1e-3, f"guide.similar(id, k={K})", "ItemIndex.search alone (no metadata dicts)"),
+        ("search", 15e-3, f"guide.search(text, k={K}) incl. encoding", "guide.search with 1 torch thread"),
+    ):
+        tg, base, dg = lat[name]["textguide"], lat[name]["baseline"], lat[name]["diag"]
         p50 = pct(tg, 50)
         rows.append(Row("3", f"{label} p50 / p99, {len(tg):,} single queries (load {lat[name]['load']})",
                         f"{fmt_ms(p50)} / {fmt_ms(pct(tg, 99))}", f"{fmt_ms(pct(base, 50))} / {fmt_ms(pct(base, 99))}",
                         f"p50 <= {target * 1e3:.0f} ms", p50 <= target))
+        rows.append(Row("3", f"diagnostic, same queries interleaved: {diag}",
+                        f"{fmt_ms(pct(dg, 50))} / {fmt_ms(pct(dg, 99))}", "—", "", None))
 
 
 def _flat(emb: np.ndarray):

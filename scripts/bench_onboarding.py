@@ -84,7 +84,7 @@ class PeakRSS:
 
 
 class TimedEncoder:
-    """Wraps an encoder and adds up the seconds spent encoding."""
+    """Wraps an encoder and adds up the seconds spent encoding by the thread that made it (the onboarding)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -92,8 +92,11 @@ class TimedEncoder:
         self.precision = getattr(inner, "precision", "fp32")
         self.seconds = 0.0
         self.texts = 0
+        self._owner = threading.get_ident()
 
     def encode(self, texts, batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
+        if threading.get_ident() != self._owner:  # a reader's query
+            return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
         t0 = time.perf_counter()
         try:
             return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
@@ -360,7 +363,7 @@ def cmd_toys(args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ speed
 def _query_loop(guide: Guide, sample_ids: list[str], queries: list[str], stop: threading.Event,
-                log: list[tuple[float, str, float]], period: float, refresh_log: list | None = None) -> None:
+                log: list[tuple[float, str, float]], period: float) -> None:
     """Open-loop reader: one query every ``period`` seconds, alternating similar and search."""
     rng = np.random.default_rng(os.getpid() + threading.get_ident() % 1000)
     n = 0
@@ -378,10 +381,14 @@ def _query_loop(guide: Guide, sample_ids: list[str], queries: list[str], stop: t
             guide.search(queries[int(rng.integers(len(queries)))], k=10)
         log.append((time.time(), kind, time.perf_counter() - t0))
         n += 1
-        if refresh_log is not None and n % 10 == 0:  # the second process polls for a new version
-            t1 = time.perf_counter()
-            changed = guide.refresh()
-            refresh_log.append((time.time(), changed, time.perf_counter() - t1, guide.index.count))
+
+
+def _refresh_loop(guide: Guide, stop: threading.Event, log: list, every: float) -> None:
+    """The serving pattern: poll ``guide.refresh()`` in a background thread; queries keep the old state meanwhile."""
+    while not stop.wait(every):
+        t0 = time.perf_counter()
+        changed = guide.refresh()
+        log.append((time.time(), changed, time.perf_counter() - t0, guide.index.count))
 
 
 QUERIES = ["pipette tips", "safety goggles", "digital thermometer", "lab notebook", "stainless steel tweezers",
@@ -389,7 +396,7 @@ QUERIES = ["pipette tips", "safety goggles", "digital thermometer", "lab noteboo
 
 
 def cmd_reader(args) -> None:
-    """The second process: query the guide until the stop file appears, polling guide.refresh()."""
+    """The second process: query the guide until the stop file appears; another thread polls guide.refresh()."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -400,12 +407,15 @@ def cmd_reader(args) -> None:
     refresh_log: list = []
     stop = threading.Event()
     print("ready", flush=True)
-    thread = threading.Thread(target=_query_loop, args=(guide, ids, QUERIES, stop, log, args.period, refresh_log))
-    thread.start()
+    threads = [threading.Thread(target=_query_loop, args=(guide, ids, QUERIES, stop, log, args.period)),
+               threading.Thread(target=_refresh_loop, args=(guide, stop, refresh_log, 0.5))]
+    for t in threads:
+        t.start()
     while not Path(args.stop_file).exists():
         time.sleep(0.05)
     stop.set()
-    thread.join()
+    for t in threads:
+        t.join()
     seen = guide.index.count
     Path(args.log).write_text(json.dumps({"queries": log, "refresh": refresh_log, "final_count": seen}))
 
@@ -447,6 +457,7 @@ def cmd_speed(args) -> dict[str, Any]:
         phases["idle"] = (t, time.time())
         rss0 = rss_mb()
         load0 = load_avg()
+        enc.seconds, enc.texts = 0.0, 0
         t = time.time()
         with PeakRSS() as peak:
             t0 = time.perf_counter()

@@ -43,15 +43,27 @@ EXPERIMENTS = {
     "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), "Recall@10"),
     "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), "Recall@10"),
 }
-TRANSFER_CANDIDATES = [c for c in CANDIDATES if c != "target-only"]
+
+
+def transfer_candidates(args: argparse.Namespace) -> list[str]:
+    """Every transfer candidate; the feature ones with their own alpha (MMD and CORAL differ in scale)."""
+    out = []
+    for c in CANDIDATES:
+        if c == "feature:mmd":
+            c = f"{c}@{args.alpha_mmd:g}"
+        elif c == "feature:coral":
+            c = f"{c}@{args.alpha_coral:g}"
+        if c != "target-only":
+            out.append(c)
+    return out
 
 
 def build_model(seed: int) -> MultiTaskAdapter:
     import torch
 
     torch.manual_seed(seed)
-    return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=128, seq_layers=1, seq_heads=2, max_history=20,
-                                          dropout=0.1, tasks=("recommend",)))
+    return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=64, seq_layers=1, seq_heads=2, max_history=20,
+                                          dropout=0.0, tasks=("recommend",)))
 
 
 def train_config(n_examples: int, args: argparse.Namespace, seconds: float | None = None,
@@ -59,8 +71,9 @@ def train_config(n_examples: int, args: argparse.Namespace, seconds: float | Non
     """Steps grow with the data (``epochs`` passes, at least ``min_steps``), capped by steps and seconds."""
     steps = max(args.min_steps, math.ceil(args.epochs * n_examples / args.batch))
     steps = min(steps, max_steps or args.max_steps)
-    return TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, eval_every=args.eval_every, patience=4,
-                       seed=args.seed, num_negatives=1024, full_softmax_max=5000,
+    eval_every = max(10, min(args.eval_every, steps // 10))  # small data overfits fast: look often
+    return TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, eval_every=eval_every, patience=4,
+                       seed=args.seed, num_negatives=1024, full_softmax_max=1000,
                        max_seconds=seconds or args.budget, show_progress=False)
 
 
@@ -136,8 +149,8 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
     results: dict[str, dict] = {}
     for size in sizes:
         task = domains.subsample(target, size, seed=args.seed)
-        cfg = TransferConfig(method="auto", candidates=tuple(TRANSFER_CANDIDATES), select_metric=select, ks=ks,
-                             alpha=args.alpha, l2sp_weight=args.l2sp_weight, weight_clip=args.weight_clip,
+        cfg = TransferConfig(method="auto", candidates=tuple(transfer_candidates(args)), select_metric=select, ks=ks,
+                             feature_batch=args.feature_batch, l2sp_weight=args.l2sp_weight, weight_clip=args.weight_clip,
                              seed=args.seed, train=train_config(len(task), args))
         t = time.time()
         res = transfer(model, source.task, task, cfg)
@@ -166,7 +179,7 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         for item in args.sweep.split(","):
             dist, alpha = item.split(":")
             cfg = TransferConfig(method="feature", feature_distance=dist, alpha=float(alpha), select_metric=select,
-                                 ks=ks, seed=args.seed, train=train_config(len(task), args))
+                                 ks=ks, feature_batch=args.feature_batch, seed=args.seed, train=train_config(len(task), args))
             t = time.time()
             res = transfer(model, source.task, task, cfg)
             m = domains.evaluate_domain(target, domains.domain_scorer(target, "adapter", res.model))
@@ -185,7 +198,7 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
              + ", ".join(f"{k} {v:.4f}" for k, v in src_alone.items()), "",
              f"Target baselines without training: text similarity " + ", ".join(f"{k} {text[k]:.4f}" for k in metrics)
              + "; popularity " + ", ".join(f"{k} {pop[k]:.4f}" for k in metrics), ""]
-    names = ["target-only", *TRANSFER_CANDIDATES, "auto"]
+    names = ["target-only", *transfer_candidates(args), "auto"]
     for m in metrics[:2]:
         rows = []
         for n in names:
@@ -226,16 +239,19 @@ def main() -> None:
     ap.add_argument("--source-budget", type=float, default=150, help="seconds of source training")
     ap.add_argument("--source-steps", type=int, default=2000)
     ap.add_argument("--retrain-source", action="store_true", help="train the source model even if saved")
-    ap.add_argument("--min-steps", type=int, default=100)
+    ap.add_argument("--min-steps", type=int, default=60)
     ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--alpha", type=float, default=1.0, help="feature-based alpha in the size runs")
+    ap.add_argument("--alpha-mmd", type=float, default=1.0, help="MMD alpha in the size runs")
+    ap.add_argument("--alpha-coral", type=float, default=1e4, help="CORAL alpha in the size runs (CORAL of unit "
+                    "vectors is ~1e-7: it needs a large alpha)")
     ap.add_argument("--l2sp-weight", type=float, default=0.01)
+    ap.add_argument("--feature-batch", type=int, default=128, help="items / histories per domain for MMD, CORAL")
     ap.add_argument("--weight-clip", type=float, default=10.0)
-    ap.add_argument("--sweep", default="mmd:0.1,mmd:10,coral:100,coral:10000",
+    ap.add_argument("--sweep", default="mmd:0.1,mmd:10,coral:1e3,coral:1e5",
                     help="distance:alpha pairs for the alpha sweep ('' to skip)")
     ap.add_argument("--sweep-size", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)

@@ -348,3 +348,56 @@ def test_error_paths():
         transfer(model, source, no_valid, TransferConfig(method="auto"))
     with pytest.raises(ValueError, match="weights must be 20 finite numbers"):
         SequenceTask(source.item_emb, source.histories, source.targets, weights=-np.ones(20))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# domain preparation helpers (textguide.domains) on tiny hand-made data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_time_split_examples_and_periods():
+    import pandas as pd
+
+    from textguide.domains import _time_split
+
+    day = pd.Timestamp
+    events = pd.DataFrame({
+        "user": ["a"] * 6 + ["b"] * 2,
+        "item": [1, 2, 1, 3, 4, 2, 5, 6],
+        "time": [day("2020-01-01"), day("2020-01-01"), day("2020-01-02"), day("2020-01-02"),  # a: training
+                 day("2020-01-05"),  # a: selection period
+                 day("2020-01-09"),  # a: report period (item 2 is a repeat: not relevant)
+                 day("2020-01-01"), day("2020-01-09")],  # b: training, report
+    })
+    split = _time_split(events, day("2020-01-05"), day("2020-01-08"), max_history=2, max_relevant=12)
+    # a: 1, 2 (new: example [1] -> 2), 1 (repeat: no example), 3 (example [1, 2] -> 3); b: 5 only (no example)
+    assert split["hist"] == [[1], [1, 2]] and split["targ"] == [2, 3] and split["users"] == ["a", "a"]
+    assert split["sel_h"] == [[2, 3]] and split["sel_r"] == [[4]]  # last max_history=2 distinct items
+    # report: a's only report item (2) is in its history -> a is dropped; b: history [5], relevant [6]
+    assert split["rep_h"] == [[5]] and split["rep_r"] == [[6]]
+
+
+def test_evaluate_domain_matches_ranking_report_without_ties():
+    from textguide.domains import DomainBench, evaluate_domain
+    from textguide.evaluate import ranking_report
+
+    rng = np.random.default_rng(0)
+    n_items = 40
+    scores = rng.random((30, n_items))
+    histories = [rng.choice(n_items, size=int(rng.integers(1, 5)), replace=False).tolist() for _ in range(30)]
+    relevant = [rng.choice(np.setdiff1d(np.arange(n_items), h), size=int(rng.integers(1, 6)),
+                           replace=False).tolist() for h in histories]
+    bench = DomainBench("toy", None, None, np.array([]), histories, relevant, np.zeros(n_items), (5, 12))
+    row_of = {id(h): i for i, h in enumerate(histories)}  # the scorer gets the same list objects back
+
+    def scorer(hs):
+        return scores[[row_of[id(h)] for h in hs]]
+
+    got = evaluate_domain(bench, scorer, chunk=7)
+    ranked = []
+    for i, h in enumerate(histories):
+        order = [int(j) for j in np.argsort(-scores[i]) if j not in set(h)]
+        ranked.append(order)
+    want = ranking_report(ranked, relevant, ks=(5, 12))
+    for key in got:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key

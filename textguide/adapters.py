@@ -295,12 +295,23 @@ class CouponHead(nn.Module):
         coupon_mask: torch.Tensor,
         profile: torch.Tensor | None,
     ) -> torch.Tensor:
+        return self.score(self.encode_user(user_vectors, user_mask, profile), self.encode_coupon(coupon_vectors, coupon_mask))
+
+    def encode_user(self, user_vectors: torch.Tensor, user_mask: torch.Tensor, profile: torch.Tensor | None) -> torch.Tensor:
+        """User representation (B, dim): pooled adapted purchases + profile MLP."""
         u = self.user_pool(user_vectors, user_mask) * self.scale
         if self.profile is not None:
             if profile is None:  # unknown profile: all-zero (standardised) features
                 profile = u.new_zeros(u.shape[0], self.profile_dim)
             u = u + self.profile(profile.to(u.dtype))
-        c = self.coupon_pool(coupon_vectors, coupon_mask) * self.scale
+        return u
+
+    def encode_coupon(self, coupon_vectors: torch.Tensor, coupon_mask: torch.Tensor) -> torch.Tensor:
+        """Coupon representation (B, dim): pooled adapted vectors of the products it covers."""
+        return self.coupon_pool(coupon_vectors, coupon_mask) * self.scale
+
+    def score(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Redemption logits (B,) for paired user and coupon representations."""
         return self.mlp(torch.cat([u, c, u * c, (u - c).abs()], dim=-1)).squeeze(-1)
 
 

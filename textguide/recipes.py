@@ -27,7 +27,15 @@ from .evaluate import (
     roc_auc,
 )
 from .guide import Guide, verbalise_profile
-from .train import CouponTask, OutfitTask, SequenceTask, _coupon_logits, encode_items, outfit_queries, recommend_queries
+from .train import (
+    CouponTask,
+    OutfitTask,
+    SequenceTask,
+    coupon_logits_indexed,
+    encode_items,
+    outfit_queries,
+    recommend_queries,
+)
 
 logger = logging.getLogger("textguide")
 
@@ -309,9 +317,7 @@ def coupon_logits(bench: CouponBench, method: str, frame: pd.DataFrame, model: A
     if method == "gbt":
         return gbt.predict_proba(coupon_features(bench, frame))[:, 1]
     if method == "adapter":
-        profiles = None if task.profiles is None else task.profiles[u]
-        return _coupon_logits(model, emb, [task.user_histories[i] for i in u], [task.coupon_items[i] for i in c],
-                              profiles)
+        return coupon_logits_indexed(model, emb, task.user_histories, task.coupon_items, u, c, task.profiles)
     raise ValueError(f"unknown method {method!r}: use popularity, text, gbt or adapter")
 
 
@@ -400,8 +406,7 @@ def uci_adapter_metrics(bench: ContextCouponBench, model: Any) -> dict[str, floa
     t = bench.task
 
     def logits(users: np.ndarray, coupons: np.ndarray) -> np.ndarray:
-        return _coupon_logits(model, t.item_emb, [[] for _ in users], [t.coupon_items[c] for c in coupons],
-                              t.profiles[users])
+        return coupon_logits_indexed(model, t.item_emb, t.user_histories, t.coupon_items, users, coupons, t.profiles)
 
     sel = 1 / (1 + np.exp(-logits(t.valid_user_index, t.valid_coupon_index)))
     rep = 1 / (1 + np.exp(-logits(bench.report_users, bench.report_coupons)))

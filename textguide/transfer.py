@@ -48,7 +48,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,7 +112,7 @@ class TransferConfig:
         init: where feature- and instance-based runs start: "source" (the source weights) or "scratch".
         candidates: what ``auto`` compares with target-only: "model", "feature", "instance" (the config's
             variants) or explicit variants "model:finetune", "model:freeze-shared", "model:l2sp",
-            "feature:mmd", "feature:coral".
+            "feature:mmd", "feature:coral"; a feature variant may set its own alpha: "feature:coral@1e6".
         select_metric: the validation metric that picks the winner, e.g. "Recall@10" (k must be in ``ks``).
         ks: cut-offs of the validation metrics (Recall@k, NDCG@k, MAP@k).
         min_gain: a transfer is kept only if its relative gain on ``select_metric`` exceeds this (0 = any gain).
@@ -175,20 +175,32 @@ class TransferConfig:
         self.expanded_candidates()  # validates the names
 
     def expanded_candidates(self) -> list[str]:
-        """The concrete candidates ``auto`` trains besides target-only (``"model"`` -> ``"model:<model_mode>"``)."""
+        """The concrete candidates ``auto`` trains besides target-only (``"model"`` -> ``"model:<model_mode>"``).
+
+        A feature candidate may carry its own alpha, ``"feature:coral@1e6"`` (MMD and CORAL live on very
+        different scales, and ``auto`` then also picks the alpha on the validation split)."""
         out: list[str] = []
         for name in self.candidates:
-            if name == "model":
-                name = f"model:{self.model_mode}"
-            elif name == "feature":
-                name = f"feature:{self.feature_distance}"
-            if name not in CANDIDATES or name == "target-only":
+            base, _, alpha = str(name).partition("@")
+            if base == "model":
+                base = f"model:{self.model_mode}"
+            elif base == "feature":
+                base = f"feature:{self.feature_distance}"
+            ok = base in CANDIDATES and base != "target-only"
+            if alpha:
+                try:
+                    ok = ok and base.startswith("feature:") and math.isfinite(float(alpha)) and float(alpha) >= 0
+                except ValueError:
+                    ok = False
+            if not ok:
                 raise ValueError(
                     f"unknown transfer candidate {name!r}; choose from model, feature, instance, "
-                    f"{', '.join(c for c in CANDIDATES if c != 'target-only')}"
+                    f"{', '.join(c for c in CANDIDATES if c != 'target-only')} (feature ones may end in "
+                    "@<alpha >= 0>, e.g. feature:coral@1e6)"
                 )
-            if name not in out:
-                out.append(name)
+            full = f"{base}@{alpha}" if alpha else base
+            if full not in out:
+                out.append(full)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -308,14 +320,21 @@ def _fit_domain_classifier(source_emb: np.ndarray, target_emb: np.ndarray, l2: f
 
 
 def domain_weights(
-    source_emb: np.ndarray, target_emb: np.ndarray, clip: float = 10.0, l2: float = 1e-3, seed: int = 0
+    source_emb: np.ndarray,
+    target_emb: np.ndarray,
+    clip: float = 10.0,
+    l2: float = 1e-3,
+    seed: int = 0,
+    max_fit_rows: int | None = 20_000,
 ) -> np.ndarray:
     """Importance weights ``min(clip, p_target(x) / p_source(x))`` (n_source,) for the source rows.
 
     A logistic-regression domain classifier (target = 1) is fitted on the rows of both matrices with balanced
     class weights, so its odds ``p(target | x) / p(source | x)`` estimate the density ratio
     ``p_target(x) / p_source(x)``; source points that look like target points get weights above 1. The ratio
-    is clipped at ``clip`` (a few near-perfectly target-like points would otherwise dominate).
+    is clipped at ``clip`` (a few near-perfectly target-like points would otherwise dominate). The classifier
+    is fitted on at most ``max_fit_rows`` rows per domain (a seeded random subsample; None = all rows) and
+    applied to every source row.
     """
     source_emb = np.asarray(source_emb, dtype=np.float64)
     target_emb = np.asarray(target_emb, dtype=np.float64)
@@ -330,7 +349,14 @@ def domain_weights(
         raise ValueError(f"need rows in both domains, got {len(source_emb)} source and {len(target_emb)} target")
     if not clip > 0:
         raise ValueError(f"clip must be > 0, got {clip}")
-    w, b = _fit_domain_classifier(source_emb, target_emb, l2, seed)
+    rng = np.random.default_rng(seed)
+
+    def fit_rows(x: np.ndarray) -> np.ndarray:
+        if max_fit_rows is None or len(x) <= max_fit_rows:
+            return x
+        return x[np.sort(rng.choice(len(x), size=max_fit_rows, replace=False))]
+
+    w, b = _fit_domain_classifier(fit_rows(source_emb), fit_rows(target_emb), l2, seed)
     logit = np.clip(source_emb @ w + b, -50, 50)
     return np.minimum(np.exp(logit), clip)  # odds = p / (1 - p) = exp(logit)
 
@@ -521,6 +547,9 @@ def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target
     """Train one candidate; returns (model in eval mode, info)."""
     info: dict[str, Any] = {"trained": False}
     tc = config.train
+    name, _, alpha = name.partition("@")
+    if alpha:
+        config = replace(config, alpha=float(alpha))
     family, _, variant = name.partition(":")
     regularizer = None
     task: SequenceTask = target
@@ -557,10 +586,13 @@ def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target
             if weights.sum() <= 0:
                 raise ValueError("every source example got weight 0; raise weight_clip or classifier_l2")
         else:
+            info["alpha"] = config.alpha
             regularizer = _feature_regularizer(source, target, config)
         task = _joint_task(source, target, weights, config.source_share)
     if len(task):
         t0 = time.monotonic()
+        start_metric = target.valid_metric(model) if tc.restore_best else None  # early stopping sees step 0 too
+        start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.train()
         try:
             result = train(model, {"recommend": task}, tc, regularizer=regularizer)
@@ -570,6 +602,12 @@ def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target
                     p.requires_grad_(True)
         info.update(trained=True, seconds=round(time.monotonic() - t0, 1), best_step=result.best_step,
                     steps=int(result.history[-1]["step"]) if result.history else 0)
+        best = result.best_metrics.get("recommend")
+        if start_metric is not None and best is not None and start_metric >= best:
+            model.load_state_dict(start_weights)
+            info["best_step"] = 0
+            info["note"] = (f"training never beat the starting weights on validation (Recall@10 {best:.4f} vs "
+                            f"{start_metric:.4f} at step 0): kept the starting weights")
     model.eval()
     return model, info
 
