@@ -72,7 +72,7 @@ def train_config(n_examples: int, args: argparse.Namespace, seconds: float | Non
     steps = max(args.min_steps, math.ceil(args.epochs * n_examples / args.batch))
     steps = min(steps, max_steps or args.max_steps)
     eval_every = max(10, min(args.eval_every, steps // 10))  # small data overfits fast: look often
-    return TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, eval_every=eval_every, patience=4,
+    return TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, eval_every=eval_every, patience=args.patience,
                        seed=args.seed, num_negatives=1024, full_softmax_max=1000,
                        max_seconds=seconds or args.budget, show_progress=False)
 
@@ -104,6 +104,7 @@ def source_model(bench: domains.DomainBench, args: argparse.Namespace) -> tuple[
         return load_adapter(path), {**meta, "reused": str(path)}
     model = build_model(args.seed)
     cfg = train_config(len(bench.task), args, seconds=args.source_budget, max_steps=args.source_steps)
+    cfg = TrainConfig.from_dict({**cfg.to_dict(), "lr": args.source_lr, "eval_every": 100, "patience": 8})
     t = time.time()
     res = train(model, {"recommend": bench.task}, cfg)
     meta = {"seconds": round(time.time() - t, 1), "best_step": res.best_step, "steps": res.history[-1]["step"],
@@ -151,7 +152,8 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         task = domains.subsample(target, size, seed=args.seed)
         cfg = TransferConfig(method="auto", candidates=tuple(transfer_candidates(args)), select_metric=select, ks=ks,
                              feature_batch=args.feature_batch, l2sp_weight=args.l2sp_weight, weight_clip=args.weight_clip,
-                             seed=args.seed, train=train_config(len(task), args))
+                             seed=args.seed,
+                             train=train_config(len(task), args, seconds=args.budget_full if size == 1.0 else None))
         t = time.time()
         res = transfer(model, source.task, task, cfg)
         seconds = time.time() - t
@@ -236,7 +238,10 @@ def main() -> None:
     ap.add_argument("--experiment", required=True, choices=["baselines", *EXPERIMENTS])
     ap.add_argument("--sizes", default="0,0.01,0.1,1", help="target training fractions (of users)")
     ap.add_argument("--budget", type=float, default=20, help="seconds of training per candidate run")
+    ap.add_argument("--budget-full", type=float, default=45, help="seconds per candidate run at 100%% target data")
     ap.add_argument("--source-budget", type=float, default=150, help="seconds of source training")
+    ap.add_argument("--source-lr", type=float, default=3e-3, help="source training: lr (eval every 100 steps, "
+                    "patience 8)")
     ap.add_argument("--source-steps", type=int, default=2000)
     ap.add_argument("--retrain-source", action="store_true", help="train the source model even if saved")
     ap.add_argument("--min-steps", type=int, default=60)
@@ -245,6 +250,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--patience", type=int, default=4, help="evaluations without improvement before stopping")
     ap.add_argument("--alpha-mmd", type=float, default=1.0, help="MMD alpha in the size runs")
     ap.add_argument("--alpha-coral", type=float, default=1e4, help="CORAL alpha in the size runs (CORAL of unit "
                     "vectors is ~1e-7: it needs a large alpha)")

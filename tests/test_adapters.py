@@ -92,7 +92,10 @@ def test_task_parts_shapes_and_batch_equals_single():
     hist, mask = inputs()
     slot = torch.tensor([0, 3, -1, 1])
     profile = torch.randn(4, 3)
+    one = model.outfit_query(hist[:, :1], mask[:, :1], slot)  # untrained: a one-item outfit queries itself
+    torch.testing.assert_close(one, model.item_vectors(hist[:, 0], "outfit"), atol=1e-5, rtol=0)
     model.sequence.out.weight.data.normal_(std=0.1)  # leave the identity start so the transformer matters
+    model.outfit.mlp[-1].weight.data.normal_(std=0.1)  # and so the wanted slot matters
     q = model.recommend_query(hist, mask)
     o = model.outfit_query(hist, mask, slot)
     c = model.coupon_logit(hist, mask, hist.flip(0), mask.flip(0), profile)

@@ -460,6 +460,25 @@ def test_refresh_in_another_instance_picks_up_the_new_state(path: Path, guide: G
     assert other.refresh() is False
 
 
+def test_refresh_reads_again_when_a_writer_swaps_mid_load(path: Path, guide: Guide, enc: HashingEncoder,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version swapped in between load's checksum pass and its reads makes the parts disagree: read again."""
+    other = Guide.load(path, encoder=enc)
+    guide.onboard(_garden(), category="Garden")
+    real = Guide.load.__func__
+    calls: list[Path] = []
+
+    def flaky(cls, where, encoder=None, *, verify=True):
+        calls.append(where)
+        if len(calls) == 1:
+            raise ValueError(f"{where}: index parts disagree: 26 FAISS vectors, 20 embeddings")
+        return real(cls, where, encoder, verify=verify)
+
+    monkeypatch.setattr(Guide, "load", classmethod(flaky))
+    assert other.refresh() is True and len(calls) == 2
+    assert "g01" in other.index
+
+
 def test_a_stale_instance_cannot_overwrite_anothers_onboarding(path: Path, guide: Guide, enc: HashingEncoder) -> None:
     other = Guide.load(path, encoder=enc)
     guide.onboard(_garden(), category="Garden")

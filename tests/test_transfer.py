@@ -223,9 +223,9 @@ def test_l2sp_penalty_zero_at_source_and_hand_computed():
         model.item_adapter.center.add_(0.1)  # 8 elements moved by 0.1
         model.logit_scale["recommend"].add_(-0.2)  # 1 element moved by 0.2
     # 0.5 * (8 * 0.1^2 + 1 * 0.2^2) = 0.5 * (0.08 + 0.04) = 0.06
-    assert float(l2sp_penalty(model, reference, 0.5)) == pytest.approx(0.06, rel=1e-5)
+    assert l2sp_penalty(model, reference, 0.5).item() == pytest.approx(0.06, rel=1e-5)
     model.item_adapter.center.requires_grad_(False)  # frozen parameters are not penalised
-    assert float(l2sp_penalty(model, reference, 0.5)) == pytest.approx(0.5 * 0.04, rel=1e-5)
+    assert l2sp_penalty(model, reference, 0.5).item() == pytest.approx(0.5 * 0.04, rel=1e-5)
 
 
 def test_freeze_shared_leaves_the_shared_parameters_unchanged():
@@ -248,7 +248,7 @@ def test_freeze_shared_leaves_the_shared_parameters_unchanged():
     for mode in ("finetune", "l2sp"):
         r = transfer(model, source, target, TransferConfig(method="model", model_mode=mode, l2sp_weight=1.0,
                                                            train=TRAIN))
-        dist[mode] = float(l2sp_penalty(r.model, {n: p.detach() for n, p in model.named_parameters()}, 1.0))
+        dist[mode] = l2sp_penalty(r.model, {n: p.detach() for n, p in model.named_parameters()}, 1.0).item()
     assert dist["l2sp"] < dist["finetune"]
 
 

@@ -251,7 +251,7 @@ class SequenceEncoder(nn.Module):
 
 
 class OutfitHead(nn.Module):
-    """Pooled partial outfit + wanted-slot embedding -> MLP -> complementary query (B, dim)."""
+    """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim)."""
 
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__()
@@ -265,11 +265,16 @@ class OutfitHead(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(2 * config.dim, config.dim),
         )
+        # residual: the untrained query is the pooled outfit itself (text similarity), training learns the
+        # complementary correction -- small outfit datasets then start from, not below, the text baseline
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(vectors, mask) * self.scale
+        pooled = self.pool(vectors, mask)
         slot = torch.where(slot < 0, torch.full_like(slot, self.n_slots), slot)
-        return F.normalize(self.mlp(torch.cat([pooled, self.slot(slot)], dim=-1)), dim=-1)
+        correction = self.mlp(torch.cat([pooled * self.scale, self.slot(slot)], dim=-1))
+        return F.normalize(F.normalize(pooled, dim=-1) + correction, dim=-1)
 
 
 class CouponHead(nn.Module):

@@ -433,13 +433,9 @@ class CouponTask:
         """AUC on the validation examples; None without them (or with one class only)."""
         if self.valid_labels is None or len(np.unique(self.valid_labels)) < 2:
             return None
-        users, coupons = self.valid_user_index, self.valid_coupon_index
-        logits = coupon_logits(
-            model,
-            self.item_emb,
-            [self.user_histories[u] for u in users],
-            [self.coupon_items[c] for c in coupons],
-            None if self.profiles is None else self.profiles[users],
+        logits = coupon_logits_indexed(
+            model, self.item_emb, self.user_histories, self.coupon_items,
+            self.valid_user_index, self.valid_coupon_index, self.profiles,
         )
         return roc_auc(self.valid_labels, logits)
 
