@@ -27,7 +27,7 @@ from textguide.adapters import MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.train import TrainConfig, train
-from textguide.workflows import evaluate_model, guide_meta, md_table, new_model, plot_curves
+from textguide.workflows import evaluate_model, guide_meta, md_table, new_model, plot_curves, preferred_method
 
 logger = logging.getLogger("textguide")
 
@@ -176,7 +176,7 @@ def main() -> None:
         cands = [(n, m) for n, m in models.items() if t_ in m[0].config.tasks]
         best_name, (best_model, meta) = max(cands, key=lambda nm: nm[1][1]["select"].get(t_, -1.0))
         b = benches[t_]
-        b.guide.set_adapter(best_model, {**guide_meta(t_), "trained_as": best_name, "report_metrics": results[t_][best_name],
+        b.guide.set_adapter(best_model, {**guide_meta(t_), **preferred_method(b, t_, best_model), "trained_as": best_name, "report_metrics": results[t_][best_name],
                                          "train": meta})
         path = Path(args.out) / DATASET[t_]
         b.guide.save(path)

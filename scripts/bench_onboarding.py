@@ -193,8 +193,9 @@ def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str
     sel = [s for s in sel if len(s) >= 2]
     task = SequenceTask(guide.index.embeddings, hist, targ, [s[-51:-1] for s in sel], [s[-1] for s in sel])
     torch.manual_seed(args.seed)
-    model = MultiTaskAdapter(AdapterConfig(input_dim=guide.index.dim, dim=256, tasks=("recommend",)))
-    cfg = TrainConfig(steps=args.steps, batch_size=256, eval_every=100, patience=5, seed=args.seed,
+    model = MultiTaskAdapter(AdapterConfig(input_dim=guide.index.dim, dim=args.dim, seq_layers=args.layers,
+                                           max_history=args.max_history, tasks=("recommend",)))
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, eval_every=100, patience=5, seed=args.seed,
                       max_seconds=args.max_seconds, full_softmax_max=args.full_softmax_max,
                       num_negatives=args.num_negatives)
     t0 = time.time()
@@ -576,8 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--group", action="append", help="H&M product_group_name held out (repeatable; default Accessories)")
     h.add_argument("--steps", type=int, default=3000)
     h.add_argument("--max-seconds", type=float, default=600, help="training budget of each model")
-    h.add_argument("--full-softmax-max", type=int, default=20_000)
-    h.add_argument("--num-negatives", type=int, default=1024)
+    h.add_argument("--full-softmax-max", type=int, default=1000, help="sampled softmax above this many items")
+    h.add_argument("--dim", type=int, default=128, help="adapted dimension")
+    h.add_argument("--layers", type=int, default=1, help="transformer layers of the history encoder")
+    h.add_argument("--max-history", type=int, default=20)
+    h.add_argument("--batch-size", type=int, default=128)
+    h.add_argument("--num-negatives", type=int, default=2048)
     h.add_argument("--report-frac", type=float, default=0.2)
     h.add_argument("--select-frac", type=float, default=0.05)
     h.add_argument("--max-other", type=int, default=5000, help="sampled report purchases of other groups")

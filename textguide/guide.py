@@ -416,6 +416,17 @@ class Guide:
                 f"`textguide train`, or use the text-similarity fallback (method='text')"
             )
 
+    def _use_adapter(self, task: str, method: str) -> bool:
+        """Whether a query uses the trained adapter: ``auto`` follows the guide's recorded preference
+        (``adapter_meta["methods"][task]``, set when the text baseline validated better) and otherwise uses
+        the adapter when one is trained for the task."""
+        if method not in ("auto", "adapter", "text"):
+            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
+        if method != "auto":
+            return method == "adapter"
+        has = self.adapter is not None and task in self.adapter.config.tasks
+        return has and self.adapter_meta.get("methods", {}).get(task, "adapter") == "adapter"
+
     def _task_vectors(self, task: str) -> ItemIndex:
         """Exact inner-product index over the adapted item vectors of ``task`` (live items only)."""
         if task not in self._task_index:
@@ -467,10 +478,7 @@ class Guide:
         rows, unknown = self._rows(history, "history", on_unknown)
         known = [self.index.ids[r] for r in rows]
         exclude = [known] if exclude_history else None
-        use_adapter = method == "adapter" or (method == "auto" and self.adapter is not None
-                                               and "recommend" in self.adapter.config.tasks)
-        if method not in ("auto", "adapter", "text"):
-            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
+        use_adapter = self._use_adapter("recommend", method)
         if use_adapter:
             self._require_task("recommend")
             from .train import recommend_queries
@@ -504,8 +512,6 @@ class Guide:
         k = _check_k(k)
         if isinstance(items, str) or not len(items):
             raise ValueError("items must be a non-empty list of item ids")
-        if method not in ("auto", "adapter", "text"):
-            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
         rows, unknown = self._rows(items, "items", on_unknown)
         known = [self.index.ids[r] for r in rows]
         slot_field = self.adapter_meta.get("slot_field", "category")
@@ -514,8 +520,7 @@ class Guide:
             if slot_field not in self.index.metadata.columns:
                 raise ValueError(f"cannot filter on slot: this guide's items have no {slot_field!r} field")
             where = {slot_field: slot}
-        use_adapter = method == "adapter" or (method == "auto" and self.adapter is not None
-                                               and "outfit" in self.adapter.config.tasks)
+        use_adapter = self._use_adapter("outfit", method)
         if use_adapter:
             self._require_task("outfit")
             from .train import outfit_queries
@@ -581,8 +586,6 @@ class Guide:
         and embedded. Without a coupon adapter (or ``method='text'``), scores are the cosine between the
         user's mean history and the coupon's mean product embedding, mapped to [0, 1].
         """
-        if method not in ("auto", "adapter", "text"):
-            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
         if isinstance(history, str):
             raise ValueError("history must be a list of item ids")
         rows, unknown = self._rows(history, "history", on_unknown) if len(history) else ([], [])
@@ -605,8 +608,7 @@ class Guide:
             if not items:
                 raise ValueError(f"coupon {cid!r} covers no products; give the product ids it applies to")
             coupon_rows.append(self._rows(items, f"coupon {cid!r}", "error")[0])
-        use_adapter = method == "adapter" or (method == "auto" and self.adapter is not None
-                                               and "coupon" in self.adapter.config.tasks)
+        use_adapter = self._use_adapter("coupon", method)
         if use_adapter:
             self._require_task("coupon")
             from .train import coupon_probabilities

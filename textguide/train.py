@@ -77,6 +77,8 @@ class TrainConfig:
         seed: seeds torch, numpy and random.
         num_negatives: uniformly sampled negatives for the sequence task when the catalog exceeds full_softmax_max.
         slot_negatives: same-slot negatives per outfit example.
+        outfit_visible_negatives: also use the partial outfit's own items as negatives (pushes queries away
+            from what the outfit already has; on data where outfits share style words this can cost accuracy).
         slot_dropout: fraction of outfit examples whose wanted slot is hidden (-1), so that queries without a
             known slot work too.
         duplicate_threshold: text cosine above which an outfit candidate counts as a duplicate of the answer
@@ -106,6 +108,7 @@ class TrainConfig:
     seed: int = 0
     num_negatives: int = 1024
     slot_negatives: int = 16
+    outfit_visible_negatives: bool = True
     slot_dropout: float = 0.2
     duplicate_threshold: float = 0.95
     full_softmax_max: int = 20_000
@@ -312,7 +315,10 @@ class OutfitTask:
         near_in_batch = answer @ answer.T > config.duplicate_threshold
         near_in_batch[np.arange(batch_size), np.arange(batch_size)] = False
         near_in_row = np.einsum("bd,bmd->bm", answer, self.item_emb[row_ids]) > config.duplicate_threshold
-        exclude = np.concatenate([near_in_batch, near_in_row | ~row_valid], axis=1)
+        left_out = near_in_row | ~row_valid
+        if not config.outfit_visible_negatives:  # the outfit's own items are not pushed away
+            left_out[:, negatives.shape[1]:] = True
+        exclude = np.concatenate([near_in_batch, left_out], axis=1)
 
         query_slots = np.where(rng.random(batch_size) < config.slot_dropout, -1, slots)  # -1: "any slot"
         return {

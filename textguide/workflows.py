@@ -73,6 +73,34 @@ def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tupl
     return out
 
 
+def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> float:
+    """The task's headline metric on its *selection* split for the adapter (or text similarity if None)."""
+    method = "text" if model is None else "adapter"
+    if task == "recommend":
+        sel = recipes.SequenceBench(bench.name, bench.guide, bench.task, bench.task.valid_histories,
+                                    np.asarray(bench.task.valid_targets), bench.popularity)
+        return recipes.evaluate_sequences(sel, recipes.sequence_scores(sel, method, model), ks=(10,))["Recall@10"]
+    if task == "outfit":
+        sel = recipes.OutfitBench(bench.name, bench.guide, bench.task, bench.task.valid_outfits, bench.slots)
+        return recipes.evaluate_outfits(sel, recipes.outfit_scorer(sel, method, model))["FITB"]
+    t = bench.task
+    frame = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
+    from .evaluate import roc_auc
+
+    return roc_auc(frame["label"].to_numpy(), recipes.coupon_logits(bench, method, frame, model))
+
+
+def preferred_method(bench: Any, task: str, model: MultiTaskAdapter) -> dict[str, Any]:
+    """Guard against serving an adapter that validates worse than plain text similarity: compare both on the
+    selection split and record which one ``Guide`` should use by default (``method='auto'``)."""
+    adapter, text = selection_metrics(bench, task, model), selection_metrics(bench, task, None)
+    choice = "adapter" if adapter >= text else "text"
+    if choice == "text":
+        logger.warning("%s: the adapter validates below text similarity (%.4f < %.4f); the guide will default "
+                       "to text similarity for this task", task, adapter, text)
+    return {"methods": {task: choice}, "selection": {"adapter": adapter, "text": text}}
+
+
 def guide_meta(task: str) -> dict[str, Any]:
     """What the guide must remember to serve a task (slot vocabulary, profile encoding)."""
     if task == "outfit":
@@ -167,7 +195,8 @@ def train_recipe(
     for t in tasks:
         path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
         g: Guide = benches[t].guide
-        g.set_adapter(model, {**guide_meta(t), "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
+        g.set_adapter(model, {**guide_meta(t), **preferred_method(benches[t], t, model),
+                              "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
                               "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step})
         g.save(path)
         md = write_report(path / "reports", f"textguide train {recipe}: {sharing}/{weighting}, {seconds:.0f}s",
