@@ -122,6 +122,8 @@ def run_baselines(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         bench = domains.prepare_domain(name, enc, cache)
         prep = time.time() - t
         rows = {m: domains.evaluate_domain(bench, domains.domain_scorer(bench, m)) for m in ("popularity", "text")}
+        rows["untrained adapter (last item, text space)"] = domains.evaluate_domain(
+            bench, domains.domain_scorer(bench, "adapter", build_model(args.seed)))
         model, meta = source_model(bench, args)
         rows["adapter (trained alone)"] = domains.evaluate_domain(bench, domains.domain_scorer(bench, "adapter", model))
         metrics = list(rows["popularity"])
@@ -191,26 +193,57 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
                            "gain": safe_gain(m, base, metrics) if base else None, "seconds": round(time.time() - t, 1)}
             logger.info("sweep %s: %s", item, sweep[item])
 
-    # ---------------- tables
+    out = {"experiment": args.experiment, "source": src_name, "target": tgt_name, "source_info": source.info,
+           "target_info": target.info, "source_train": src_meta, "source_alone": src_alone, "text": text,
+           "popularity": pop, "results": results, "sweep": sweep, "sweep_size": args.sweep_size,
+           "candidates": transfer_candidates(args), "prep_seconds": prep}
+    return render_transfer(out), out
+
+
+def _mark(info: dict) -> str:
+    """† = training never beat the starting weights on validation, so the starting weights were kept."""
+    return "†" if str(info.get("note", "")).startswith("training never beat") else ""
+
+
+def render_transfer(out: dict) -> str:
+    """The markdown tables of one transfer experiment (from run_transfer's dict or its saved JSON)."""
+    if "experiment" not in out:  # JSON written before these keys existed: rebuild them from its args
+        saved = argparse.Namespace(**out["args"])
+        out = {**out, "experiment": saved.experiment, "candidates": transfer_candidates(saved),
+               "sweep_size": saved.sweep_size}
+    src_name, tgt_name, results, sweep = out["source"], out["target"], out["results"], out["sweep"]
+    metrics, select = EXPERIMENTS[out["experiment"]][2], EXPERIMENTS[out["experiment"]][3]
+    src_meta, src_alone, text, pop = out["source_train"], out["source_alone"], out["text"], out["popularity"]
     head = metrics[0]
-    lines = [f"## {args.experiment}: {src_name} -> {tgt_name}", "",
-             f"Source {src_name}: {json.dumps(source.info)}", "", f"Target {tgt_name}: {json.dumps(target.info)}", "",
+    lines = [f"## {out['experiment']}: {src_name} -> {tgt_name}", "",
+             f"Source {src_name}: {json.dumps(out['source_info'])}", "",
+             f"Target {tgt_name}: {json.dumps(out['target_info'])}", "",
              f"Source model: {src_meta['seconds']:.0f}s training, {src_meta['steps']} steps"
              f"{' (reused from ' + src_meta['reused'] + ')' if 'reused' in src_meta else ''}; on its own report split "
              + ", ".join(f"{k} {v:.4f}" for k, v in src_alone.items()), "",
-             f"Target baselines without training: text similarity " + ", ".join(f"{k} {text[k]:.4f}" for k in metrics)
-             + "; popularity " + ", ".join(f"{k} {pop[k]:.4f}" for k in metrics), ""]
-    names = ["target-only", *transfer_candidates(args), "auto"]
+             "Target baselines without training: text similarity (mean history) "
+             + ", ".join(f"{k} {text[k]:.4f}" for k in metrics)
+             + "; popularity " + ", ".join(f"{k} {pop[k]:.4f}" for k in metrics), "",
+             "At 0 % target-only is the untrained adapter (last item's text vector through a random orthogonal "
+             "projection) and model:* is the source model applied as is. † = training never beat its starting "
+             "weights on the selection split, so the starting weights (source model / untrained adapter) were kept.",
+             ""]
+    names = ["target-only", *out["candidates"], "auto"]
+
+    def cell(s: str, n: str, m: str) -> str:
+        methods = results[s]["transfer_report"]["methods"]
+        info = methods.get(results[s]["chosen"] if n == "auto" else n, {})
+        return f"{results[s]['report'][n][m]:.4f}{_mark(info)}" + (f" ({results[s]['chosen']})" if n == "auto" else "")
+
     for m in metrics[:2]:
-        rows = []
-        for n in names:
-            rows.append([n, *(f"{results[s]['report'][n][m]:.4f}" for s in results)])
+        rows = [[n, *(cell(s, n, m) for s in results)] for n in names]
         lines += [f"### {m} on the report split, by target training size", "",
                   md_table(["method", *(f"{float(s):.0%} ({results[s]['target_examples']} ex.)" for s in results)],
                            rows), ""]
-    rows = [[n, *(fmt_gain(results[s]["gain"][n][head]) for s in results)] for n in names if n != "target-only"]
-    lines += [f"### Transfer gain in {head} vs target-only (report split; relative)", "",
-              md_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
+    for m in metrics[:2]:
+        rows = [[n, *(fmt_gain(results[s]["gain"][n][m]) for s in results)] for n in names if n != "target-only"]
+        lines += [f"### Transfer gain in {m} vs target-only (report split; relative)", "",
+                  md_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
     rows = []
     for s, r in results.items():
         rep = r["transfer_report"]
@@ -220,25 +253,52 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
                      f"{rep['methods'][r['chosen']]['valid'][select]:.4f}", refused, f"{r['seconds']:.0f}"])
     lines += [f"### The guard (`auto`): choice on the selection split ({select})", "",
               md_table(["size", "chosen", "target-only valid", "chosen valid", "refused (valid)", "seconds"], rows), ""]
+    rows = []
+    for s, r in results.items():
+        for n, info in r["transfer_report"]["methods"].items():
+            if info.get("trained"):
+                rows.append([f"{float(s):.0%}", n, str(info.get("steps")), str(info.get("best_step")),
+                             f"{info.get('seconds', 0):.0f}"])
+    lines += ["### Training runs (steps done, best step, seconds)", "",
+              md_table(["size", "candidate", "steps", "best step", "seconds"], rows), ""]
     if sweep:
         rows = [[k, *(f"{v['report'][m]:.4f}" for m in metrics[:2]), fmt_gain((v["gain"] or {}).get(head)),
-                 f"{v['item_distance']['mmd']:.4f}", f"{v['item_distance']['coral']:.2e}", f"{v['seconds']:.0f}"]
+                 f"{v['valid'][select]:.4f}", f"{v['item_distance']['mmd']:.4f}", f"{v['item_distance']['coral']:.2e}",
+                 f"{v['seconds']:.0f}"]
                 for k, v in sweep.items()]
-        lines += [f"### Feature-based alpha sweep at {args.sweep_size:.0%} target data", "",
-                  md_table(["distance:alpha", *metrics[:2], f"gain {head}", "item MMD after", "item CORAL after",
-                            "seconds"], rows), ""]
-    out = {"source": src_name, "target": tgt_name, "source_info": source.info, "target_info": target.info,
-           "source_train": src_meta, "source_alone": src_alone, "text": text, "popularity": pop,
-           "results": results, "sweep": sweep, "prep_seconds": prep}
-    return "\n".join(lines), out
+        lines += [f"### Feature-based alpha sweep at {out['sweep_size']:.0%} target data "
+                  "(main-table alphas: MMD 1, CORAL 1e4)", "",
+                  md_table(["distance:alpha", *metrics[:2], f"gain {head}", f"valid {select}", "item MMD after",
+                            "item CORAL after", "seconds"], rows), ""]
+    return "\n".join(lines)
+
+
+def command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (options that differ from their defaults)."""
+    parts = ["python scripts/bench_transfer.py"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest == "help" or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        parts.append(flag if isinstance(action, argparse._StoreTrueAction) else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def header(out: dict) -> str:
+    saved = out["args"]
+    return (f"# Transfer benchmark: {saved['experiment']}\n\n`{out['command']}` "
+            f"(all other options at their defaults); {out.get('threads', saved['threads'])} torch thread(s), "
+            f"2-core shared CPU; total {out['total_seconds']:.0f}s.\n\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", required=True, choices=["baselines", *EXPERIMENTS])
+    ap.add_argument("--render", metavar="JSON", help="only print the tables of a saved <experiment>.json")
     ap.add_argument("--sizes", default="0,0.01,0.1,1", help="target training fractions (of users)")
-    ap.add_argument("--budget", type=float, default=20, help="seconds of training per candidate run")
-    ap.add_argument("--budget-full", type=float, default=45, help="seconds per candidate run at 100%% target data")
+    ap.add_argument("--budget", type=float, default=18, help="seconds of training per candidate run")
+    ap.add_argument("--budget-full", type=float, default=35, help="seconds per candidate run at 100%% target data")
     ap.add_argument("--source-budget", type=float, default=150, help="seconds of source training")
     ap.add_argument("--source-lr", type=float, default=3e-3, help="source training: lr (eval every 100 steps, "
                     "patience 8)")
@@ -257,7 +317,7 @@ def main() -> None:
     ap.add_argument("--l2sp-weight", type=float, default=0.01)
     ap.add_argument("--feature-batch", type=int, default=128, help="items / histories per domain for MMD, CORAL")
     ap.add_argument("--weight-clip", type=float, default=10.0)
-    ap.add_argument("--sweep", default="mmd:0.1,mmd:10,coral:1e3,coral:1e5",
+    ap.add_argument("--sweep", default="mmd:0.1,mmd:10,coral:1e5",
                     help="distance:alpha pairs for the alpha sweep ('' to skip)")
     ap.add_argument("--sweep-size", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
@@ -265,6 +325,16 @@ def main() -> None:
     ap.add_argument("--out", default="indexes")
     ap.add_argument("--report", default="reports/transfer")
     args = ap.parse_args()
+    if args.render:  # re-render the tables of a saved run (and rewrite its .md next to the JSON)
+        path = Path(args.render)
+        out = json.loads(path.read_text())
+        out.setdefault("command", "python scripts/bench_transfer.py --experiment " + out["args"]["experiment"])
+        if args.experiment == "baselines":
+            raise SystemExit("--render works for transfer experiments only")
+        text = header(out) + render_transfer(out)
+        path.with_suffix(".md").write_text(text + "\n")
+        print(text)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
@@ -276,16 +346,15 @@ def main() -> None:
     else:
         text, out = run_transfer(args, enc, cache)
     total = time.time() - t0
-    cmd = "python scripts/bench_transfer.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "report")
-    text = (f"# Transfer benchmark: {args.experiment} ({time.strftime('%Y-%m-%d')})\n\n`{cmd}`; "
-            f"{torch.get_num_threads()} torch thread(s); total {total:.0f}s.\n\n" + text)
+    out["total_seconds"] = total
+    out["args"] = vars(args)
+    out["command"] = command(ap, args)
+    out["threads"] = torch.get_num_threads()
+    text = header(out) + text
     print(text)
     report_dir = Path(args.report)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / f"{args.experiment}.md").write_text(text + "\n")
-    out["total_seconds"] = total
-    out["args"] = vars(args)
     (report_dir / f"{args.experiment}.json").write_text(json.dumps(out, indent=1, default=float))
 
 

@@ -124,6 +124,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from .workflows import transfer_domains
+
+    out = transfer_domains(args.source, args.target, args.output, method=args.method,
+                           target_fraction=args.target_fraction, source_seconds=args.source_seconds,
+                           seconds=args.max_seconds, seed=args.seed)
+    print(out["summary"] or f"chosen: {out['chosen']}")
+    print(f"saved {out['path']} (report: {out['path']}/reports/transfer.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="textguide", description="Text-driven shopping guidance.")
@@ -187,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("guide")
     p.add_argument("--report-dir", default=None, help="where to write report.json / report.md / curves.png")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("transfer", help="transfer a recommendation adapter between domains (negative-transfer guard)")
+    p.add_argument("--source", required=True, help="hm, online-retail, industrial or office")
+    p.add_argument("--target", required=True, help="hm, online-retail, industrial or office")
+    p.add_argument("--method", choices=["auto", "target-only", "model", "feature", "instance"], default="auto")
+    p.add_argument("--target-fraction", type=float, default=1.0, help="share of target training data (0 = zero-shot)")
+    p.add_argument("--source-seconds", type=float, default=300)
+    p.add_argument("--max-seconds", type=float, default=120, help="budget per transfer candidate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("output", help="target guide directory to write")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("info", help="what a guide directory holds")
     p.add_argument("guide")

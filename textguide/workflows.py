@@ -230,3 +230,48 @@ def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Pa
     out = Path(report_dir) if report_dir else Path(guide_path) / "reports"
     md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results})
     return {"results": {task: results}, "markdown": md}
+
+
+def transfer_domains(
+    source: str,
+    target: str,
+    output: str | Path,
+    *,
+    method: str = "auto",
+    target_fraction: float = 1.0,
+    source_seconds: float = 300,
+    seconds: float = 120,
+    seed: int = 0,
+    encoder: TextEncoder | None = None,
+) -> dict[str, Any]:
+    """Train a recommendation adapter on ``source``, transfer it to ``target`` with ``method`` (``auto`` runs
+    the negative-transfer guard), and save the target guide (adapter + ``reports/transfer.json``) to ``output``.
+
+    Domains: see :data:`textguide.domains.DOMAINS` (hm, online-retail, industrial, office).
+    """
+    import torch
+
+    from . import domains
+    from .transfer import TransferConfig, save_transfer_report, transfer
+
+    if not 0.0 <= target_fraction <= 1.0:
+        raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction}")
+    encoder = encoder or load_encoder()
+    cache = EmbeddingCache()
+    src, tgt = domains.prepare_domain(source, encoder, cache), domains.prepare_domain(target, encoder, cache)
+    torch.manual_seed(seed)
+    model = MultiTaskAdapter(AdapterConfig(input_dim=src.item_emb.shape[1], dim=64, seq_layers=1, seq_heads=2,
+                                           max_history=20, tasks=("recommend",)))
+    train(model, {"recommend": src.task}, TrainConfig(steps=5000, batch_size=128, eval_every=100, patience=6,
+                                                      seed=seed, max_seconds=source_seconds, show_progress=True))
+    target_task = domains.subsample(tgt, target_fraction, seed) if target_fraction < 1.0 else tgt.task
+    config = TransferConfig(method=method, select_metric=f"Recall@{tgt.ks[0]}", ks=tgt.ks, seed=seed,  # type: ignore[arg-type]
+                            train=TrainConfig(steps=3000, batch_size=128, eval_every=50, patience=6, seed=seed,
+                                              max_seconds=seconds, show_progress=False))
+    result = transfer(model, src.task, target_task, config)
+    guide = tgt.guide
+    guide.set_adapter(result.model, {"trained_as": f"transfer {source} -> {target} ({result.method_chosen})",
+                                     "methods": {"recommend": "adapter"}})
+    guide.save(output)
+    save_transfer_report(guide, result.report)
+    return {"chosen": result.method_chosen, "summary": result.report.get("summary", ""), "path": str(output)}
