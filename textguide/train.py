@@ -1026,7 +1026,7 @@ def coupon_logits_indexed(
         b = _coupon_inputs(emb, [[] for _ in chunk], chunk, None, model.config.max_history, rng=None)
         coupons.append(head.encode_coupon(model.item_vectors(b["coupon_items"], "coupon"), b["coupon_mask"]))
     u, c = torch.cat(users), torch.cat(coupons)
-    ui, ci = torch.as_tensor(np.asarray(user_index)), torch.as_tensor(np.asarray(coupon_index))
+    ui, ci = torch.as_tensor(np.array(user_index, dtype=np.int64)), torch.as_tensor(np.array(coupon_index, dtype=np.int64))
     out = [head.score(u[ui[s:s + 8192]], c[ci[s:s + 8192]]) for s in range(0, len(ui), 8192)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
