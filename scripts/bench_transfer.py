@@ -7,14 +7,17 @@ One command per experiment (each prints its tables and writes reports/transfer/<
     python scripts/bench_transfer.py --experiment hm-or       # fashion (H&M) -> home goods (Online Retail)
     python scripts/bench_transfer.py --experiment ind-off     # Amazon Industrial & Scientific -> Office
     python scripts/bench_transfer.py --experiment off-ind     # Amazon Office -> Industrial & Scientific
+    python scripts/bench_transfer.py --experiment hm-or --render reports/transfer/hm-or.json   # re-print tables
 
-A transfer experiment trains the source model (or reuses indexes/transfer-sources/<source> when present), then,
-for every target training size (0 %, 1 %, 10 %, 100 % of the target's training users), runs
+A transfer experiment trains the source model (or reuses indexes/transfer-sources/<source> when present; the
+baselines experiment trains the H&M and Online Retail ones; --retrain-source forces training), then, for every
+target training size (0 %, 1 %, 10 %, 100 % of the target's training users), runs
 ``textguide.transfer.transfer(method="auto")`` with every candidate (target-only, model-based finetune /
 freeze-shared / L2-SP, feature-based MMD / CORAL, instance-based): all candidates are scored on the report
-split, and the guard's choice (made on the selection split) is reported as ``auto``. An alpha sweep of the
-feature-based methods runs at one size. The 100 % target guide is saved under indexes/transfer-<experiment>
-with the chosen adapter and reports/transfer.json.
+split, and the guard's choice (made on the selection split) is reported as ``auto``. Each candidate trains for at
+most --budget seconds (--budget-full at 100 %). An alpha sweep of the feature-based methods runs at one size.
+The 100 % target guide is saved under indexes/transfer-<experiment> with the chosen adapter and
+reports/transfer.json. Times on a shared 2-core machine: docs/transfer.md.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import logging
 import math
 import time
 from pathlib import Path
-
-import numpy as np
 
 from textguide import domains
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter

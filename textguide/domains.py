@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -58,8 +57,6 @@ __all__ = [
     "prepare_online_retail",
     "subsample",
 ]
-
-logger = logging.getLogger("textguide")
 
 Scorer = Callable[[list[list[int]]], np.ndarray]
 
