@@ -20,7 +20,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 
 from textguide import recipes
 from textguide.adapters import MultiTaskAdapter

@@ -43,7 +43,7 @@ from .encoder import EmbeddingCache, TextEncoder
 from .evaluate import rank_of_target
 from .guide import Guide
 from .recipes import items_catalog
-from .train import SequenceTask, encode_items, recommend_queries
+from .train import SequenceTask
 
 __all__ = [
     "DomainBench",
@@ -274,21 +274,9 @@ def subsample(bench: DomainBench, fraction: float, seed: int = 0) -> SequenceTas
 # ------------------------------------------------------------------------------------------ scoring
 def domain_scorer(bench: DomainBench, method: str, model: Any = None) -> Scorer:
     """``histories -> scores (n, items)`` for ``popularity``, ``text`` (mean history cosine) or ``adapter``."""
-    emb = bench.item_emb
-    if method == "popularity":
-        return lambda hs: np.repeat(bench.popularity[None, :], len(hs), 0)
-    if method == "text":
-        def text(hs: list[list[int]]) -> np.ndarray:
-            q = np.stack([emb[h].mean(0) for h in hs])
-            q /= np.linalg.norm(q, axis=1, keepdims=True)
-            return q @ emb.T
-        return text
-    if method == "adapter":
-        if model is None:
-            raise ValueError("method='adapter' needs model=")
-        vectors = encode_items(model, emb, "recommend")
-        return lambda hs: recommend_queries(model, emb, hs) @ vectors.T
-    raise ValueError(f"unknown method {method!r}: use popularity, text or adapter")
+    from .recipes import history_scorer
+
+    return history_scorer(bench.item_emb, bench.popularity, method, model)
 
 
 def evaluate_domain(bench: DomainBench, scorer: Scorer, ks: tuple[int, ...] | None = None,

@@ -88,11 +88,11 @@ def prepare_scientific(encoder: TextEncoder, cache: EmbeddingCache | None = None
                          {"items": len(row), "train_rows": len(hist), "select_users": len(sel), "report_users": len(rep)})
 
 
-def sequence_scores(bench: SequenceBench, method: str, model: Any = None) -> Callable[[list[list[int]]], np.ndarray]:
-    """A scorer ``histories -> (n, items)`` for ``popularity``, ``text`` (mean history cosine) or ``adapter``."""
-    emb = bench.guide.index.embeddings
+def history_scorer(emb: np.ndarray, popularity: np.ndarray, method: str,
+                   model: Any = None) -> Callable[[list[list[int]]], np.ndarray]:
+    """``histories -> scores (n, items)`` for ``popularity``, ``text`` (mean history cosine) or ``adapter``."""
     if method == "popularity":
-        return lambda hs: np.repeat(bench.popularity[None, :], len(hs), 0)
+        return lambda hs: np.repeat(popularity[None, :], len(hs), 0)
     if method == "text":
         def text(hs: list[list[int]]) -> np.ndarray:
             q = np.stack([emb[h].mean(0) for h in hs])
@@ -100,9 +100,16 @@ def sequence_scores(bench: SequenceBench, method: str, model: Any = None) -> Cal
             return q @ emb.T
         return text
     if method == "adapter":
+        if model is None:
+            raise ValueError("method='adapter' needs model=")
         vectors = encode_items(model, emb, "recommend")
         return lambda hs: recommend_queries(model, emb, hs) @ vectors.T
     raise ValueError(f"unknown method {method!r}: use popularity, text or adapter")
+
+
+def sequence_scores(bench: SequenceBench, method: str, model: Any = None) -> Callable[[list[list[int]]], np.ndarray]:
+    """:func:`history_scorer` on a benchmark's catalog and popularity."""
+    return history_scorer(bench.guide.index.embeddings, bench.popularity, method, model)
 
 
 def evaluate_sequences(bench: SequenceBench, scorer: Callable[[list[list[int]]], np.ndarray],
