@@ -85,8 +85,9 @@ class PeakRSS:
 class TimedEncoder:
     """Wraps an encoder and adds up the seconds spent encoding by the thread that made it (the onboarding)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, batch_size: int | None = None) -> None:
         self.inner = inner
+        self.batch_size = batch_size  # overrides the caller's (Guide.onboard encodes in batches of 64)
         self.name, self.dim, self.fingerprint = inner.name, inner.dim, inner.fingerprint
         self.precision = getattr(inner, "precision", "fp32")
         self.seconds = 0.0
@@ -98,7 +99,7 @@ class TimedEncoder:
             return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
         t0 = time.perf_counter()
         try:
-            return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
+            return self.inner.encode(texts, batch_size=self.batch_size or batch_size, show_progress=show_progress)
         finally:
             self.seconds += time.perf_counter() - t0
             self.texts += len(texts)
@@ -373,8 +374,12 @@ def cmd_toys(args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ speed
 def _query_loop(guide: Guide, sample_ids: list[str], queries: list[str], stop: threading.Event,
-                log: list[tuple[float, str, float]], period: float) -> None:
+                log: list[tuple[float, str, float]], period: float, faiss_threads: int = 0) -> None:
     """Open-loop reader: one query every ``period`` seconds, alternating similar and search."""
+    if faiss_threads:  # per thread: OpenMP settings do not carry over from the main thread
+        import faiss
+
+        faiss.omp_set_num_threads(faiss_threads)
     rng = np.random.default_rng(os.getpid() + threading.get_ident() % 1000)
     n = 0
     next_at = time.perf_counter()
@@ -410,14 +415,16 @@ def cmd_reader(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    guide = Guide.load(args.guide, encoder=load_encoder())
+    guide = Guide.load(args.guide)
+    guide.encoder  # the encoder the manifest names (with its precision)
     ids = guide.index.live_ids()
     guide.search("warm up", k=10)
     log: list = []
     refresh_log: list = []
     stop = threading.Event()
     print("ready", flush=True)
-    threads = [threading.Thread(target=_query_loop, args=(guide, ids, QUERIES, stop, log, args.period)),
+    threads = [threading.Thread(target=_query_loop, args=(guide, ids, QUERIES, stop, log, args.period,
+                                                          args.faiss_threads)),
                threading.Thread(target=_refresh_loop, args=(guide, stop, refresh_log, 0.5))]
     for t in threads:
         t.start()
@@ -459,10 +466,16 @@ def cmd_speed(args) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    src = base_guide(Path(args.guide), args.build_seconds)
-    path = scratch_copy(src, "speed")
     catalog = toys_catalog(args.n)
-    enc = TimedEncoder(load_encoder())
+    enc = TimedEncoder(load_encoder(precision=args.precision), args.encode_batch_size)
+    if args.precision == "fp32":
+        src = base_guide(Path(args.guide), args.build_seconds)
+        path = scratch_copy(src, "speed")
+    else:  # a plain guide (no adapter) of the Scientific catalog embedded at this precision
+        from textguide.datasets.amazon_scientific import load_scientific
+
+        path = Path(tempfile.mkdtemp(prefix="tg-onboard-")) / "speed"
+        Guide.build(items_catalog(load_scientific().items), enc.inner, cache=EmbeddingCache()).save(path)
     guide = Guide.load(path, encoder=enc)
     base_ids = guide.index.live_ids()
     guide.search("warm up", k=10)
@@ -476,13 +489,15 @@ def cmd_speed(args) -> dict[str, Any]:
     if not args.no_process:
         child = subprocess.Popen(
             [sys.executable, __file__, "reader", "--guide", str(path), "--stop-file", str(stop_file), "--log",
-             str(child_log), "--period", str(args.period), "--threads", "1"],
+             str(child_log), "--period", str(args.period), "--threads", "1", "--faiss-threads",
+             str(args.faiss_threads)],
             stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("the reader process failed to start")
     log: list = []
     stop = threading.Event()
-    reader = threading.Thread(target=_query_loop, args=(guide, base_ids, QUERIES, stop, log, args.period))
+    reader = threading.Thread(target=_query_loop, args=(guide, base_ids, QUERIES, stop, log, args.period,
+                                                        args.faiss_threads))
     phases: dict[str, tuple[float, float]] = {}
     reader.start()
     try:
@@ -539,12 +554,14 @@ def cmd_speed(args) -> dict[str, Any]:
         "rss_before_mb": round(rss0, 1), "rss_peak_during_mb": round(peak.peak, 1),
         "rss_peak_increase_mb": round(peak.peak - rss0, 1), "rss_after_mb": round(rss_mb(), 1),
         "load_average_1min_before": load0, "load_average_1min_after": load_avg(), "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "cached_embeddings": bool(args.cached), "nice": args.nice,
+        "torch_threads": torch.get_num_threads(), "cached_embeddings": bool(args.cached), "nice": args.nice, "precision": args.precision, "faiss_threads": args.faiss_threads,
+        "encode_batch_size": args.encode_batch_size or 64,
         "switch_interval": sys.getswitchinterval(),
         "latency": latency,
         "process_reloads": [{"seconds": round(r[2], 3), "items": r[3]} for r in reloads],
         "process_final_count": child_data.get("final_count"),
         "served_at_once": served,
+        **({"raw": {"phases": phases, "thread": log, "process": child_data["queries"]}} if args.raw else {}),
     }
 
 
@@ -603,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-process", action="store_true", help="no second reader process")
     s.add_argument("--switch-interval", type=float, default=0.0,
                    help="sys.setswitchinterval of the onboarding process (seconds; 0: Python's default 0.005)")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: onboard into a plain Scientific guide embedded in bf16 (no adapter)")
+    s.add_argument("--encode-batch-size", type=int, default=None, help="encoder batch size (default: onboard's 64)")
+    s.add_argument("--faiss-threads", type=int, default=0,
+                   help="OpenMP threads of the readers' FAISS searches (1 recommended on a busy small machine; "
+                        "0: FAISS's default)")
+    s.add_argument("--raw", action="store_true", help="keep every query's (time, kind, seconds) in the JSON")
     s.add_argument("--nice", type=int, default=0, help="niceness of the onboarding thread (e.g. 10; 0: same as readers)")
 
     r = sub.add_parser("reader")
@@ -611,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--log", required=True)
     r.add_argument("--period", type=float, default=0.05)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--faiss-threads", type=int, default=0)
 
     for q in (sub.choices["hm"], sub.choices["toys"], sub.choices["speed"]):
         q.add_argument("--json", help="write the results here")
@@ -622,14 +647,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     res = {"hm": cmd_hm, "toys": cmd_toys, "speed": cmd_speed}[args.cmd](args)
     res["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv)
+    if args.json:  # first: a closed stdout pipe must not lose the results
+        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     if args.cmd == "hm":
         for g, r in res["groups"].items():
             print(hm_markdown(g, r))
     elif args.cmd == "speed":
         print(speed_markdown(res))
-    print(json.dumps(res, indent=1, default=str))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+    print(json.dumps({k: v for k, v in res.items() if k != "raw"}, indent=1, default=str))
     return 0
 
 

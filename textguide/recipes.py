@@ -424,3 +424,38 @@ def _binary_metrics(y_sel: np.ndarray, p_sel: np.ndarray, y_rep: np.ndarray, p_r
     grid = np.linspace(0.05, 0.95, 91)
     thr = grid[int(np.argmax([((p_sel >= g) == y_sel).mean() for g in grid]))]
     return {"Accuracy": float(((p_rep >= thr) == y_rep).mean()), "AUC": roc_auc(y_rep, p_rep)}
+
+
+def prepare_hm_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.1,
+                       report_frac: float = 0.2, seed: int = 0) -> OutfitBench:
+    """H&M same-day baskets as complementary sets: items of *different* product groups bought together by one
+    customer on one day (at most one item per group, up to 5 groups). Baskets split at random 70/10/20 into
+    train / selection / report; the slot of an item is its product group."""
+    from .datasets.hm import hm_baskets, load_hm_articles, load_hm_transactions
+
+    articles = load_hm_articles().set_index("id")
+    baskets = hm_baskets(load_hm_transactions())
+    group = articles["category"].to_dict()
+    complementary = []
+    for b in baskets:
+        by_group: dict[str, str] = {}
+        for i in b:
+            by_group.setdefault(group.get(i, ""), i)
+        by_group.pop("", None)
+        if len(by_group) >= 2:
+            complementary.append(list(by_group.values())[:5])
+    used = sorted({i for b in complementary for i in b})
+    items = articles.loc[used].reset_index()
+    guide = Guide.build(items_catalog(items, ("title", "category")), encoder, cache=cache)
+    row = guide.index.row_of
+    slots = sorted(items["category"].unique())
+    slot_of = {s: i for i, s in enumerate(slots)}
+    item_slots = np.array([slot_of[c] for c in guide.index.metadata["category"]], dtype=np.int64)
+    outfits = [[row[i] for i in b] for b in complementary]
+    perm = np.random.default_rng(seed).permutation(len(outfits))
+    n_sel, n_rep = int(select_frac * len(outfits)), int(report_frac * len(outfits))
+    sel, rep, tr = perm[:n_sel], perm[n_sel:n_sel + n_rep], perm[n_sel + n_rep:]
+    task = OutfitTask(guide.index.embeddings, [outfits[i] for i in tr], item_slots, [outfits[i] for i in sel])
+    return OutfitBench("hm-baskets", guide, task, [outfits[i] for i in rep], slots,
+                       {"items": len(row), "baskets": len(outfits), "train": len(tr), "select": len(sel),
+                        "report": len(rep), "groups": len(slots)})
