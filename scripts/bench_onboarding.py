@@ -41,10 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textguide.catalog import Catalog  # noqa: E402
-from textguide.encoder import EmbeddingCache, load_encoder  # noqa: E402
-from textguide.guide import Guide  # noqa: E402
-from textguide.recipes import items_catalog  # noqa: E402
+from textguide.catalog import Catalog
+from textguide.encoder import EmbeddingCache, load_encoder
+from textguide.guide import Guide
+from textguide.recipes import items_catalog
 
 logger = logging.getLogger("textguide")
 DEFAULT_GUIDE = ROOT / "indexes" / "amazon-scientific"
@@ -72,11 +72,11 @@ class PeakRSS:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, rss_mb())
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034 - typing.Self needs Python 3.11
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_mb())
@@ -179,7 +179,8 @@ def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str
     import torch
 
     from textguide.adapters import AdapterConfig, MultiTaskAdapter
-    from textguide.train import SequenceTask, TrainConfig, train as fit
+    from textguide.train import SequenceTask, TrainConfig
+    from textguide.train import train as fit
 
     row = guide.index.row_of
     keep = [[row[i] for i in s if i in row] for s in train]
@@ -325,9 +326,10 @@ def cmd_hm(args) -> dict[str, Any]:
 
 
 def hm_markdown(g: str, r: dict[str, Any]) -> str:
+    header = (f"| method | Recall@12, {g} purchases | NDCG@12, {g} | Recall@12 among {g} only | "
+              f"Recall@12, other purchases |")
     lines = [f"{g}: {r['items']} items held out, {r['report_purchases']} report purchases", "",
-             f"| method | Recall@12, {g} purchases | NDCG@12, {g} | Recall@12 among {g} only | "
-             f"Recall@12, other purchases |", "|---|---|---|---|---|"]
+             header, "|---|---|---|---|---|"]
     for name, m in r["results"].items():
         lines.append(f"| {name} | {m.get('group/all/Recall@12', float('nan')):.4f} | "
                      f"{m.get('group/all/NDCG@12', float('nan')):.4f} | {m.get('group/group/Recall@12', float('nan')):.4f} | "
@@ -416,7 +418,7 @@ def cmd_reader(args) -> None:
 
     torch.set_num_threads(args.threads)
     guide = Guide.load(args.guide)
-    guide.encoder  # the encoder the manifest names (with its precision)
+    _ = guide.encoder  # load the encoder the manifest names (with its precision)
     ids = guide.index.live_ids()
     guide.search("warm up", k=10)
     log: list = []
@@ -566,13 +568,13 @@ def cmd_speed(args) -> dict[str, Any]:
 
 
 def speed_markdown(r: dict[str, Any]) -> str:
-    lines = [f"onboarded {r['added']} items in {r['seconds']} s ({r['items_per_second']} items/s; encoding "
-             f"{r['encode_seconds']} s, the rest {r['other_seconds']} s; {r.get('cpu_seconds')} CPU-s); memory: RSS {r['rss_before_mb']} MiB before, "
-             f"peak +{r['rss_peak_increase_mb']} MiB during; load average {r['load_average_1min_before']} -> "
-             f"{r['load_average_1min_after']} on {r['cpus']} CPUs", "",
-             "| reader | query | idle p50 / p99 (ms) | during p50 / p99 (ms) | p99 ratio | n idle / during | "
-             "idle p99 before / after (ms) |",
-             "|---|---|---|---|---|---|---|"]
+    summary = (f"onboarded {r['added']} items in {r['seconds']} s ({r['items_per_second']} items/s; encoding "
+               f"{r['encode_seconds']} s, the rest {r['other_seconds']} s; {r.get('cpu_seconds')} CPU-s); memory: "
+               f"RSS {r['rss_before_mb']} MiB before, peak +{r['rss_peak_increase_mb']} MiB during; load average "
+               f"{r['load_average_1min_before']} -> {r['load_average_1min_after']} on {r['cpus']} CPUs")
+    header = ("| reader | query | idle p50 / p99 (ms) | during p50 / p99 (ms) | p99 ratio | n idle / during | "
+              "idle p99 before / after (ms) |")
+    lines = [summary, "", header, "|---|---|---|---|---|---|---|"]
     for key, v in r["latency"].items():
         who, kind = key.split("/")
         i, d = v["idle"], v["during"]
