@@ -197,3 +197,17 @@ def test_remove_items(guide: Guide, tmp_path: Path, enc: HashingEncoder) -> None
         guide.remove(["p02"])
     with pytest.raises(ValueError, match="wrap it as"):
         guide.remove("p01")
+
+
+def test_reports_survive_updates_and_may_be_rewritten(guide: Guide, tmp_path: Path, enc: HashingEncoder) -> None:
+    """reports/ is carried across atomic updates but is not checksummed, so rewriting a report never
+    breaks Guide.load."""
+    path = guide.save(tmp_path / "g")
+    (path / "reports").mkdir()
+    (path / "reports" / "report.md").write_text("first")
+    guide.remove(["p03"])  # an atomic update copies reports/ along
+    assert (path / "reports" / "report.md").read_text() == "first"
+    (path / "reports" / "report.md").write_text("rewritten by textguide evaluate")
+    again = Guide.load(path, enc)
+    assert "p03" not in again.index
+    assert not any(f.startswith("reports/") for f in again.manifest["files"])

@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 logger = logging.getLogger("textguide")
 
 MANIFEST = "manifest.json"
+#: Sub-directories kept with an artifact but outside its checksums (training / evaluation reports).
+UNCHECKED_DIRS = ("reports",)
 
 
 class ArtifactError(ValueError):
@@ -115,6 +117,8 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             rel = p.relative_to(directory).as_posix()
+            if rel.split("/", 1)[0] in UNCHECKED_DIRS:  # human-facing reports may be rewritten later
+                continue
             files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     manifest = dict(manifest, files=files, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     with open(directory / MANIFEST, "w", encoding="utf-8") as f:
