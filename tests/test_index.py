@@ -325,6 +325,23 @@ def test_add_replace(small, rand_unit) -> None:
     assert index.search(x[3], k=5, where={"category": "a"})[0][0][0] != "s3"  # the old row (category a) is gone
 
 
+def test_item_metadata_values_and_freshness_after_add(rand_unit) -> None:
+    meta = pd.DataFrame({"category": ["a", None], "price": [9.5, np.nan], "stock": [3, 4],
+                         "launched": pd.to_datetime(["2024-01-02", None])})
+    index = ItemIndex.build(rand_unit(2, DIM, seed=3), ["p0", "p1"], meta, IndexConfig(factory="Flat"))
+    first = index.items(["p0", "p1"])  # builds the per-column cache
+    assert first[0] == {"category": "a", "price": 9.5, "stock": 3, "launched": pd.Timestamp("2024-01-02"), "id": "p0"}
+    assert first[1] == {"category": None, "price": None, "stock": 4, "launched": None, "id": "p1"}
+    assert type(first[0]["stock"]) is int and type(first[0]["price"]) is float  # plain Python values, not numpy
+    assert index.item("p1") == first[1]
+    index.add(rand_unit(1, DIM, seed=4), ["p2"], pd.DataFrame({"category": ["b"], "stock": [7]}))
+    assert index.item("p2")["category"] == "b" and index.item("p2")["stock"] == 7  # the cache saw the add
+    index.add(rand_unit(1, DIM, seed=5), ["p0"], pd.DataFrame({"category": ["c"]}), replace=True)
+    assert index.items(["p0", "p2"])[0]["category"] == "c"
+    with pytest.raises(KeyError, match="unknown item id 'gone'"):
+        index.items(["p0", "gone"])
+
+
 def test_failed_replace_leaves_index_unchanged(small, rand_unit) -> None:
     index, x = small
     with pytest.raises(ValueError, match=r"metadata has 1 rows for 2 items"):

@@ -223,7 +223,7 @@ class Guide:
 
     # ------------------------------------------------------------------ queries
     def _hits(self, ids: list[str], scores: np.ndarray) -> Hits:
-        return Hits(ids, scores[: len(ids)].astype(np.float32), [self.index.item(i) for i in ids])
+        return Hits(ids, scores[: len(ids)].astype(np.float32), self.index.items(ids))
 
     @overload
     def search(self, query: str, k: int = 10, *, category: str | None = None, where: Where | None = None) -> Hits: ...

@@ -21,6 +21,9 @@ import pandas as pd
 
 logger = logging.getLogger("textguide")
 
+#: Query batches smaller than this run FAISS on one OpenMP thread.
+SMALL_BATCH = 16
+
 #: A filter: metadata field -> wanted value, or a list of accepted values.
 Where = Mapping[str, Any]
 
@@ -70,6 +73,16 @@ class ItemIndex:
         self.deleted = np.zeros(0, dtype=bool)
         self.factory = ""
         self.faiss_index: faiss.Index | None = None
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """Item metadata, one row per index row (removed rows included), with an ``id`` column."""
+        return self._metadata
+
+    @metadata.setter
+    def metadata(self, frame: pd.DataFrame) -> None:
+        self._metadata = frame
+        self._columns: dict[str, np.ndarray] | None = None  # per-column object arrays, built on first use
 
     # ------------------------------------------------------------------ build / mutate
     @classmethod
@@ -210,7 +223,14 @@ class ItemIndex:
 
     def item(self, item_id: str) -> dict[str, Any]:
         """Metadata of one item."""
-        return _clean_record(self.metadata.iloc[self._row(item_id)].to_dict())
+        return self.items([item_id])[0]
+
+    def items(self, item_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Metadata of several items, in order (plain Python values; missing values are ``None``)."""
+        rows = [self._row(i) for i in item_ids]
+        if self._columns is None:  # column arrays make a record ~50x cheaper than a DataFrame row lookup
+            self._columns = {c: self._metadata[c].to_numpy(dtype=object) for c in self._metadata.columns}
+        return [_clean_record({c: a[r] for c, a in self._columns.items()}) for r in rows]
 
     def live_ids(self) -> list[str]:
         """Ids of the live items, in row order."""
@@ -288,15 +308,22 @@ class ItemIndex:
             params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
         elif "IVF" in self.factory:
             params = faiss.SearchParametersIVF(nprobe=self.config.nprobe)
+        sel = bitmap = None
         if allowed is not None:
             bitmap = np.packbits(allowed, bitorder="little")
             sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
             params = params or faiss.SearchParameters()
             params.sel = sel
+        # FAISS parallelises over queries: for a few queries an OpenMP team only adds a barrier
+        # (a single flat query over 105k items: 16 ms with 2 threads, 10 ms with 1, on the dev machine)
+        threads = faiss.omp_get_max_threads()
+        if len(q) < SMALL_BATCH and threads > 1:
+            faiss.omp_set_num_threads(1)  # affects the calling thread only
+        try:
             scores, rows = self.faiss_index.search(q, k, params=params)
-            del sel, bitmap
-        else:
-            scores, rows = self.faiss_index.search(q, k, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        del sel, bitmap  # the selector reads the bitmap until the search returns
         return scores, rows
 
     # ------------------------------------------------------------------ persistence
@@ -357,10 +384,10 @@ def _to_json_text(v: Any) -> str | None:
 def _clean_record(rec: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in rec.items():
-        if isinstance(v, float) and np.isnan(v):
-            v = None
-        elif isinstance(v, np.generic):
+        if isinstance(v, np.generic):
             v = v.item()
+        if v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v):
+            v = None
         out[k] = v
     return out
 
