@@ -85,9 +85,8 @@ class PeakRSS:
 class TimedEncoder:
     """Wraps an encoder and adds up the seconds spent encoding by the thread that made it (the onboarding)."""
 
-    def __init__(self, inner: Any, batch_size: int | None = None) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.batch_size = batch_size  # overrides the caller's (Guide.onboard encodes in batches of 64)
         self.name, self.dim, self.fingerprint = inner.name, inner.dim, inner.fingerprint
         self.precision = getattr(inner, "precision", "fp32")
         self.seconds = 0.0
@@ -99,7 +98,7 @@ class TimedEncoder:
             return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
         t0 = time.perf_counter()
         try:
-            return self.inner.encode(texts, batch_size=self.batch_size or batch_size, show_progress=show_progress)
+            return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
         finally:
             self.seconds += time.perf_counter() - t0
             self.texts += len(texts)
@@ -439,7 +438,8 @@ def cmd_reader(args) -> None:
     Path(args.log).write_text(json.dumps({"queries": log, "refresh": refresh_log, "final_count": seen}))
 
 
-def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: TimedEncoder, nice: int) -> Any:
+def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: TimedEncoder, nice: int,
+                          batch_size: int, precision: str | None) -> Any:
     """Onboard from a worker thread at a lower CPU priority (``nice``; Linux niceness is per thread and the
     encoder's OpenMP workers, created by that thread, inherit it), as a server would; returns the report."""
     out: dict[str, Any] = {}
@@ -449,7 +449,8 @@ def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: Timed
             if nice:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
             enc._owner = threading.get_ident()
-            out["report"] = guide.onboard(catalog, category="Toys & Games", cache=cache)
+            out["report"] = guide.onboard(catalog, category="Toys & Games", cache=cache, batch_size=batch_size,
+                                          precision=precision)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             out["error"] = e
 
@@ -469,7 +470,7 @@ def cmd_speed(args) -> dict[str, Any]:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     catalog = toys_catalog(args.n)
-    enc = TimedEncoder(load_encoder(precision=args.precision), args.encode_batch_size)
+    enc = TimedEncoder(load_encoder(precision=args.precision))
     if args.precision == "fp32":
         src = base_guide(Path(args.guide), args.build_seconds)
         path = scratch_copy(src, "speed")
@@ -479,6 +480,12 @@ def cmd_speed(args) -> dict[str, Any]:
         path = Path(tempfile.mkdtemp(prefix="tg-onboard-")) / "speed"
         Guide.build(items_catalog(load_scientific().items), enc.inner, cache=EmbeddingCache()).save(path)
     guide = Guide.load(path, encoder=enc)
+    onboard_enc = enc
+    if args.onboard_precision not in (None, args.precision):  # Guide.onboard(precision=...) loads a twin encoder
+        twin = Guide.load(path, encoder=enc.inner)._onboard_encoder(args.onboard_precision)
+        onboard_enc = TimedEncoder(twin)
+        onboard_enc.precision = args.onboard_precision
+        guide._twins[args.onboard_precision] = onboard_enc  # timed, and loaded before the clock starts
     base_ids = guide.index.live_ids()
     guide.search("warm up", k=10)
     guide.similar(base_ids[0], k=10)
@@ -508,12 +515,13 @@ def cmd_speed(args) -> dict[str, Any]:
         phases["idle"] = (t, time.time())
         rss0 = rss_mb()
         load0 = load_avg()
-        enc.seconds, enc.texts = 0.0, 0
+        onboard_enc.seconds, onboard_enc.texts = 0.0, 0
         cpu0 = os.times()
         t = time.time()
         with PeakRSS() as peak:
             t0 = time.perf_counter()
-            report = onboard_in_background(guide, catalog, cache, enc, args.nice)
+            report = onboard_in_background(guide, catalog, cache, onboard_enc, args.nice, args.encode_batch_size,
+                                           args.onboard_precision)
             seconds = time.perf_counter() - t0
         cpu1 = os.times()
         phases["onboarding"] = (t, time.time())
@@ -548,8 +556,8 @@ def cmd_speed(args) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)  # the scratch copy
     return {
         "n": len(catalog), "added": report.added, "items_after": report.items, "seconds": round(seconds, 2),
-        "encode_seconds": round(enc.seconds, 2), "texts_encoded": enc.texts,
-        "other_seconds": round(seconds - enc.seconds, 2),
+        "encode_seconds": round(onboard_enc.seconds, 2), "texts_encoded": onboard_enc.texts,
+        "other_seconds": round(seconds - onboard_enc.seconds, 2),
         "items_per_second": round(len(catalog) / seconds, 1),
         # CPU seconds of this process while onboarding (readers' queries included): independent of other load
         "cpu_seconds": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 1),
@@ -557,7 +565,7 @@ def cmd_speed(args) -> dict[str, Any]:
         "rss_peak_increase_mb": round(peak.peak - rss0, 1), "rss_after_mb": round(rss_mb(), 1),
         "load_average_1min_before": load0, "load_average_1min_after": load_avg(), "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "cached_embeddings": bool(args.cached), "nice": args.nice, "precision": args.precision, "faiss_threads": args.faiss_threads,
-        "encode_batch_size": args.encode_batch_size or 64,
+        "encode_batch_size": args.encode_batch_size, "onboard_precision": args.onboard_precision or args.precision,
         "switch_interval": sys.getswitchinterval(),
         "latency": latency,
         "process_reloads": [{"seconds": round(r[2], 3), "items": r[3]} for r in reloads],
@@ -624,7 +632,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="sys.setswitchinterval of the onboarding process (seconds; 0: Python's default 0.005)")
     s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: onboard into a plain Scientific guide embedded in bf16 (no adapter)")
-    s.add_argument("--encode-batch-size", type=int, default=None, help="encoder batch size (default: onboard's 64)")
+    s.add_argument("--encode-batch-size", type=int, default=64, help="Guide.onboard(batch_size=...)")
+    s.add_argument("--onboard-precision", choices=["fp32", "bf16"], default=None,
+                   help="Guide.onboard(precision=...): embed the new items in bf16 (default: the guide's precision)")
     s.add_argument("--faiss-threads", type=int, default=0,
                    help="OpenMP threads of the readers' FAISS searches (1 recommended on a busy small machine; "
                         "0: FAISS's default)")

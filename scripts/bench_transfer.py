@@ -7,6 +7,7 @@ One command per experiment (each prints its tables and writes reports/transfer/<
     python scripts/bench_transfer.py --experiment hm-or       # fashion (H&M) -> home goods (Online Retail)
     python scripts/bench_transfer.py --experiment ind-off     # Amazon Industrial & Scientific -> Office
     python scripts/bench_transfer.py --experiment off-ind     # Amazon Office -> Industrial & Scientific
+    python scripts/bench_transfer.py --experiment hm-or-baskets   # basket complements: H&M -> Online Retail
     python scripts/bench_transfer.py --experiment hm-or --render reports/transfer/hm-or.json   # re-print tables
 
 A transfer experiment trains the source model (or reuses indexes/transfer-sources/<source> when present; the
@@ -18,6 +19,11 @@ split, and the guard's choice (made on the selection split) is reported as ``aut
 most --budget seconds (--budget-full at 100 %). An alpha sweep of the feature-based methods runs at one size.
 The 100 % target guide is saved under indexes/transfer-<experiment> with the chosen adapter and
 reports/transfer.json. Times on a shared 2-core machine: docs/transfer.md.
+
+hm-or-baskets does the same for complementary items: the source is an outfit adapter trained on H&M same-day
+baskets (``recipes.prepare_hm_baskets``, slot = product group), the target Online Retail invoices
+(``recipes.prepare_or_baskets``, slot = text cluster); sizes are fractions of the target's training baskets,
+the guard selects on FITB, and the report split is scored by ``recipes.evaluate_outfits``.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ import math
 import time
 from pathlib import Path
 
-from textguide import domains
+import numpy as np
+
+from textguide import domains, recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
-from textguide.train import TrainConfig, train
+from textguide.train import OutfitTask, TrainConfig, train
 from textguide.transfer import CANDIDATES, TransferConfig, save_transfer_report, transfer
 
 logger = logging.getLogger("textguide")
@@ -43,7 +51,9 @@ EXPERIMENTS = {
     "hm-or": ("hm", "online-retail", ("Recall@12", "MAP@12", "NDCG@12"), "Recall@12"),
     "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), "Recall@10"),
     "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), "Recall@10"),
+    "hm-or-baskets": ("hm-baskets", "or-baskets", ("FITB", "CTL-Recall@10", "AUC"), "FITB"),
 }
+BASKETS = {"hm-baskets": recipes.prepare_hm_baskets, "or-baskets": recipes.prepare_or_baskets}
 
 
 def transfer_candidates(args: argparse.Namespace) -> list[str]:
@@ -59,12 +69,26 @@ def transfer_candidates(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def build_model(seed: int) -> MultiTaskAdapter:
+def build_model(seed: int, n_slots: int | None = None) -> MultiTaskAdapter:
+    """The adapter of every run: next-item recommendation, or complements with ``n_slots`` slots."""
     import torch
 
     torch.manual_seed(seed)
+    if n_slots is not None:
+        return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=64, max_history=20, dropout=0.0,
+                                              tasks=("outfit",), n_slots=n_slots))
     return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=64, seq_layers=1, seq_heads=2, max_history=20,
                                           dropout=0.0, tasks=("recommend",)))
+
+
+def subsample_baskets(bench: recipes.OutfitBench, fraction: float, seed: int = 0) -> OutfitTask:
+    """The training baskets restricted to a random ``fraction`` (the selection split is unchanged)."""
+    task = bench.task
+    if fraction == 1.0:
+        return task
+    n = int(round(fraction * len(task.outfits)))
+    keep = sorted(np.random.default_rng(seed).permutation(len(task.outfits))[:max(n, 1) if fraction > 0 else 0])
+    return OutfitTask(task.item_emb, [task.outfits[i] for i in keep], task.item_slots, task.valid_outfits)
 
 
 def train_config(n_examples: int, args: argparse.Namespace, seconds: float | None = None,
@@ -96,18 +120,19 @@ def safe_gain(new: dict[str, float], base: dict[str, float], metrics: tuple[str,
 
 
 # ------------------------------------------------------------------------------------------ experiments
-def source_model(bench: domains.DomainBench, args: argparse.Namespace) -> tuple[MultiTaskAdapter, dict]:
+def source_model(bench: domains.DomainBench | recipes.OutfitBench, args: argparse.Namespace
+                 ) -> tuple[MultiTaskAdapter, dict]:
     """Load indexes/transfer-sources/<name> if present (and not --retrain-source), else train and save it."""
     path = Path(args.out) / "transfer-sources" / bench.name
     if path.is_dir() and not args.retrain_source:
         meta = json.loads((path / "train_meta.json").read_text())
         logger.info("reusing the source model %s (trained in %.0fs)", path, meta["seconds"])
         return load_adapter(path), {**meta, "reused": str(path)}
-    model = build_model(args.seed)
+    model = build_model(args.seed, len(bench.slots) if isinstance(bench, recipes.OutfitBench) else None)
     cfg = train_config(len(bench.task), args, seconds=args.source_budget, max_steps=args.source_steps)
     cfg = TrainConfig.from_dict({**cfg.to_dict(), "lr": args.source_lr, "eval_every": 100, "patience": 8})
     t = time.time()
-    res = train(model, {"recommend": bench.task}, cfg)
+    res = train(model, {bench.task.kind: bench.task}, cfg)
     meta = {"seconds": round(time.time() - t, 1), "best_step": res.best_step, "steps": res.history[-1]["step"],
             "select": res.best_metrics, "train_config": cfg.to_dict()}
     save_adapter(model, path)
@@ -136,23 +161,35 @@ def run_baselines(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
     return "\n".join(lines), out
 
 
+def prepare(name: str, enc, cache) -> domains.DomainBench | recipes.OutfitBench:
+    return BASKETS[name](enc, cache) if name in BASKETS else domains.prepare_domain(name, enc, cache)
+
+
+def evaluate(bench: domains.DomainBench | recipes.OutfitBench, method: str, model=None) -> dict[str, float]:
+    """Report-split metrics of a method ("adapter", "text" or "popularity") on a benchmark."""
+    if isinstance(bench, recipes.OutfitBench):
+        return recipes.evaluate_outfits(bench, recipes.outfit_scorer(bench, method, model))
+    return domains.evaluate_domain(bench, domains.domain_scorer(bench, method, model))
+
+
 def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
     src_name, tgt_name, metrics, select = EXPERIMENTS[args.experiment]
-    ks = (int(select.split("@")[1]),)
+    baskets = tgt_name in BASKETS
+    ks = (10,) if baskets else (int(select.split("@")[1]),)
     t = time.time()
-    source = domains.prepare_domain(src_name, enc, cache)
-    target = domains.prepare_domain(tgt_name, enc, cache)
+    source = prepare(src_name, enc, cache)
+    target = prepare(tgt_name, enc, cache)
     prep = time.time() - t
     logger.info("prepared %s %s and %s %s in %.0fs", src_name, source.info, tgt_name, target.info, prep)
     model, src_meta = source_model(source, args)
-    src_alone = domains.evaluate_domain(source, domains.domain_scorer(source, "adapter", model))
-    text = domains.evaluate_domain(target, domains.domain_scorer(target, "text"))
-    pop = domains.evaluate_domain(target, domains.domain_scorer(target, "popularity"))
+    src_alone = evaluate(source, "adapter", model)
+    text = evaluate(target, "text")
+    pop = None if baskets else evaluate(target, "popularity")
 
     sizes = [float(s) for s in args.sizes.split(",")]
     results: dict[str, dict] = {}
     for size in sizes:
-        task = domains.subsample(target, size, seed=args.seed)
+        task = subsample_baskets(target, size, args.seed) if baskets else domains.subsample(target, size, seed=args.seed)
         cfg = TransferConfig(method="auto", candidates=tuple(transfer_candidates(args)), select_metric=select, ks=ks,
                              feature_batch=args.feature_batch, l2sp_weight=args.l2sp_weight, weight_clip=args.weight_clip,
                              seed=args.seed,
@@ -160,8 +197,7 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         t = time.time()
         res = transfer(model, source.task, task, cfg)
         seconds = time.time() - t
-        report_metrics = {name: domains.evaluate_domain(target, domains.domain_scorer(target, "adapter", m))
-                          for name, m in res.models.items()}
+        report_metrics = {name: evaluate(target, "adapter", m) for name, m in res.models.items()}
         report_metrics["auto"] = report_metrics[res.method_chosen]
         base = report_metrics["target-only"]
         results[f"{size:g}"] = {
@@ -174,20 +210,25 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
                     res.report["summary"])
         if size == 1.0:  # the full-data guide, with its transfer report
             guide = target.guide
-            guide.set_adapter(res.model, {"trained_as": f"transfer:{res.method_chosen}", "source": src_name})
+            meta = {"trained_as": f"transfer:{res.method_chosen}", "source": src_name}
+            if baskets:  # the slot of each item, so that complete_outfit works on the saved guide
+                guide.index.metadata = guide.index.metadata.assign(slot=[target.slots[s] for s in task.item_slots])
+                meta.update(slot_field="slot", slots=list(target.slots))
+            guide.set_adapter(res.model, meta)
             guide.save(Path(args.out) / f"transfer-{args.experiment}")
             save_transfer_report(guide, res.report)
 
     sweep = {}
     if args.sweep_size is not None and args.sweep:
-        task = domains.subsample(target, args.sweep_size, seed=args.seed)
+        task = (subsample_baskets(target, args.sweep_size, args.seed) if baskets
+                else domains.subsample(target, args.sweep_size, seed=args.seed))
         for item in args.sweep.split(","):
             dist, alpha = item.split(":")
             cfg = TransferConfig(method="feature", feature_distance=dist, alpha=float(alpha), select_metric=select,
                                  ks=ks, feature_batch=args.feature_batch, seed=args.seed, train=train_config(len(task), args))
             t = time.time()
             res = transfer(model, source.task, task, cfg)
-            m = domains.evaluate_domain(target, domains.domain_scorer(target, "adapter", res.model))
+            m = evaluate(target, "adapter", res.model)
             base = results.get(f"{args.sweep_size:g}", {}).get("report", {}).get("target-only")
             sweep[item] = {"report": m, "valid": res.report["methods"][res.method_chosen]["valid"],
                            "item_distance": res.report["methods"][res.method_chosen]["item_distance"],
@@ -222,13 +263,16 @@ def render_transfer(out: dict) -> str:
              f"Source model: {src_meta['seconds']:.0f}s training, {src_meta['steps']} steps"
              f"{' (reused from ' + src_meta['reused'] + ')' if 'reused' in src_meta else ''}; on its own report split "
              + ", ".join(f"{k} {v:.4f}" for k, v in src_alone.items()), "",
-             "Target baselines without training: text similarity (mean history) "
+             f"Target baselines without training: text similarity (mean {'basket' if pop is None else 'history'}) "
              + ", ".join(f"{k} {text[k]:.4f}" for k in metrics)
-             + "; popularity " + ", ".join(f"{k} {pop[k]:.4f}" for k in metrics), "",
-             "At 0 % target-only is the untrained adapter (last item's text vector through a random orthogonal "
-             "projection) and model:* is the source model applied as is. † = training never beat its starting "
-             "weights on the selection split, so the starting weights (source model / untrained adapter) were kept.",
-             ""]
+             + ("" if pop is None else "; popularity " + ", ".join(f"{k} {pop[k]:.4f}" for k in metrics)), "",
+             ("At 0 % target-only is the untrained adapter (the pooled basket through a random orthogonal "
+              "projection: text similarity) and model:* is the source model with the target's slots starting as "
+              "its unknown slot. " if pop is None else
+              "At 0 % target-only is the untrained adapter (last item's text vector through a random orthogonal "
+              "projection) and model:* is the source model applied as is. ")
+             + "† = training never beat its starting weights on the selection split, so the starting weights "
+             "(source model / untrained adapter) were kept.", ""]
     names = ["target-only", *out["candidates"], "auto"]
 
     def cell(s: str, n: str, m: str) -> str:

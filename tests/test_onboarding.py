@@ -152,6 +152,17 @@ def test_recommend_serves_onboarded_items(adapted: Guide, enc: HashingEncoder) -
     assert back.recommend(["g01", "p05"], k=24).ids == hits.ids
 
 
+def test_adapted_item_vectors_are_cached_per_index_object(adapted: Guide, enc: HashingEncoder) -> None:
+    first = adapted._task_vectors("recommend")
+    assert adapted._task_vectors("recommend") is first  # cached while the index is the same
+    new = adapted.index.copy()
+    new.add(enc.encode(["Copper garden sprinkler"]), ["z1"], pd.DataFrame({"title": ["Copper garden sprinkler"]}))
+    adapted.index = new  # a swap whose cache reset a racing reader undid: the cache must not serve the old index
+    again = adapted._task_vectors("recommend")
+    assert again is not first and "z1" in again and "z1" not in first
+    assert adapted.recommend(["p01"], k=50, method="adapter").ids.count("z1") == 1
+
+
 def test_complete_outfit_ranks_onboarded_candidates(adapted: Guide) -> None:
     adapted.onboard(_garden(), category="Garden")
     cands = ["g02", "g03", "g05", "p13"]
@@ -161,11 +172,14 @@ def test_complete_outfit_ranks_onboarded_candidates(adapted: Guide) -> None:
     # the whole catalog, unknown slot: onboarded items are candidates like any other
     every = adapted.complete_outfit(["g01"], k=25)
     assert set(GARDEN_IDS[1:]) <= set(every.ids) and "g01" not in every.ids
-    # a new category is not a slot of the trained adapter; the text method filters on it
+    # a new category is not a slot of the trained adapter: its "unknown slot" query, searched within the category
     text = adapted.complete_outfit(["p05"], k=3, slot="Garden", method="text")
     assert set(text.ids) <= set(GARDEN_IDS)
-    with pytest.raises(ValueError, match="unknown slot 'Garden'"):
-        adapted.complete_outfit(["p05"], k=3, slot="Garden")
+    new_slot = adapted.complete_outfit(["p05"], k=6, slot="Garden")
+    assert new_slot.method == "adapter" and sorted(new_slot.ids) == sorted(GARDEN_IDS)
+    assert new_slot.ids == adapted.complete_outfit(["p05"], k=6, candidates=GARDEN_IDS).ids  # same query, no slot
+    with pytest.raises(ValueError, match="unknown slot 'Pond': not a slot of the adapter .* and no item has category='Pond'"):
+        adapted.complete_outfit(["p05"], k=3, slot="Pond")
 
 
 def test_rank_coupons_over_onboarded_products(adapted: Guide, enc: HashingEncoder) -> None:
@@ -450,6 +464,29 @@ def test_clash_is_an_error_unless_replace(guide: Guide, enc: HashingEncoder) -> 
         assert g.similar("g01", k=3).ids  # the replaced item still works as a query
 
 
+def test_onboard_batch_size_and_precision_options(guide: Guide, enc: HashingEncoder, counting, path: Path) -> None:
+    before = _snapshot(path)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        guide.onboard(_garden(), batch_size=0)
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp8'"):
+        guide.onboard(_garden(), precision="fp8")
+    with pytest.raises(ValueError, match="precision='bf16' needs a sentence-transformers encoder; .*leave precision unset"):
+        guide.onboard(_garden(), precision="bf16")
+    assert _snapshot(path) == before and guide.index.count == 20  # nothing changed
+
+    class Spy(type(counting(enc))):
+        batch_sizes: list[int] = []
+
+        def encode(self, texts, batch_size=64, show_progress=None):
+            self.batch_sizes.append(batch_size)
+            return super().encode(texts, batch_size=batch_size, show_progress=show_progress)
+
+    spy = Spy(enc)
+    g = Guide.load(path, encoder=spy)
+    report = g.onboard(_garden(), category="Garden", batch_size=3, precision="fp32")  # fp32 = the guide's own
+    assert spy.batch_sizes == [3] and report.added == 6 and report.precision == "fp32"
+
+
 def test_refresh_in_another_instance_picks_up_the_new_state(path: Path, guide: Guide, enc: HashingEncoder) -> None:
     other = Guide.load(path, encoder=enc)
     assert other.refresh() is False
@@ -503,7 +540,9 @@ def test_cli_onboard(catalog_csv: Path, tmp_path: Path, capsys: pytest.CaptureFi
     pd.DataFrame(GARDEN).to_csv(new, index=False)
     capsys.readouterr()
 
-    assert cli.main(["onboard", str(out), str(new), "--category", "Garden"]) == 0
+    assert cli.main(["onboard", str(out), str(new), "--category", "Garden", "--precision", "bf16"]) == 2
+    assert "needs a sentence-transformers encoder" in capsys.readouterr().err  # hashing: no bf16 twin
+    assert cli.main(["onboard", str(out), str(new), "--category", "Garden", "--batch-size", "2"]) == 0
     assert "6 added, 0 replaced, 0 unchanged; 26 items now" in capsys.readouterr().out
     assert cli.main(["onboard", str(out), str(new), "--category", "Garden", "--no-cache"]) == 0
     assert "0 added, 0 replaced, 6 unchanged" in capsys.readouterr().out

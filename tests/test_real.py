@@ -171,6 +171,21 @@ def test_bf16_matches_fp32(minilm, scientific, title_vectors_fp32) -> None:
     assert overlap >= 0.95, f"top-{k} neighbour overlap bf16 vs fp32 is {overlap:.3f}"
 
 
+def test_onboard_in_bf16_into_an_fp32_guide(minilm, scientific, title_vectors_fp32) -> None:
+    old, new = scientific[:400], scientific[400:]
+    guide = Guide.build(Catalog.from_records([{"id": r["id"], "title": r["title"]} for r in old]), minilm)
+    report = guide.onboard(Catalog.from_records([{"id": r["id"], "title": r["title"]} for r in new]),
+                           category="new", precision="bf16", batch_size=32)
+    assert report.added == 100 and report.precision == "bf16"
+    assert guide.encoder is minilm and guide.encoder.precision == "fp32"  # queries keep the guide's encoder
+    got = guide.index.vectors([r["id"] for r in new])
+    cos = np.sum(got * title_vectors_fp32[400:], axis=1)
+    assert not np.array_equal(got, title_vectors_fp32[400:]) and cos.min() >= 0.999
+    # each new title, searched with the fp32 query encoder, finds its bf16-embedded item first
+    hits = guide.search([r["title"] for r in new], k=1)
+    assert np.mean([h.ids[0] == r["id"] for h, r in zip(hits, new)]) >= 0.97
+
+
 def test_sentence_transformer_errors(tmp_path: Path) -> None:
     from textguide.encoder import SentenceTransformerEncoder, load_encoder
 

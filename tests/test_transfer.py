@@ -401,3 +401,167 @@ def test_evaluate_domain_matches_ranking_report_without_ties():
     want = ranking_report(ranked, relevant, ks=(5, 12))
     for key in got:
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# complements (OutfitTask): synthetic basket domains. Items = K text clusters (the slot) x STYLES styles; the
+# style is part of the text vector. A basket holds items of different slots whose styles follow a rule:
+# "same" (style s with s: text similarity already gets it) or "shift" (style s with s+1: text similarity
+# cannot), "shift2" (s with s+2: contradicts both)
+# ---------------------------------------------------------------------------------------------------------
+
+STYLES = 4
+STYLE_VECS = unit(np.random.default_rng(7).normal(size=(STYLES, D)))
+
+
+def basket_task(seed: int, rule: int, n_train: int, n_valid: int = 150) -> "OutfitTask":
+    from textguide.train import OutfitTask
+
+    rng = np.random.default_rng(seed)
+    slot = np.repeat(np.arange(K), PER)
+    style = np.tile(np.arange(STYLES), K * PER // STYLES)
+    emb = unit(CENTROIDS[slot] + 0.8 * STYLE_VECS[style] + 0.1 * rng.normal(size=(len(slot), D)))
+    by = {(k, s): np.flatnonzero((slot == k) & (style == s)) for k in range(K) for s in range(STYLES)}
+
+    def baskets(n: int) -> list[list[int]]:
+        out = []
+        for _ in range(n):
+            slots = rng.choice(K, size=2, replace=False)
+            s = int(rng.integers(STYLES))
+            out.append([int(rng.choice(by[(int(slots[0]), s)])),
+                        int(rng.choice(by[(int(slots[1]), (s + rule) % STYLES)]))])
+        return out
+
+    return OutfitTask(emb, baskets(n_train), slot, baskets(n_valid) if n_valid else None)
+
+
+def outfit_model(n_slots: int = K) -> MultiTaskAdapter:
+    torch.manual_seed(0)
+    return MultiTaskAdapter(AdapterConfig(input_dim=D, dim=16, max_history=4, dropout=0.0, tasks=("outfit",),
+                                          n_slots=n_slots))
+
+
+OUTFIT_TRAIN = TrainConfig(steps=300, batch_size=64, lr=1e-2, eval_every=25, patience=100, slot_negatives=4,
+                           show_progress=False)
+#: FITB ceiling of these domains: each (slot, style) has 2 items, so the answer's twin is among the 3 distractors
+#: (drawn from the slot's 7 other items) with probability 3/7, and then a coin flip decides: 1 - 3/7 / 2 = 0.79
+_BASKET_SOURCES: dict[int, tuple[MultiTaskAdapter, "OutfitTask"]] = {}
+
+
+def basket_source(rule: int) -> tuple[MultiTaskAdapter, "OutfitTask"]:
+    if rule not in _BASKET_SOURCES:
+        task = basket_task(11, rule, 2000)
+        model = outfit_model(n_slots=K + 3)  # a source vocabulary of another size: slots are per domain
+        train(model, {"outfit": task}, OUTFIT_TRAIN)
+        assert task.valid_metric(model) > (0.7 if rule == 2 else 0.45)  # learned (chance 0.25, ceiling 0.79)
+        _BASKET_SOURCES[rule] = (model, task)
+    return _BASKET_SOURCES[rule]
+
+
+def test_outfit_guard_refuses_a_contradicting_source():
+    model, source = basket_source(rule=2)  # complements have the opposite-ish style
+    target = basket_task(12, rule=0, n_train=300)  # complements share the style
+    cfg = TransferConfig(method="auto", candidates=("feature:mmd", "feature:coral", "instance"), train=OUTFIT_TRAIN)
+    result = transfer(model, source, target, cfg)
+    report = result.report
+    assert report["select_metric"] == "FITB"  # the default for complements
+    base = report["methods"]["target-only"]["valid"]["FITB"]
+    assert base > 0.7 and result.method_chosen == "target-only"
+    assert set(report["refused"]) == {"feature:mmd", "feature:coral", "instance"}
+    for name, reason in report["refused"].items():
+        valid = report["methods"][name]["valid"]["FITB"]
+        assert valid < base and f"{valid:.4f}" in reason and "worse than target-only" in reason
+    assert set(report["methods"]["target-only"]["valid"]) == {"FITB", "Recall@10"}
+    assert result.model.config.n_slots == K  # the target's slot vocabulary
+    json.dumps(report)
+
+
+def test_outfit_transfer_helps_a_small_target_with_the_same_rule():
+    model, source = basket_source(rule=1)  # text similarity cannot find style s+1; the source model learned it
+    target = basket_task(12, rule=1, n_train=8)
+    result = transfer(model, source, target, TransferConfig(method="auto", candidates=("model",), train=OUTFIT_TRAIN))
+    methods = result.report["methods"]
+    assert result.method_chosen == "model:finetune"
+    assert methods["model:finetune"]["valid"]["FITB"] > methods["target-only"]["valid"]["FITB"] + 0.2
+    # zero-shot: no target baskets at all, the source model through the target's slot vocabulary
+    zero = transfer(model, source, basket_task(12, rule=1, n_train=0),
+                    TransferConfig(method="auto", candidates=("model",), train=OUTFIT_TRAIN))
+    assert zero.method_chosen == "model:finetune" and zero.report["methods"]["model:finetune"]["trained"] is False
+
+
+def test_retarget_slots_starts_every_target_slot_as_the_unknown_slot():
+    from textguide.transfer import retarget_slots
+
+    model, source = basket_source(rule=1)
+    new = retarget_slots(model, 5)
+    assert new.config.n_slots == 5 and new.outfit.slot.weight.shape == (6, 16)
+    assert model.config.n_slots == K + 3  # the source is untouched
+    items = torch.from_numpy(source.item_emb[[[0, 9, 20], [3, 40, 50]]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    new.eval(), model.eval()
+    with torch.no_grad():
+        want = model.outfit_query(items, mask, torch.tensor([-1, -1]))
+        for slots in ([0, 4], [-1, 2]):
+            torch.testing.assert_close(new.outfit_query(items, mask, torch.tensor(slots)), want)
+    with pytest.raises(ValueError, match="slot 5 out of range"):
+        new.outfit_query(items, mask, torch.tensor([5, 0]))
+
+
+def test_joint_outfit_batches_stay_in_their_domain():
+    source = basket_task(11, 1, 60, n_valid=0)
+    target = basket_task(12, 1, 40)
+    weights = np.zeros(len(source))
+    weights[:3] = 1.0  # only the first 3 source baskets may be drawn
+    joint = _joint_task(source, target, weights, source_share=0.5)
+    n_s = len(source.item_emb)
+    assert joint.item_slots[:n_s].min() >= K and (joint.item_slots[n_s:] == target.item_slots).all()
+    cfg = TrainConfig(slot_negatives=4, slot_dropout=0.0)
+    rng = np.random.default_rng(0)
+    positives, _ = joint._draw(np.random.default_rng(0), 200)
+    batch = joint.batch(rng, 200, 4, cfg)
+    src = positives < n_s
+    assert 0.35 < src.mean() < 0.65
+    assert set(positives[src].tolist()) <= {i for o in source.outfits[:3] for i in o}
+    slots = batch["slot"].numpy()
+    assert (slots[src] == -1).all() and (slots[~src] == target.item_slots[positives[~src] - n_s]).all()
+    excl = batch["exclude"].numpy()[:, :200]
+    assert (excl[src[:, None] != src[None, :]]).all()  # never the other domain's answers
+    assert not excl[np.arange(200), np.arange(200)].any()
+    assert joint.valid_metric(outfit_model()) == target.valid_metric(outfit_model())
+
+
+def test_outfit_validation_metrics_against_brute_force():
+    from textguide.train import encode_items, outfit_queries
+    from textguide.transfer import validation_metrics
+
+    task = basket_task(12, 1, 10)
+    model = outfit_model()
+    got = validation_metrics(model, task, ks=(1, 5))
+    assert got["FITB"] == pytest.approx(task.valid_metric(model))
+    partials, slots, cands = task.fitb_questions(task.valid_outfits)
+    q = outfit_queries(model, task.item_emb, partials, slots)
+    v = encode_items(model, task.item_emb, "outfit")
+    hits = {1: [], 5: []}
+    for p, s, c, qq in zip(partials, slots, cands, q):
+        pool = [i for i in np.flatnonzero(task.item_slots == s) if i not in p]
+        ranked = sorted(pool, key=lambda i: -float(v[i] @ qq))
+        for k in hits:
+            hits[k].append(c[0] in ranked[:k])
+    assert got["Recall@1"] == pytest.approx(np.mean(hits[1])) and got["Recall@5"] == pytest.approx(np.mean(hits[5]))
+
+
+def test_outfit_transfer_error_paths():
+    model, source = basket_source(rule=1)
+    target = basket_task(12, 1, 10)
+    with pytest.raises(ValueError, match="source_task is a SequenceTask but target_task a OutfitTask"):
+        transfer(model, domain_task(1, SUCC, 20), target)
+    with pytest.raises(ValueError, match="does not fit a OutfitTask: use FITB or Recall@k"):
+        transfer(model, source, target, TransferConfig(select_metric="NDCG@10"))
+    with pytest.raises(ValueError, match="does not fit a SequenceTask"):
+        transfer(small_model(), domain_task(1, SUCC, 20), domain_task(2, SUCC, 20), TransferConfig(select_metric="FITB"))
+    with pytest.raises(ValueError, match=r"target validation split \(target_task.valid_outfits\)"):
+        transfer(model, source, basket_task(12, 1, 10, n_valid=0), TransferConfig(method="auto"))
+    with pytest.raises(ValueError, match="task .outfit. is not part of this model"):
+        transfer(small_model(), source, target)
+    with pytest.raises(ValueError, match="weights must be 10 finite numbers >= 0 \\(one per outfit\\)"):
+        type(target)(target.item_emb, target.outfits, target.item_slots, weights=np.ones(3))

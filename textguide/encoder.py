@@ -113,8 +113,9 @@ class SentenceTransformerEncoder:
             self.name = str(model)
             if not path.exists() and (str(model).startswith((".", "/", "~")) or os.sep in str(model) and path.parent.exists()):
                 raise FileNotFoundError(f"encoder model path {model!r} does not exist")
+        self.model_path = str(path) if path.exists() else str(model)  # what SentenceTransformer loaded
         try:
-            self.model = SentenceTransformer(str(path) if path.exists() else str(model), device=device)
+            self.model = SentenceTransformer(self.model_path, device=device)
         except OSError as e:
             raise ValueError(
                 f"cannot load sentence-transformers model {model!r} ({e}); give a local model directory, "

@@ -447,15 +447,70 @@ def prepare_hm_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None
     used = sorted({i for b in complementary for i in b})
     items = articles.loc[used].reset_index()
     guide = Guide.build(items_catalog(items, ("title", "category")), encoder, cache=cache)
-    row = guide.index.row_of
     slots = sorted(items["category"].unique())
     slot_of = {s: i for i, s in enumerate(slots)}
     item_slots = np.array([slot_of[c] for c in guide.index.metadata["category"]], dtype=np.int64)
-    outfits = [[row[i] for i in b] for b in complementary]
+    return _basket_bench("hm-baskets", guide, complementary, item_slots, slots, select_frac, report_frac, seed)
+
+
+def _basket_bench(name: str, guide: Guide, baskets: list[list[str]], item_slots: np.ndarray, slots: list[str],
+                  select_frac: float, report_frac: float, seed: int) -> OutfitBench:
+    """Baskets (item ids) split at random into train / selection / report parts."""
+    row = guide.index.row_of
+    outfits = [[row[i] for i in b] for b in baskets]
     perm = np.random.default_rng(seed).permutation(len(outfits))
     n_sel, n_rep = int(select_frac * len(outfits)), int(report_frac * len(outfits))
     sel, rep, tr = perm[:n_sel], perm[n_sel:n_sel + n_rep], perm[n_sel + n_rep:]
     task = OutfitTask(guide.index.embeddings, [outfits[i] for i in tr], item_slots, [outfits[i] for i in sel])
-    return OutfitBench("hm-baskets", guide, task, [outfits[i] for i in rep], slots,
+    return OutfitBench(name, guide, task, [outfits[i] for i in rep], slots,
                        {"items": len(row), "baskets": len(outfits), "train": len(tr), "select": len(sel),
                         "report": len(rep), "groups": len(slots)})
+
+
+def text_clusters(embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """k-means (inner product on unit vectors, FAISS) cluster of each item: categories from text alone,
+    for catalogs that have none."""
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if not 1 <= n <= len(x):
+        raise ValueError(f"cannot make {n} text clusters from {len(x)} items; use 1..{len(x)}")
+    km = faiss.Kmeans(x.shape[1], n, niter=25, seed=seed, spherical=True, verbose=False)
+    km.train(x)
+    return km.index.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def prepare_or_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None, n_slots: int = 20,
+                       select_frac: float = 0.1, report_frac: float = 0.2, seed: int = 0) -> OutfitBench:
+    """Online Retail (2010-12..2011-12) invoices as complementary sets. The catalog has no categories, so an
+    item's slot is its text cluster (:func:`text_clusters`, ``n_slots`` spherical k-means clusters of the item
+    vectors); a basket keeps the first item of each cluster in invoice order (up to 5, at least 2 clusters),
+    so that it holds things bought *with* each other rather than variants of one thing. Baskets split at
+    random 70/10/20 into train / selection / report, like :func:`prepare_hm_baskets`."""
+    from .datasets.online_retail import load_online_retail
+
+    items, tx = load_online_retail()
+    guide = Guide.build(items_catalog(items), encoder, cache=cache)
+    cluster = text_clusters(guide.index.embeddings, n_slots, seed)
+    cluster_of = dict(zip(guide.index.ids, cluster.tolist()))
+    complementary = []
+    for items_of_invoice in tx.groupby("invoice", sort=True)["item_id"]:
+        by_cluster: dict[int, str] = {}
+        for i in items_of_invoice[1]:
+            by_cluster.setdefault(cluster_of[i], i)
+        if len(by_cluster) >= 2:
+            complementary.append(list(by_cluster.values())[:5])
+    used = sorted({i for b in complementary for i in b})
+    guide = Guide.build(items_catalog(items.set_index("id").loc[used].reset_index()), encoder, cache=cache)
+    item_slots = np.array([cluster_of[i] for i in guide.index.ids], dtype=np.int64)
+    # a slot's name: the title of the item nearest its mean vector
+    names = []
+    for c in range(n_slots):
+        members = np.flatnonzero(item_slots == c)
+        if not len(members):
+            names.append(f"cluster {c} (empty)")
+            continue
+        centre = guide.index.embeddings[members].mean(0)
+        nearest = members[np.argmax(guide.index.embeddings[members] @ centre)]
+        names.append(f"cluster {c}: {guide.index.metadata['title'].iloc[nearest]}")
+    return _basket_bench("or-baskets", guide, complementary, item_slots, names, select_frac, report_frac, seed)

@@ -166,6 +166,24 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _check_weights(weights: Any, n: int, per: str) -> np.ndarray | None:
+    """Sampling weights of a task's examples: None, or ``n`` finite numbers >= 0 with a positive sum."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be {n} finite numbers >= 0 (one per {per}), got shape {w.shape}")
+    if len(w) and w.sum() <= 0:
+        raise ValueError("weights sum to 0: give at least one example a positive weight")
+    return w
+
+
+def _sample_rows(rng: np.random.Generator, n: int, size: int, weights: np.ndarray | None) -> np.ndarray:
+    if weights is None:
+        return rng.integers(n, size=size)
+    return rng.choice(n, size=size, p=weights / weights.sum())
+
+
 @dataclass
 class SequenceTask:
     """Next-item recommendation: predict ``targets[i]`` from ``histories[i]`` (time order, oldest first).
@@ -197,24 +215,14 @@ class SequenceTask:
             self.valid_targets = _index_array(
                 self.valid_targets, n, "valid_targets", len(self.valid_histories), "valid_histories"
             )
-        if self.weights is not None:
-            w = np.asarray(self.weights, dtype=np.float64)
-            if w.shape != (len(self.targets),) or not np.isfinite(w).all() or (w < 0).any():
-                raise ValueError(
-                    f"weights must be {len(self.targets)} finite numbers >= 0 (one per history), got shape {w.shape}"
-                )
-            if len(w) and w.sum() <= 0:
-                raise ValueError("weights sum to 0: give at least one example a positive weight")
-            self.weights = w
+        self.weights = _check_weights(self.weights, len(self.targets), "history")
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def sample_rows(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` example rows: uniform, or proportional to ``weights`` when given."""
-        if self.weights is None:
-            return rng.integers(len(self.targets), size=size)
-        return rng.choice(len(self.targets), size=size, p=self.weights / self.weights.sum())
+        return _sample_rows(rng, len(self.targets), size, self.weights)
 
     def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
         """A training batch for ``MultiTaskAdapter.forward(batch, "recommend")``."""
@@ -265,13 +273,15 @@ class OutfitTask:
     than slot prediction) and the visible items themselves (a query must not just return what the outfit
     already has, nor its near-duplicates). Candidates whose text is a near-duplicate of
     the answer (cosine > ``duplicate_threshold``) are left out of the softmax. Validation: fill-in-the-blank
-    accuracy (hidden item against 3 random items of its slot).
+    accuracy (hidden item against 3 random items of its slot). ``weights`` (optional, one non-negative number
+    per outfit) samples outfits proportionally to them (instance re-weighting, textguide.transfer).
     """
 
     item_emb: np.ndarray
     outfits: list[list[int]]
     item_slots: np.ndarray
     valid_outfits: list[list[int]] | None = None
+    weights: np.ndarray | None = None
     kind: ClassVar[str] = "outfit"
 
     def __post_init__(self) -> None:
@@ -291,19 +301,40 @@ class OutfitTask:
         order = np.argsort(self.item_slots, kind="stable")
         values, starts = np.unique(self.item_slots[order], return_index=True)
         self._pools = {int(v): pool for v, pool in zip(values, np.split(order, starts[1:]))}  # slot -> items
+        self.weights = _check_weights(self.weights, len(self.outfits), "outfit")
 
     def __len__(self) -> int:
         return len(self.outfits)
 
+    @property
+    def n_query_slots(self) -> int:
+        """How many slots the model must know: queries name slots ``0 .. n_query_slots - 1`` (or -1)."""
+        return int(self.item_slots.max()) + 1 if len(self.item_slots) else 0
+
+    def sample_rows(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` outfit rows: uniform, or proportional to ``weights`` when given."""
+        return _sample_rows(rng, len(self.outfits), size, self.weights)
+
     def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
         """A training batch for ``MultiTaskAdapter.forward(batch, "outfit")``."""
-        pools = self._pools
+        positives, visible = self._draw(rng, batch_size)
+        return self._assemble(rng, positives, visible, max_history, config)
+
+    def _draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+        """Sample outfits and hide one item of each: (hidden items, the visible rest)."""
         positives, visible = np.empty(batch_size, dtype=np.int64), []
-        for b, r in enumerate(rng.integers(len(self.outfits), size=batch_size)):
+        for b, r in enumerate(self.sample_rows(rng, batch_size)):
             outfit = self.outfits[r]
             hidden = int(rng.integers(len(outfit)))
             positives[b] = outfit[hidden]
             visible.append(outfit[:hidden] + outfit[hidden + 1 :])
+        return positives, visible
+
+    def _assemble(self, rng: np.random.Generator, positives: np.ndarray, visible: list[list[int]], max_history: int,
+                  config: TrainConfig) -> dict:
+        """The batch for hidden items ``positives`` and the visible rest of their outfits."""
+        pools = self._pools
+        batch_size = len(positives)
         slots = self.item_slots[positives]
         negatives = np.stack([rng.choice(pools[int(s)], size=config.slot_negatives) for s in slots])
         vis, vis_mask = _pad(visible, max_history)
@@ -779,10 +810,10 @@ def _check_tasks(model: MultiTaskAdapter, tasks: dict[str, Task]) -> list[str]:
                 f"tasks[{name!r}].item_emb has wrong embedding dimension: expected {model.config.input_dim}, "
                 f"got {task.item_emb.shape[1]}"
             )
-        if isinstance(task, OutfitTask) and len(task.item_slots) and task.item_slots.max() >= model.config.n_slots:
+        if isinstance(task, OutfitTask) and task.n_query_slots > model.config.n_slots:
             raise ValueError(
-                f"tasks['outfit'].item_slots has slot {int(task.item_slots.max())} but the model has "
-                f"n_slots={model.config.n_slots}; build AdapterConfig(n_slots={int(task.item_slots.max()) + 1})"
+                f"tasks['outfit'].item_slots has slot {task.n_query_slots - 1} but the model has "
+                f"n_slots={model.config.n_slots}; build AdapterConfig(n_slots={task.n_query_slots})"
             )
         if isinstance(task, CouponTask):
             found = 0 if task.profiles is None else task.profiles.shape[1]

@@ -1,4 +1,5 @@
-"""Transfer between domains for next-item recommendation, and a guard against negative transfer.
+"""Transfer between domains for next-item recommendation and for basket / outfit complements, and a guard
+against negative transfer.
 
 Every domain is seen through the same frozen text encoder, so a model trained on one catalog (the *source*)
 scores another catalog (the *target*) without retraining: that is the zero-shot starting point. On top of
@@ -31,6 +32,13 @@ With no target training examples (0 %), target-only is the untrained adapter (te
 random orthogonal projection), model-based transfer is the source model applied as is, and feature- and
 instance-based transfer train on source examples only (aligned to / re-weighted toward the target catalog).
 
+The same methods work for complementary items (``OutfitTask`` source and target, e.g. H&M same-day baskets ->
+Online Retail invoices): the adapted vectors are the "outfit" head's, the query vectors are pooled baskets, and
+the validation metrics are fill-in-the-blank accuracy (``FITB``, the default ``select_metric`` there) and
+complete-the-look ``Recall@k`` within the hidden item's slot. Slot (category) vocabularies are per domain: the
+target model gets the target's slots, each starting from the source's learned "unknown slot" embedding
+(:func:`retarget_slots`), and joint training queries source baskets with the unknown slot.
+
 Example::
 
     result = transfer(source_model, source_task, target_task, TransferConfig(method="auto"))
@@ -57,7 +65,18 @@ import torch
 
 from .adapters import MultiTaskAdapter
 from .evaluate import metrics_from_ranks, rank_of_target, relative_gain
-from .train import SequenceTask, TrainConfig, _gather, _pad, encode_items, recommend_queries, train
+from .evaluate import fitb_accuracy
+from .train import (
+    OutfitTask,
+    SequenceTask,
+    TrainConfig,
+    _gather,
+    _pad,
+    encode_items,
+    outfit_queries,
+    recommend_queries,
+    train,
+)
 
 __all__ = [
     "CANDIDATES",
@@ -69,6 +88,7 @@ __all__ = [
     "freeze_shared",
     "l2sp_penalty",
     "mmd",
+    "retarget_slots",
     "save_transfer_report",
     "shared_parameter_names",
     "transfer",
@@ -113,7 +133,9 @@ class TransferConfig:
         candidates: what ``auto`` compares with target-only: "model", "feature", "instance" (the config's
             variants) or explicit variants "model:finetune", "model:freeze-shared", "model:l2sp",
             "feature:mmd", "feature:coral"; a feature variant may set its own alpha: "feature:coral@1e6".
-        select_metric: the validation metric that picks the winner, e.g. "Recall@10" (k must be in ``ks``).
+        select_metric: the validation metric that picks the winner: "Recall@k", "NDCG@k", "MAP@k" (k in ``ks``)
+            for recommendation, "FITB" or "Recall@k" for complements; None (default) = "Recall@<ks[0]>" for
+            recommendation, "FITB" for complements.
         ks: cut-offs of the validation metrics (Recall@k, NDCG@k, MAP@k).
         min_gain: a transfer is kept only if its relative gain on ``select_metric`` exceeds this (0 = any gain).
         seed: seeds model initialisation, sampling and the domain classifier.
@@ -133,7 +155,7 @@ class TransferConfig:
     source_share: float = 0.5
     init: Literal["source", "scratch"] = "source"
     candidates: tuple[str, ...] = ("model", "feature", "instance")
-    select_metric: str = "Recall@10"
+    select_metric: str | None = None
     ks: tuple[int, ...] = (10,)
     min_gain: float = 0.0
     seed: int = 0
@@ -167,11 +189,13 @@ class TransferConfig:
             raise ValueError(f"TransferConfig.init must be 'source' or 'scratch', got {self.init!r}")
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"TransferConfig.ks must be positive cut-offs, got {self.ks!r}")
-        metric, _, k = self.select_metric.partition("@")
-        if metric not in ("Recall", "NDCG", "MAP") or not k.isdigit() or int(k) not in self.ks:
-            raise ValueError(
-                f"select_metric {self.select_metric!r} must be Recall@k, NDCG@k or MAP@k with k in ks={self.ks}"
-            )
+        if self.select_metric is not None and self.select_metric != "FITB":
+            metric, _, k = str(self.select_metric).partition("@")
+            if metric not in ("Recall", "NDCG", "MAP") or not k.isdigit() or int(k) not in self.ks:
+                raise ValueError(
+                    f"select_metric {self.select_metric!r} must be Recall@k, NDCG@k or MAP@k with k in ks={self.ks}, "
+                    "FITB (complements), or None for the task's default"
+                )
         self.expanded_candidates()  # validates the names
 
     def expanded_candidates(self) -> list[str]:
@@ -430,14 +454,86 @@ class _JointTask(SequenceTask):
         return None if self.target is None else self.target.valid_metric(model)
 
 
-def _joint_task(source: SequenceTask, target: SequenceTask, source_weights: np.ndarray | None,
-                source_share: float) -> _JointTask:
-    n_s = len(source.item_emb)
+@dataclass
+class _JointOutfitTask(OutfitTask):
+    """Source and target baskets in one task: items ``[0, n_source)`` are the source catalog's. Slots
+    ``[0, n_target_slots)`` are the target's; source slots are shifted past them, so distractors always come from
+    the answer's own domain and slot. In-batch answers of the other domain are left out of a row's softmax, and
+    source rows query with the unknown slot (-1): the model's slot vocabulary is the target's."""
+
+    n_source: int = 0
+    n_target_slots: int = 0
+    target: OutfitTask | None = None
+
+    def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
+        positives, visible = self._draw(rng, batch_size)
+        out = self._assemble(rng, positives, visible, max_history, config)
+        source = positives < self.n_source
+        out["exclude"][:, :batch_size] |= torch.from_numpy(source[:, None] != source[None, :])
+        out["slot"][torch.from_numpy(source)] = -1
+        return out
+
+    @property
+    def n_query_slots(self) -> int:
+        return self.n_target_slots  # source rows query with -1: their (shifted) slots only pick distractors
+
+    def valid_metric(self, model: MultiTaskAdapter) -> float | None:
+        return None if self.target is None else self.target.valid_metric(model)
+
+
+def _n_slots(task: OutfitTask) -> int:
+    """Size of a complement task's slot vocabulary (slots are 0..n-1; -1 = unknown)."""
+    return int(task.item_slots.max()) + 1 if len(task.item_slots) and task.item_slots.max() >= 0 else 0
+
+
+def retarget_slots(model: MultiTaskAdapter, n_slots: int) -> MultiTaskAdapter:
+    """A copy of an outfit model with a new slot vocabulary of ``n_slots`` slots (the target domain's).
+
+    Every new slot, and the unknown slot, starts as the source's learned "unknown slot" embedding, so before
+    any target training the copy scores exactly like the source model queried with slot -1.
+    """
+    model.check_task("outfit")
+    if n_slots < 0:
+        raise ValueError(f"n_slots must be >= 0, got {n_slots}")
+    new = copy.deepcopy(model)
+    unknown = model.outfit.slot.weight.detach()[-1]
+    new.config.n_slots = n_slots
+    new.outfit.n_slots = n_slots
+    new.outfit.slot = torch.nn.Embedding(n_slots + 1, unknown.shape[0])
+    with torch.no_grad():
+        new.outfit.slot.weight.copy_(unknown.expand(n_slots + 1, -1))
+    return new
+
+
+def _source_weights(source: Any, target: Any, source_weights: np.ndarray | None,
+                    source_share: float) -> np.ndarray:
     w_s = np.ones(len(source)) if source_weights is None else np.asarray(source_weights, dtype=np.float64)
-    if len(target):
-        weights = np.concatenate([source_share * w_s / w_s.sum(), np.full(len(target), (1 - source_share) / len(target))])
-    else:
-        weights = w_s
+    if not len(target):
+        return w_s
+    return np.concatenate([source_share * w_s / w_s.sum(), np.full(len(target), (1 - source_share) / len(target))])
+
+
+def _joint_outfit_task(source: OutfitTask, target: OutfitTask, source_weights: np.ndarray | None,
+                       source_share: float) -> _JointOutfitTask:
+    n_s, n_t_slots = len(source.item_emb), _n_slots(target)
+    src_slots = np.where(source.item_slots >= 0, source.item_slots, _n_slots(source)) + n_t_slots
+    return _JointOutfitTask(
+        np.concatenate([source.item_emb, target.item_emb]),
+        source.outfits + [[i + n_s for i in o] for o in target.outfits],
+        np.concatenate([src_slots, target.item_slots]),
+        weights=_source_weights(source, target, source_weights, source_share),
+        n_source=n_s,
+        n_target_slots=n_t_slots,
+        target=target,
+    )
+
+
+def _joint_task(source: Any, target: Any, source_weights: np.ndarray | None,
+                source_share: float) -> _JointTask | _JointOutfitTask:
+    if isinstance(target, OutfitTask):
+        return _joint_outfit_task(source, target, source_weights, source_share)
+    n_s = len(source.item_emb)
+    weights = _source_weights(source, target, source_weights, source_share)
     return _JointTask(
         np.concatenate([source.item_emb, target.item_emb]),
         source.histories + [[i + n_s for i in h] for h in target.histories],
@@ -448,34 +544,43 @@ def _joint_task(source: SequenceTask, target: SequenceTask, source_weights: np.n
     )
 
 
-def _example_embeddings(task: SequenceTask) -> np.ndarray:
-    """One text vector per example: the normalised mean of its history and target item vectors."""
+def _example_embeddings(task: SequenceTask | OutfitTask) -> np.ndarray:
+    """One text vector per example: the normalised mean of its items (history + target, or the basket)."""
     emb = task.item_emb
-    out = np.stack([emb[h + [t]].mean(0) for h, t in zip(task.histories, task.targets.tolist())])
+    if isinstance(task, OutfitTask):
+        out = np.stack([emb[o].mean(0) for o in task.outfits])
+    else:
+        out = np.stack([emb[h + [t]].mean(0) for h, t in zip(task.histories, task.targets.tolist())])
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def _feature_regularizer(source: SequenceTask, target: SequenceTask, config: TransferConfig
+def _queries(model: MultiTaskAdapter, task: SequenceTask | OutfitTask, rows: np.ndarray) -> torch.Tensor:
+    """Query vectors of some training examples: users' histories, or whole baskets (unknown slot)."""
+    lists = task.outfits if isinstance(task, OutfitTask) else task.histories
+    h, mask = _pad([lists[i] for i in rows], model.config.max_history)
+    if isinstance(task, OutfitTask):
+        return model.outfit_query(_gather(task.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1))
+    return model.recommend_query(_gather(task.item_emb, h), torch.from_numpy(mask))
+
+
+def _feature_regularizer(source: Any, target: Any, config: TransferConfig
                          ) -> Callable[[MultiTaskAdapter], torch.Tensor]:
     rng = np.random.default_rng(config.seed + 1)
     m = config.feature_batch
     dist = mmd if config.feature_distance == "mmd" else coral
     users = config.feature_users and len(target) > 0 and len(source) > 0
+    head = target.kind
 
     def distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return dist(a, b, config.bandwidths) if dist is mmd else dist(a, b)
 
     def regularizer(model: MultiTaskAdapter) -> torch.Tensor:
-        xs = model.item_vectors(_gather(source.item_emb, rng.integers(len(source.item_emb), size=m)), "recommend")
-        xt = model.item_vectors(_gather(target.item_emb, rng.integers(len(target.item_emb), size=m)), "recommend")
+        xs = model.item_vectors(_gather(source.item_emb, rng.integers(len(source.item_emb), size=m)), head)
+        xt = model.item_vectors(_gather(target.item_emb, rng.integers(len(target.item_emb), size=m)), head)
         d = distance(xs, xt)
         if users:
-            qs = [source.histories[i] for i in rng.integers(len(source), size=m)]
-            qt = [target.histories[i] for i in rng.integers(len(target), size=m)]
-            h_s, mask_s = _pad(qs, model.config.max_history)
-            h_t, mask_t = _pad(qt, model.config.max_history)
-            us = model.recommend_query(_gather(source.item_emb, h_s), torch.from_numpy(mask_s))
-            ut = model.recommend_query(_gather(target.item_emb, h_t), torch.from_numpy(mask_t))
+            us = _queries(model, source, rng.integers(len(source), size=m))
+            ut = _queries(model, target, rng.integers(len(target), size=m))
             d = d + distance(us, ut)
         return config.alpha * d
 
@@ -483,12 +588,12 @@ def _feature_regularizer(source: SequenceTask, target: SequenceTask, config: Tra
 
 
 @torch.inference_mode()
-def _item_distances(model: MultiTaskAdapter, source: SequenceTask, target: SequenceTask, config: TransferConfig,
+def _item_distances(model: MultiTaskAdapter, source: Any, target: Any, config: TransferConfig,
                     n: int = 1000) -> dict[str, float]:
     """MMD and CORAL between adapted source and target item vectors (fixed samples; diagnostics)."""
     rng = np.random.default_rng(config.seed + 2)
-    xs = encode_items(model, source.item_emb[rng.integers(len(source.item_emb), size=n)], "recommend")
-    xt = encode_items(model, target.item_emb[rng.integers(len(target.item_emb), size=n)], "recommend")
+    xs = encode_items(model, source.item_emb[rng.integers(len(source.item_emb), size=n)], target.kind)
+    xt = encode_items(model, target.item_emb[rng.integers(len(target.item_emb), size=n)], target.kind)
     return {"mmd": float(mmd(xs, xt, config.bandwidths)), "coral": float(coral(xs, xt))}
 
 
@@ -497,8 +602,16 @@ def _item_distances(model: MultiTaskAdapter, source: SequenceTask, target: Seque
 # ----------------------------------------------------------------------------------------------------------
 
 
-def validation_metrics(model: MultiTaskAdapter, task: SequenceTask, ks: Sequence[int] = (10,)) -> dict[str, float] | None:
-    """Recall@k, NDCG@k, MAP@k on ``task``'s validation rows (full ranking, history excluded); None without them."""
+def validation_metrics(model: MultiTaskAdapter, task: SequenceTask | OutfitTask,
+                       ks: Sequence[int] = (10,)) -> dict[str, float] | None:
+    """Validation metrics of ``task``; None without a validation split.
+
+    Recommendation: Recall@k, NDCG@k, MAP@k (full ranking, history excluded). Complements: FITB (the hidden item
+    against 3 random items of its slot, :meth:`OutfitTask.fitb_questions`) and Recall@k of complete-the-look
+    (the hidden item's rank among all items of its slot, the basket's own items left out).
+    """
+    if isinstance(task, OutfitTask):
+        return _outfit_metrics(model, task, ks)
     if not task.valid_histories:
         return None
     vectors = encode_items(model, task.item_emb, "recommend")
@@ -511,6 +624,25 @@ def validation_metrics(model: MultiTaskAdapter, task: SequenceTask, ks: Sequence
     return {k: v for k, v in m.items() if k.split("@")[0] in ("Recall", "NDCG", "MAP")}
 
 
+def _outfit_metrics(model: MultiTaskAdapter, task: OutfitTask, ks: Sequence[int]) -> dict[str, float] | None:
+    if not task.valid_outfits:
+        return None
+    partials, slots, cands = task.fitb_questions(task.valid_outfits)
+    if not partials:
+        return None
+    queries = outfit_queries(model, task.item_emb, partials, slots)
+    vectors = encode_items(model, task.item_emb, "outfit")
+    out = {"FITB": fitb_accuracy(np.einsum("qd,qcd->qc", queries, vectors[cands]), np.zeros(len(cands), np.int64))}
+    ranks = np.empty(len(partials), dtype=np.int64)
+    for q, (part, slot, cand) in enumerate(zip(partials, slots, cands)):
+        pool = task._pools[slot]
+        scores = vectors[pool] @ queries[q]
+        answer = float(vectors[cand[0]] @ queries[q])
+        ranks[q] = int(((scores > answer) & ~np.isin(pool, part) & (pool != cand[0])).sum())
+    out.update({f"Recall@{k}": float((ranks < k).mean()) for k in ks})
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # transfer
 # ----------------------------------------------------------------------------------------------------------
@@ -519,13 +651,18 @@ def validation_metrics(model: MultiTaskAdapter, task: SequenceTask, ks: Sequence
 def _check_inputs(source_model: MultiTaskAdapter, source_task: Any, target_task: Any) -> None:
     if not isinstance(source_model, MultiTaskAdapter):
         raise ValueError(f"source_model must be a MultiTaskAdapter, got {type(source_model).__name__}")
-    source_model.check_task("recommend")
     for name, task in (("source_task", source_task), ("target_task", target_task)):
-        if not isinstance(task, SequenceTask):
+        if not isinstance(task, (SequenceTask, OutfitTask)):
             raise ValueError(
-                f"{name} must be a SequenceTask (transfer supports next-item recommendation only), "
-                f"got {type(task).__name__}"
+                f"{name} must be a SequenceTask (next-item recommendation) or an OutfitTask (basket / outfit "
+                f"complements), got {type(task).__name__}"
             )
+    if source_task.kind != target_task.kind:
+        raise ValueError(
+            f"source_task is a {type(source_task).__name__} but target_task a {type(target_task).__name__}: "
+            "transfer needs the same task on both sides"
+        )
+    source_model.check_task(target_task.kind)
     dims = {"source_model": source_model.config.input_dim, "source_task": source_task.item_emb.shape[1],
             "target_task": target_task.item_emb.shape[1]}
     if len(set(dims.values())) > 1:
@@ -537,12 +674,23 @@ def _check_inputs(source_model: MultiTaskAdapter, source_task: Any, target_task:
         raise ValueError("source_task has no training examples; transfer needs a source to learn from")
 
 
-def _fresh(source_model: MultiTaskAdapter, seed: int) -> MultiTaskAdapter:
+def _fresh(source_model: MultiTaskAdapter, target: Any, seed: int) -> MultiTaskAdapter:
+    """An untrained model of the source's architecture (with the target's slot vocabulary for complements)."""
     torch.manual_seed(seed)
-    return MultiTaskAdapter(copy.deepcopy(source_model.config))
+    config = copy.deepcopy(source_model.config)
+    if isinstance(target, OutfitTask):
+        config.n_slots = _n_slots(target)
+    return MultiTaskAdapter(config)
 
 
-def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target: SequenceTask,
+def _from_source(source_model: MultiTaskAdapter, target: Any) -> MultiTaskAdapter:
+    """The source weights, ready for the target (its slot vocabulary for complements)."""
+    if isinstance(target, OutfitTask):
+        return retarget_slots(source_model, _n_slots(target))
+    return copy.deepcopy(source_model)
+
+
+def _run(name: str, source_model: MultiTaskAdapter, source: Any, target: Any,
          config: TransferConfig) -> tuple[MultiTaskAdapter, dict[str, Any]]:
     """Train one candidate; returns (model in eval mode, info)."""
     info: dict[str, Any] = {"trained": False}
@@ -552,24 +700,24 @@ def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target
         config = replace(config, alpha=float(alpha))
     family, _, variant = name.partition(":")
     regularizer = None
-    task: SequenceTask = target
+    task = target
     frozen: list[str] = []
     if family == "target-only":
-        model = _fresh(source_model, config.seed)
+        model = _fresh(source_model, target, config.seed)
         if not len(target):
             info["note"] = "no target examples: the untrained adapter (text similarity through a random projection)"
     elif family == "model":
-        model = copy.deepcopy(source_model)
+        model = _from_source(source_model, target)
         if not len(target):
             info["note"] = "no target examples: the source model applied as is (zero-shot through the text space)"
         elif variant == "freeze-shared":
             frozen = freeze_shared(model)
             info["frozen_parameters"] = int(sum(p.numel() for n, p in model.named_parameters() if n in set(frozen)))
         elif variant == "l2sp":
-            reference = {n: p.detach().clone() for n, p in source_model.named_parameters()}
+            reference = {n: p.detach().clone() for n, p in model.named_parameters()}
             regularizer = lambda m: l2sp_penalty(m, reference, config.l2sp_weight)  # noqa: E731
     else:
-        model = copy.deepcopy(source_model) if config.init == "source" else _fresh(source_model, config.seed)
+        model = _from_source(source_model, target) if config.init == "source" else _fresh(source_model, target, config.seed)
         weights = None
         if family == "instance":
             t0 = time.monotonic()
@@ -595,36 +743,41 @@ def _run(name: str, source_model: MultiTaskAdapter, source: SequenceTask, target
         start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.train()
         try:
-            result = train(model, {"recommend": task}, tc, regularizer=regularizer)
+            result = train(model, {target.kind: task}, tc, regularizer=regularizer)
         finally:
             for n, p in model.named_parameters():
                 if n in frozen:
                     p.requires_grad_(True)
         info.update(trained=True, seconds=round(time.monotonic() - t0, 1), best_step=result.best_step,
                     steps=int(result.history[-1]["step"]) if result.history else 0)
-        best = result.best_metrics.get("recommend")
+        best = result.best_metrics.get(target.kind)
         if start_metric is not None and best is not None and start_metric >= best:
             model.load_state_dict(start_weights)
             info["best_step"] = 0
-            info["note"] = (f"training never beat the starting weights on validation (Recall@10 {best:.4f} vs "
-                            f"{start_metric:.4f} at step 0): kept the starting weights")
+            info["note"] = (f"training never beat the starting weights on validation ({_train_metric(target)} "
+                            f"{best:.4f} vs {start_metric:.4f} at step 0): kept the starting weights")
     model.eval()
     return model, info
 
 
+def _train_metric(task: Any) -> str:
+    """What the training loop's early stopping watches (``task.valid_metric``)."""
+    return "FITB" if isinstance(task, OutfitTask) else "Recall@10"
+
+
 def transfer(
     source_model: MultiTaskAdapter,
-    source_task: SequenceTask,
-    target_task: SequenceTask,
+    source_task: SequenceTask | OutfitTask,
+    target_task: SequenceTask | OutfitTask,
     config: TransferConfig | None = None,
 ) -> TransferResult:
-    """Transfer a source recommendation model to a target domain (see the module docstring).
+    """Transfer a source model to a target domain (see the module docstring).
 
     Args:
-        source_model: a model with the "recommend" task, trained on ``source_task``.
+        source_model: a model with the task's head ("recommend" or "outfit"), trained on ``source_task``.
         source_task: the source domain's training examples (used by feature- and instance-based transfer).
-        target_task: the target's training examples (may be empty: zero-shot) and validation rows
-            (``valid_histories`` / ``valid_targets``; required by ``method="auto"``).
+        target_task: the target's training examples (may be empty: zero-shot) and validation split
+            (``valid_histories`` / ``valid_targets``, or ``valid_outfits``; required by ``method="auto"``).
         config: the method and its settings.
 
     Returns:
@@ -633,11 +786,20 @@ def transfer(
     """
     config = config or TransferConfig()
     _check_inputs(source_model, source_task, target_task)
+    complements = isinstance(target_task, OutfitTask)
+    if config.select_metric is None:
+        config = replace(config, select_metric="FITB" if complements else f"Recall@{config.ks[0]}")
+    allowed = ("FITB", "Recall") if complements else ("Recall", "NDCG", "MAP")
+    if config.select_metric.partition("@")[0] not in allowed:
+        raise ValueError(
+            f"select_metric {config.select_metric!r} does not fit a {type(target_task).__name__}: use "
+            + (f"FITB or Recall@k (k in ks={config.ks})" if complements else "Recall@k, NDCG@k or MAP@k")
+        )
     if config.method == "auto":
-        if not target_task.valid_histories:
+        if not (target_task.valid_outfits if complements else target_task.valid_histories):
+            split = "valid_outfits" if complements else "valid_histories / valid_targets"
             raise ValueError(
-                "method='auto' needs a target validation split (target_task.valid_histories / valid_targets) "
-                "to compare the candidates on"
+                f"method='auto' needs a target validation split (target_task.{split}) to compare the candidates on"
             )
         names = ["target-only", *config.expanded_candidates()]
     elif config.method == "model":
@@ -662,7 +824,7 @@ def transfer(
         "select_metric": config.select_metric,
         "source_examples": len(source_task),
         "target_examples": len(target_task),
-        "target_valid_rows": len(target_task.valid_histories or []),
+        "target_valid_rows": len((target_task.valid_outfits if complements else target_task.valid_histories) or []),
         "methods": methods,
         "refused": {},
         "config": config.to_dict(),
