@@ -35,13 +35,12 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 
 from textguide import domains, recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
-from textguide.train import OutfitTask, TrainConfig, train
+from textguide.train import TrainConfig, train
 from textguide.transfer import CANDIDATES, TransferConfig, save_transfer_report, transfer
 
 logger = logging.getLogger("textguide")
@@ -53,7 +52,7 @@ EXPERIMENTS = {
     "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), "Recall@10"),
     "hm-or-baskets": ("hm-baskets", "or-baskets", ("FITB", "CTL-Recall@10", "AUC"), "FITB"),
 }
-BASKETS = {"hm-baskets": recipes.prepare_hm_baskets, "or-baskets": recipes.prepare_or_baskets}
+BASKETS = recipes.BASKET_DOMAINS
 
 
 def transfer_candidates(args: argparse.Namespace) -> list[str]:
@@ -79,16 +78,6 @@ def build_model(seed: int, n_slots: int | None = None) -> MultiTaskAdapter:
                                               tasks=("outfit",), n_slots=n_slots))
     return MultiTaskAdapter(AdapterConfig(input_dim=384, dim=64, seq_layers=1, seq_heads=2, max_history=20,
                                           dropout=0.0, tasks=("recommend",)))
-
-
-def subsample_baskets(bench: recipes.OutfitBench, fraction: float, seed: int = 0) -> OutfitTask:
-    """The training baskets restricted to a random ``fraction`` (the selection split is unchanged)."""
-    task = bench.task
-    if fraction == 1.0:
-        return task
-    n = int(round(fraction * len(task.outfits)))
-    keep = sorted(np.random.default_rng(seed).permutation(len(task.outfits))[:max(n, 1) if fraction > 0 else 0])
-    return OutfitTask(task.item_emb, [task.outfits[i] for i in keep], task.item_slots, task.valid_outfits)
 
 
 def train_config(n_examples: int, args: argparse.Namespace, seconds: float | None = None,
@@ -189,7 +178,7 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
     sizes = [float(s) for s in args.sizes.split(",")]
     results: dict[str, dict] = {}
     for size in sizes:
-        task = subsample_baskets(target, size, args.seed) if baskets else domains.subsample(target, size, seed=args.seed)
+        task = recipes.subsample_outfits(target, size, args.seed) if baskets else domains.subsample(target, size, seed=args.seed)
         cfg = TransferConfig(method="auto", candidates=tuple(transfer_candidates(args)), select_metric=select, ks=ks,
                              feature_batch=args.feature_batch, l2sp_weight=args.l2sp_weight, weight_clip=args.weight_clip,
                              seed=args.seed,
@@ -220,7 +209,7 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
 
     sweep = {}
     if args.sweep_size is not None and args.sweep:
-        task = (subsample_baskets(target, args.sweep_size, args.seed) if baskets
+        task = (recipes.subsample_outfits(target, args.sweep_size, args.seed) if baskets
                 else domains.subsample(target, args.sweep_size, seed=args.seed))
         for item in args.sweep.split(","):
             dist, alpha = item.split(":")

@@ -125,3 +125,22 @@ def test_parser_requires_a_command(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "source, target, message",
+    [
+        ("hm", "or-baskets", "cannot transfer between 'hm' and 'or-baskets': one is a recommendation domain"),
+        ("hm-baskets", "office", "cannot transfer between 'hm-baskets' and 'office'"),
+    ],
+)
+def test_transfer_between_task_kinds_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, source, target,
+                                                message) -> None:
+    out = tmp_path / "t"
+    assert main(["transfer", "--source", source, "--target", target, str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing written
+    with pytest.raises(ValueError, match="target_fraction must be in"):
+        from textguide.workflows import transfer_domains
+
+        transfer_domains("hm-baskets", "or-baskets", out, target_fraction=1.5)

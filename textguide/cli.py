@@ -203,9 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="where to write report.json / report.md / curves.png")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("transfer", help="transfer a recommendation adapter between domains (negative-transfer guard)")
-    p.add_argument("--source", required=True, help="hm, online-retail, industrial or office")
-    p.add_argument("--target", required=True, help="hm, online-retail, industrial or office")
+    p = sub.add_parser("transfer", help="transfer an adapter between domains (negative-transfer guard)")
+    domains_help = ("recommendation: hm, online-retail, industrial, office; basket complements: hm-baskets, "
+                    "or-baskets (source and target of the same kind)")
+    p.add_argument("--source", required=True, help=domains_help)
+    p.add_argument("--target", required=True, help=domains_help)
     p.add_argument("--method", choices=["auto", "target-only", "model", "feature", "instance"], default="auto")
     p.add_argument("--target-fraction", type=float, default=1.0, help="share of target training data (0 = zero-shot)")
     p.add_argument("--source-seconds", type=float, default=300)

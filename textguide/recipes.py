@@ -467,6 +467,19 @@ def _basket_bench(name: str, guide: Guide, baskets: list[list[str]], item_slots:
                         "report": len(rep), "groups": len(slots)})
 
 
+def subsample_outfits(bench: OutfitBench, fraction: float, seed: int = 0) -> OutfitTask:
+    """The training outfits / baskets restricted to a random ``fraction`` (at least one when ``fraction > 0``;
+    none at 0: zero-shot); the selection split is unchanged."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    task = bench.task
+    if fraction == 1.0:
+        return task
+    n = max(int(round(fraction * len(task.outfits))), 1) if fraction > 0 else 0
+    keep = sorted(np.random.default_rng(seed).permutation(len(task.outfits))[:n].tolist())
+    return OutfitTask(task.item_emb, [task.outfits[i] for i in keep], task.item_slots, task.valid_outfits)
+
+
 def text_clusters(embeddings: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """k-means (inner product on unit vectors, FAISS) cluster of each item: categories from text alone,
     for catalogs that have none."""
@@ -514,3 +527,10 @@ def prepare_or_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None
         nearest = members[np.argmax(guide.index.embeddings[members] @ centre)]
         names.append(f"cluster {c}: {guide.index.metadata['title'].iloc[nearest]}")
     return _basket_bench("or-baskets", guide, complementary, item_slots, names, select_frac, report_frac, seed)
+
+
+#: basket-complement domains for transfer: name -> prepare function (``textguide transfer --source hm-baskets``)
+BASKET_DOMAINS: dict[str, Callable[..., OutfitBench]] = {
+    "hm-baskets": prepare_hm_baskets,
+    "or-baskets": prepare_or_baskets,
+}

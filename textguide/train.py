@@ -378,14 +378,22 @@ class OutfitTask:
             candidates.append([answer, *rng.choice(pool, size=n_distractors, replace=False)])
         return partials, slots, np.asarray(candidates, dtype=np.int64).reshape(-1, 1 + n_distractors)
 
-    def valid_metric(self, model: MultiTaskAdapter) -> float | None:
-        """FITB accuracy (the hidden item must beat 3 random items of its slot); None without validation."""
+    def valid_questions(self, model: MultiTaskAdapter):
+        """The fixed validation FITB questions with the model's queries: (partials, slots, candidates, queries),
+        or None without validation outfits."""
         if not self.valid_outfits:
             return None
         partials, slots, candidates = self.fitb_questions(self.valid_outfits)
         if not partials:
             return None
-        queries = outfit_queries(model, self.item_emb, partials, slots)
+        return partials, slots, candidates, outfit_queries(model, self.item_emb, partials, slots)
+
+    def valid_metric(self, model: MultiTaskAdapter) -> float | None:
+        """FITB accuracy (the hidden item must beat 3 random items of its slot); None without validation."""
+        questions = self.valid_questions(model)
+        if questions is None:
+            return None
+        _, _, candidates, queries = questions
         ids, inverse = np.unique(candidates, return_inverse=True)
         vectors = encode_items(model, self.item_emb[ids], "outfit")[inverse.reshape(candidates.shape)]
         scores = np.einsum("qd,qcd->qc", queries, vectors)

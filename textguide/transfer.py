@@ -73,7 +73,6 @@ from .train import (
     _gather,
     _pad,
     encode_items,
-    outfit_queries,
     recommend_queries,
     train,
 )
@@ -625,12 +624,10 @@ def validation_metrics(model: MultiTaskAdapter, task: SequenceTask | OutfitTask,
 
 
 def _outfit_metrics(model: MultiTaskAdapter, task: OutfitTask, ks: Sequence[int]) -> dict[str, float] | None:
-    if not task.valid_outfits:
+    questions = task.valid_questions(model)
+    if questions is None:
         return None
-    partials, slots, cands = task.fitb_questions(task.valid_outfits)
-    if not partials:
-        return None
-    queries = outfit_queries(model, task.item_emb, partials, slots)
+    partials, slots, cands, queries = questions
     vectors = encode_items(model, task.item_emb, "outfit")
     out = {"FITB": fitb_accuracy(np.einsum("qd,qcd->qc", queries, vectors[cands]), np.zeros(len(cands), np.int64))}
     ranks = np.empty(len(partials), dtype=np.int64)

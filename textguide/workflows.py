@@ -244,10 +244,12 @@ def transfer_domains(
     seed: int = 0,
     encoder: TextEncoder | None = None,
 ) -> dict[str, Any]:
-    """Train a recommendation adapter on ``source``, transfer it to ``target`` with ``method`` (``auto`` runs
-    the negative-transfer guard), and save the target guide (adapter + ``reports/transfer.json``) to ``output``.
+    """Train an adapter on ``source``, transfer it to ``target`` with ``method`` (``auto`` runs the
+    negative-transfer guard), and save the target guide (adapter + ``reports/transfer.json``) to ``output``.
 
-    Domains: see :data:`textguide.domains.DOMAINS` (hm, online-retail, industrial, office).
+    Domains: next-item recommendation, :data:`textguide.domains.DOMAINS` (hm, online-retail, industrial, office),
+    or basket complements, :data:`textguide.recipes.BASKET_DOMAINS` (hm-baskets, or-baskets); source and target
+    must be of the same kind.
     """
     import torch
 
@@ -256,22 +258,43 @@ def transfer_domains(
 
     if not 0.0 <= target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction}")
+    baskets = [name in recipes.BASKET_DOMAINS for name in (source, target)]
+    if baskets[0] != baskets[1]:
+        raise ValueError(
+            f"cannot transfer between {source!r} and {target!r}: one is a recommendation domain "
+            f"({', '.join(domains.DOMAINS)}), the other a basket-complement domain ({', '.join(recipes.BASKET_DOMAINS)})"
+        )
     encoder = encoder or load_encoder()
     cache = EmbeddingCache()
-    src, tgt = domains.prepare_domain(source, encoder, cache), domains.prepare_domain(target, encoder, cache)
+    if baskets[0]:
+        src, tgt = (recipes.BASKET_DOMAINS[n](encoder, cache) for n in (source, target))
+        task_name = "outfit"
+        config = AdapterConfig(input_dim=src.task.item_emb.shape[1], dim=64, max_history=20, tasks=("outfit",),
+                               n_slots=len(src.slots))
+        target_task = recipes.subsample_outfits(tgt, target_fraction, seed)
+        select, ks = None, (10,)
+    else:
+        src, tgt = domains.prepare_domain(source, encoder, cache), domains.prepare_domain(target, encoder, cache)
+        task_name = "recommend"
+        config = AdapterConfig(input_dim=src.item_emb.shape[1], dim=64, seq_layers=1, seq_heads=2, max_history=20,
+                               tasks=("recommend",))
+        target_task = domains.subsample(tgt, target_fraction, seed) if target_fraction < 1.0 else tgt.task
+        select, ks = f"Recall@{tgt.ks[0]}", tgt.ks
     torch.manual_seed(seed)
-    model = MultiTaskAdapter(AdapterConfig(input_dim=src.item_emb.shape[1], dim=64, seq_layers=1, seq_heads=2,
-                                           max_history=20, tasks=("recommend",)))
-    train(model, {"recommend": src.task}, TrainConfig(steps=5000, batch_size=128, eval_every=100, patience=6,
-                                                      seed=seed, max_seconds=source_seconds, show_progress=True))
-    target_task = domains.subsample(tgt, target_fraction, seed) if target_fraction < 1.0 else tgt.task
-    config = TransferConfig(method=method, select_metric=f"Recall@{tgt.ks[0]}", ks=tgt.ks, seed=seed,  # type: ignore[arg-type]
+    model = MultiTaskAdapter(config)
+    train(model, {task_name: src.task}, TrainConfig(steps=5000, batch_size=128, eval_every=100, patience=6,
+                                                    seed=seed, max_seconds=source_seconds, show_progress=True))
+    config = TransferConfig(method=method, select_metric=select, ks=ks, seed=seed,  # type: ignore[arg-type]
                             train=TrainConfig(steps=3000, batch_size=128, eval_every=50, patience=6, seed=seed,
                                               max_seconds=seconds, show_progress=False))
     result = transfer(model, src.task, target_task, config)
     guide = tgt.guide
-    guide.set_adapter(result.model, {"trained_as": f"transfer {source} -> {target} ({result.method_chosen})",
-                                     "methods": {"recommend": "adapter"}})
+    meta: dict[str, Any] = {"trained_as": f"transfer {source} -> {target} ({result.method_chosen})",
+                            "methods": {task_name: "adapter"}}
+    if baskets[0]:  # each item's slot, so that complete_outfit(slot=...) works on the saved guide
+        guide.index.metadata = guide.index.metadata.assign(slot=[tgt.slots[s] for s in tgt.task.item_slots])
+        meta.update(slot_field="slot", slots=list(tgt.slots))
+    guide.set_adapter(result.model, meta)
     guide.save(output)
     save_transfer_report(guide, result.report)
     return {"chosen": result.method_chosen, "summary": result.report.get("summary", ""), "path": str(output)}
