@@ -10,6 +10,9 @@ Subcommands (numbers and commands of our runs: docs/onboarding.md):
   speed     Onboard N new products (default 10,000 Toys titles, embeddings not cached) into a copy of a guide
             while a reader thread in this process and a second process (which polls ``guide.refresh()``)
             query it; reports seconds, throughput, memory and the readers' p50/p99 latency idle vs. during.
+  fewshot   The optional few-shot step on the guide ``hm`` saved (trained without a group, then onboarded):
+            ``Guide.fine_tune`` on the sequences of N training customers who bought from the group, then
+            Recall@12 on the group's report purchases again.
   reader    (internal) the second process of ``speed``.
 
 The base guide of ``toys`` and ``speed`` is --guide (default indexes/amazon-scientific); when it does not
@@ -324,6 +327,54 @@ def cmd_hm(args) -> dict[str, Any]:
     return res
 
 
+def cmd_fewshot(args) -> dict[str, Any]:
+    """The few-shot step on a guide from ``hm``: fine-tune its zero-shot adapter on the first interactions of the
+    onboarded group (``Guide.fine_tune``: model-based transfer and the guard) and re-score its purchases."""
+    import torch
+
+    from textguide.train import TrainConfig
+    from textguide.transfer import TransferConfig
+
+    torch.set_num_threads(args.threads)
+    src = Path(args.guide)
+    if not (src / "manifest.json").is_file():
+        raise SystemExit(f"{src} is not a guide: run `scripts/bench_onboarding.py hm --group {args.group} --out DIR` "
+                         "first (it saves DIR/hm-without-<group>, trained without the group and then onboarded)")
+    data = hm_sequences(args.seed, args.report_frac, args.select_frac)  # the split of `hm`
+    items = data["items"]
+    gids = set(items.loc[items["category"] == args.group, "id"])
+    ev = _eval_sets(data["report"], gids, args.max_other, args.seed)
+    enc = load_encoder()
+    # interactions that exist once the group is on sale: training customers who bought from it
+    with_group = [s for s in data["train"] if any(i in gids for i in s)]
+    rng = np.random.default_rng(args.seed)
+    out: dict[str, Any] = {"group": args.group, "group_items": len(gids), "report_purchases": len(ev["group"][1]),
+                           "train_customers_with_group": len(with_group), "runs": {}}
+    base = Guide.load(src, encoder=enc)
+    out["zero-shot"] = _scores(base, ev, "adapter", gids)
+    out["text"] = _scores(base, ev, "text", gids)
+    for n in args.users:
+        path = scratch_copy(src, f"fewshot-{n}")
+        guide = Guide.load(path, encoder=enc)
+        picked = [with_group[i] for i in sorted(rng.permutation(len(with_group))[:n])]
+        cfg = TransferConfig(candidates=tuple(args.candidates.split(",")), seed=args.seed,
+                             train=TrainConfig(steps=args.steps, batch_size=128, lr=args.lr, eval_every=50,
+                                               patience=4, seed=args.seed, max_seconds=args.max_seconds,
+                                               full_softmax_max=1000, num_negatives=2048, show_progress=False))
+        t0 = time.time()
+        report = guide.fine_tune(picked, config=cfg, seed=args.seed)
+        seconds = time.time() - t0
+        scores = _scores(guide, ev, "adapter", gids)
+        out["runs"][str(n)] = {"customers": len(picked), "interactions": sum(len(s) for s in picked),
+                               "seconds": round(seconds, 1), "chosen": report["chosen"], "summary": report["summary"],
+                               "scores": scores, "valid": {k: v["valid"] for k, v in report["methods"].items()}}
+        print(f"{n} customers: chosen {report['chosen']} in {seconds:.0f}s; group Recall@12 "
+              f"{scores['group/all/Recall@12']:.4f} (zero-shot {out['zero-shot']['group/all/Recall@12']:.4f}); "
+              f"{report['summary']}", flush=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return out
+
+
 def hm_markdown(g: str, r: dict[str, Any]) -> str:
     header = (f"| method | Recall@12, {g} purchases | NDCG@12, {g} | Recall@12 among {g} only | "
               f"Recall@12, other purchases |")
@@ -571,7 +622,8 @@ def cmd_speed(args) -> dict[str, Any]:
         "process_reloads": [{"seconds": round(r[2], 3), "items": r[3]} for r in reloads],
         "process_final_count": child_data.get("final_count"),
         "served_at_once": served,
-        **({"raw": {"phases": phases, "thread": log, "process": child_data["queries"]}} if args.raw else {}),
+        **({"raw": {"phases": phases, "thread": log, "process": child_data["queries"],
+                    "process_refresh": child_data["refresh"]}} if args.raw else {}),
     }
 
 
@@ -617,6 +669,22 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--out", default=str(ROOT / "indexes"), help="where the onboarded H&M guide is saved")
 
+    f = sub.add_parser("fewshot")
+    f.add_argument("--guide", default="/tmp/tg_onboard/hm/hm-without-accessories",
+                   help="a guide saved by `hm` (trained without the group, then onboarded)")
+    f.add_argument("--group", default="Accessories")
+    f.add_argument("--users", type=lambda v: [int(x) for x in v.split(",")], default=[100, 1000],
+                   help="numbers of training customers who bought from the group whose sequences are given")
+    f.add_argument("--candidates", default="model:finetune,model:l2sp")
+    f.add_argument("--steps", type=int, default=1000)
+    f.add_argument("--lr", type=float, default=3e-4)
+    f.add_argument("--max-seconds", type=float, default=120, help="training budget of each candidate")
+    f.add_argument("--report-frac", type=float, default=0.2)
+    f.add_argument("--select-frac", type=float, default=0.05)
+    f.add_argument("--max-other", type=int, default=5000)
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--seed", type=int, default=0)
+
     for name in ("toys", "speed"):
         s = sub.add_parser(name)
         s.add_argument("--guide", default=str(DEFAULT_GUIDE))
@@ -649,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--faiss-threads", type=int, default=0)
 
-    for q in (sub.choices["hm"], sub.choices["toys"], sub.choices["speed"]):
+    for q in (sub.choices["hm"], sub.choices["toys"], sub.choices["speed"], sub.choices["fewshot"]):
         q.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -657,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "reader":
         cmd_reader(args)
         return 0
-    res = {"hm": cmd_hm, "toys": cmd_toys, "speed": cmd_speed}[args.cmd](args)
+    res = {"hm": cmd_hm, "toys": cmd_toys, "speed": cmd_speed, "fewshot": cmd_fewshot}[args.cmd](args)
     res["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv)
     if args.json:  # first: a closed stdout pipe must not lose the results
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))

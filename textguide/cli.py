@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -97,6 +98,8 @@ def cmd_onboard(args: argparse.Namespace) -> int:
     from .encoder import EmbeddingCache
     from .guide import Guide
 
+    if args.nice:  # background work: processes serving this guide keep their query latency
+        os.nice(args.nice)
     guide = Guide.load(args.guide)
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     report = guide.onboard(args.catalog, category=args.category, replace=args.replace, columns=_columns(args),
@@ -177,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category of every new item")
     p.add_argument("--replace", action="store_true", help="replace items whose id exists with another text")
     p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default 64)")
+    p.add_argument("--nice", type=int, default=19, metavar="N",
+                   help="lower this process's CPU priority by N first, so that processes serving the guide keep "
+                        "their query latency (default 19, the lowest priority; 0 keeps it)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="embed the new items in this precision (bf16: ~1.6x faster on AMX CPUs; default: the guide's)")
     p.add_argument("--cache-dir", default=None)

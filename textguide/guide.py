@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, overload
+from typing import TYPE_CHECKING, Any, Sequence, overload
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from .catalog import Catalog, ColumnMap, load_catalog
 from .encoder import EmbeddingCache, SentenceTransformerEncoder, TextEncoder, encode_texts, load_encoder
 from .index import IndexConfig, ItemIndex, Where
 from .storage import ArtifactError, read_manifest, write_artifact
+
+if TYPE_CHECKING:  # imported lazily at run time: transfer pulls in torch
+    from .transfer import TransferConfig
 
 logger = logging.getLogger("textguide")
 
@@ -356,6 +359,72 @@ class Guide:
         twin.name = self.encoder.name
         self._twins[precision] = twin
         return twin
+
+    def fine_tune(
+        self,
+        sequences: Sequence[Sequence[str]],
+        *,
+        valid_fraction: float = 0.2,
+        config: TransferConfig | None = None,
+        seed: int = 0,
+        save: bool = True,
+    ) -> dict[str, Any]:
+        """The optional few-shot step after onboarding: when a new category already has some interactions,
+        fine-tune the recommendation adapter on them with model-based transfer and the negative-transfer guard.
+
+        ``sequences`` are users' item-id sequences, oldest first (their items must be in the guide). A
+        ``valid_fraction`` of them (at least one) is held out: its last item is the validation target. The
+        candidates of ``config`` (a :class:`~textguide.transfer.TransferConfig`; default fine-tune and L2-SP)
+        each start from the current adapter, and the adapter is replaced only by one that beats it on that
+        validation split (:func:`textguide.transfer.few_shot`). The guide is then written atomically like
+        :meth:`onboard`; the report (returned, and saved as ``reports/fine_tune.json`` when the guide has a
+        directory) has every candidate's numbers and what was refused.
+        """
+        from .train import SequenceTask
+        from .transfer import few_shot, save_transfer_report
+
+        self._require_task("recommend")
+        if not 0.0 < valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
+        if isinstance(sequences, str) or not len(sequences):
+            raise ValueError("sequences must be a non-empty list of item-id lists (each user's items, oldest first)")
+        live = np.flatnonzero(~self.index.deleted)
+        pos = {self.index.ids[r]: j for j, r in enumerate(live)}
+        seqs, unknown = [], []
+        for n, seq in enumerate(sequences):
+            if isinstance(seq, str) or not isinstance(seq, Sequence):
+                raise ValueError(f"sequence {n} must be a list of item ids, got {type(seq).__name__} {seq!r:.60}")
+            unknown += [i for i in seq if i not in pos]
+            ids = list(dict.fromkeys(seq))  # a repeat purchase is not a new item
+            if len(ids) >= 2:
+                seqs.append([pos[i] for i in ids if i in pos])
+        if unknown:
+            raise KeyError(f"{len(unknown)} item ids in sequences are not in the guide, first {unknown[:5]}; "
+                           "onboard those items first")
+        if len(seqs) < 2:
+            raise ValueError(f"need at least 2 sequences of >= 2 distinct items (one to train, one to validate), "
+                             f"got {len(seqs)}")
+        order = np.random.default_rng(seed).permutation(len(seqs))
+        n_valid = min(max(1, round(valid_fraction * len(seqs))), len(seqs) - 1)
+        valid, train = [seqs[i] for i in order[:n_valid]], [seqs[i] for i in order[n_valid:]]
+        hist = [s[max(0, i - 50):i] for s in train for i in range(1, len(s))]
+        targ = [s[i] for s in train for i in range(1, len(s))]
+        task = SequenceTask(self.index.embeddings[live], hist, targ, [s[:-1][-50:] for s in valid], [s[-1] for s in valid])
+        result = few_shot(self.adapter, task, config)
+        report = dict(result.report, sequences={"train": len(train), "valid": len(valid)})
+        if result.method_chosen != "current":
+            old = (self.adapter, self.adapter_meta)
+            self.set_adapter(result.model, {**self.adapter_meta, "fine_tuned": {
+                "method": result.method_chosen, "examples": len(task), "summary": report["summary"]}})
+            try:
+                self._swap(self.index, save)  # writes the guide with the new adapter, atomically
+            except BaseException:
+                self.adapter, self.adapter_meta = old
+                self._on_index_change()
+                raise
+        if save and self.path is not None:
+            save_transfer_report(self, report, "fine_tune.json")
+        return report
 
     def remove(self, item_ids: Sequence[str], *, save: bool = True) -> None:
         """Remove items from the guide (atomically on disk, like :meth:`onboard`); unknown ids raise ``KeyError``."""

@@ -84,6 +84,7 @@ __all__ = [
     "TransferResult",
     "coral",
     "domain_weights",
+    "few_shot",
     "freeze_shared",
     "l2sp_penalty",
     "mmd",
@@ -834,25 +835,28 @@ def transfer(
     return TransferResult(models[chosen], chosen, report, models)
 
 
-def _guard(methods: dict[str, dict[str, Any]], config: TransferConfig, report: dict[str, Any]) -> str:
-    """Gains vs target-only; refuse every candidate not better than it on select_metric; return the best."""
+def _guard(methods: dict[str, dict[str, Any]], config: TransferConfig, report: dict[str, Any],
+           baseline: str = "target-only") -> str:
+    """Gains vs the baseline candidate; refuse every candidate not better than it on select_metric; return the
+    best. ``baseline`` is "target-only" for transfer, "current" (the model as it is) for :func:`few_shot`."""
     key = config.select_metric
-    base = methods["target-only"]["valid"]
-    best, best_value = "target-only", base[key]
+    base = methods[baseline]["valid"]
+    best, best_value = baseline, base[key]
     accepted = []
+    suffix = baseline.replace("-", "_")
     for name, info in methods.items():
-        if name == "target-only":
+        if name == baseline:
             continue
         valid = info["valid"]
-        info["gain_vs_target_only"] = {m: _safe_gain(valid[m], base[m]) for m in base}
-        info["difference_vs_target_only"] = {m: valid[m] - base[m] for m in base}
-        gain = info["gain_vs_target_only"][key]
+        info[f"gain_vs_{suffix}"] = {m: _safe_gain(valid[m], base[m]) for m in base}
+        info[f"difference_vs_{suffix}"] = {m: valid[m] - base[m] for m in base}
+        gain = info[f"gain_vs_{suffix}"][key]
         better = valid[key] > base[key] and (gain is None or gain > config.min_gain)
         if not better:
             word = "worse than" if valid[key] < base[key] else "no better than"
             shown = "n/a" if gain is None else f"{gain:+.1%}"
             report["refused"][name] = (
-                f"{word} target-only: valid {key} {valid[key]:.4f} vs {base[key]:.4f} ({shown} relative"
+                f"{word} {baseline}: valid {key} {valid[key]:.4f} vs {base[key]:.4f} ({shown} relative"
                 + (f", needs > {config.min_gain:+.1%}" if config.min_gain and valid[key] > base[key] else "") + ")"
             )
             continue
@@ -871,20 +875,76 @@ def _safe_gain(new: float, base: float) -> float | None:
 
 def _summary(report: dict[str, Any]) -> str:
     key, chosen = report["select_metric"], report["chosen"]
+    baseline = report.get("baseline", "target-only")
     valid = report["methods"][chosen]["valid"]
     if report["method"] != "auto":
         shown = "no validation split" if valid is None else f"valid {key} {valid[key]:.4f}"
         return f"{chosen}: {shown}"
-    base = report["methods"]["target-only"]["valid"][key]
-    if chosen == "target-only":
-        text = f"kept target-only (valid {key} {base:.4f}): no transfer beat it"
+    base = report["methods"][baseline]["valid"][key]
+    if chosen == baseline:
+        text = f"kept {baseline} (valid {key} {base:.4f}): no {'fine-tuning' if baseline == 'current' else 'transfer'} beat it"
     else:
-        gain = report["methods"][chosen]["gain_vs_target_only"][key]
-        text = f"kept {chosen} (valid {key} {valid[key]:.4f} vs target-only {base:.4f}" + (
+        gain = report["methods"][chosen][f"gain_vs_{baseline.replace('-', '_')}"][key]
+        text = f"kept {chosen} (valid {key} {valid[key]:.4f} vs {baseline} {base:.4f}" + (
             f", {gain:+.1%})" if gain is not None else ")")
     if report["refused"]:
         text += "; refused: " + "; ".join(f"{n}: {r}" for n, r in report["refused"].items())
     return text
+
+
+def few_shot(model: MultiTaskAdapter, task: SequenceTask, config: TransferConfig | None = None) -> TransferResult:
+    """The few-shot step after onboarding: fine-tune a trained recommendation model on a few interactions
+    (``task``: training examples and a validation split over the current catalog) with model-based transfer,
+    guarded against the model as it is.
+
+    Each model-based candidate of ``config`` (default ``model:finetune`` and ``model:l2sp``) starts from
+    ``model``; the guard compares them with ``"current"`` (``model`` untouched) on the validation split and
+    keeps ``model`` unless a candidate beats it by more than ``min_gain``. When the model has other tasks
+    besides "recommend", only ``model:freeze-shared`` runs: the shared item adapter, which those tasks read,
+    stays as it is. :meth:`textguide.guide.Guide.fine_tune` builds the task from item-id sequences.
+    """
+    config = config or TransferConfig(candidates=("model:finetune", "model:l2sp"))
+    if not isinstance(model, MultiTaskAdapter):
+        raise ValueError(f"model must be a MultiTaskAdapter, got {type(model).__name__}")
+    model.check_task("recommend")
+    if not isinstance(task, SequenceTask):
+        raise ValueError(f"task must be a SequenceTask of next-item examples, got {type(task).__name__}")
+    if not len(task) or not task.valid_histories:
+        raise ValueError("few-shot fine-tuning needs training examples and a validation split (valid_histories)")
+    if config.select_metric is None:
+        config = replace(config, select_metric=f"Recall@{config.ks[0]}")
+    names = config.expanded_candidates()
+    others = [n for n in names if not n.startswith("model:")]
+    if others:
+        raise ValueError(
+            f"few-shot fine-tuning uses model-based candidates only (no source examples here), got {others}; "
+            "use model:finetune, model:freeze-shared or model:l2sp"
+        )
+    note = None
+    if set(model.config.tasks) != {"recommend"}:
+        names = ["model:freeze-shared"]
+        note = (f"the model also serves {sorted(set(model.config.tasks) - {'recommend'})}: only model:freeze-shared "
+                "ran, so the shared item adapter they read is unchanged")
+    model.eval()
+    methods: dict[str, dict[str, Any]] = {
+        "current": {"trained": False, "note": "the model as it is", "valid": validation_metrics(model, task, config.ks)}
+    }
+    models: dict[str, MultiTaskAdapter] = {"current": model}
+    for name in names:
+        logger.info("few-shot: training %s on %d examples", name, len(task))
+        trained, info = _run(name, model, task, task, config)
+        info["valid"] = validation_metrics(trained, task, config.ks)
+        models[name], methods[name] = trained, info
+        logger.info("few-shot: %s -> %s", name, info["valid"])
+    report: dict[str, Any] = {
+        "method": "auto", "baseline": "current", "select_metric": config.select_metric,
+        "target_examples": len(task), "target_valid_rows": len(task.valid_histories),
+        "methods": methods, "refused": {}, "config": config.to_dict(), **({"note": note} if note else {}),
+    }
+    chosen = _guard(methods, config, report, baseline="current")
+    report["chosen"] = chosen
+    report["summary"] = _summary(report)
+    return TransferResult(models[chosen], chosen, report, models)
 
 
 # ----------------------------------------------------------------------------------------------------------
