@@ -662,11 +662,6 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--max-history", type=int, default=20)
     h.add_argument("--batch-size", type=int, default=128)
     h.add_argument("--num-negatives", type=int, default=2048)
-    h.add_argument("--report-frac", type=float, default=0.2)
-    h.add_argument("--select-frac", type=float, default=0.05)
-    h.add_argument("--max-other", type=int, default=5000, help="sampled report purchases of other groups")
-    h.add_argument("--threads", type=int, default=2)
-    h.add_argument("--seed", type=int, default=0)
     h.add_argument("--out", default=str(ROOT / "indexes"), help="where the onboarded H&M guide is saved")
 
     f = sub.add_parser("fewshot")
@@ -679,11 +674,12 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--steps", type=int, default=1000)
     f.add_argument("--lr", type=float, default=3e-4)
     f.add_argument("--max-seconds", type=float, default=120, help="training budget of each candidate")
-    f.add_argument("--report-frac", type=float, default=0.2)
-    f.add_argument("--select-frac", type=float, default=0.05)
-    f.add_argument("--max-other", type=int, default=5000)
-    f.add_argument("--threads", type=int, default=2)
-    f.add_argument("--seed", type=int, default=0)
+    for q in (h, f):  # the H&M customer split and scoring: fewshot must see the same as hm
+        q.add_argument("--report-frac", type=float, default=0.2)
+        q.add_argument("--select-frac", type=float, default=0.05)
+        q.add_argument("--max-other", type=int, default=5000, help="sampled report purchases of other groups")
+        q.add_argument("--threads", type=int, default=2)
+        q.add_argument("--seed", type=int, default=0)
 
     for name in ("toys", "speed"):
         s = sub.add_parser(name)
