@@ -97,7 +97,8 @@ class TimedEncoder:
         self._owner = threading.get_ident()
 
     def encode(self, texts, batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
-        if threading.get_ident() != self._owner:  # a reader's query
+        onboarding = threading.get_ident() == self._owner or threading.current_thread().name == "textguide-low-priority"
+        if not onboarding:  # a reader's query
             return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
         t0 = time.perf_counter()
         try:
@@ -490,7 +491,7 @@ def cmd_reader(args) -> None:
 
 
 def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: TimedEncoder, nice: int,
-                          batch_size: int, precision: str | None) -> Any:
+                          batch_size: int, precision: str | None, low_priority: bool = False) -> Any:
     """Onboard from a worker thread at a lower CPU priority (``nice``; Linux niceness is per thread and the
     encoder's OpenMP workers, created by that thread, inherit it), as a server would; returns the report."""
     out: dict[str, Any] = {}
@@ -501,7 +502,7 @@ def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: Timed
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
             enc._owner = threading.get_ident()
             out["report"] = guide.onboard(catalog, category="Toys & Games", cache=cache, batch_size=batch_size,
-                                          precision=precision)
+                                          precision=precision, low_priority=low_priority)
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             out["error"] = e
 
@@ -572,7 +573,7 @@ def cmd_speed(args) -> dict[str, Any]:
         with PeakRSS() as peak:
             t0 = time.perf_counter()
             report = onboard_in_background(guide, catalog, cache, onboard_enc, args.nice, args.encode_batch_size,
-                                           args.onboard_precision)
+                                           args.onboard_precision, args.low_priority)
             seconds = time.perf_counter() - t0
         cpu1 = os.times()
         phases["onboarding"] = (t, time.time())
@@ -615,7 +616,7 @@ def cmd_speed(args) -> dict[str, Any]:
         "rss_before_mb": round(rss0, 1), "rss_peak_during_mb": round(peak.peak, 1),
         "rss_peak_increase_mb": round(peak.peak - rss0, 1), "rss_after_mb": round(rss_mb(), 1),
         "load_average_1min_before": load0, "load_average_1min_after": load_avg(), "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "cached_embeddings": bool(args.cached), "nice": args.nice, "precision": args.precision, "faiss_threads": args.faiss_threads,
+        "torch_threads": torch.get_num_threads(), "cached_embeddings": bool(args.cached), "nice": args.nice, "low_priority": args.low_priority, "precision": args.precision, "faiss_threads": args.faiss_threads,
         "encode_batch_size": args.encode_batch_size, "onboard_precision": args.onboard_precision or args.precision,
         "switch_interval": sys.getswitchinterval(),
         "latency": latency,
@@ -704,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
                         "0: FAISS's default)")
     s.add_argument("--raw", action="store_true", help="keep every query's (time, kind, seconds) in the JSON")
     s.add_argument("--nice", type=int, default=0, help="niceness of the onboarding thread (e.g. 10; 0: same as readers)")
+    s.add_argument("--low-priority", action="store_true", help="Guide.onboard(low_priority=True): embed in a niced "
+                   "worker thread (the library's own way; --nice sets the calling thread's priority instead)")
 
     r = sub.add_parser("reader")
     r.add_argument("--guide", required=True)

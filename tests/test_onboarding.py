@@ -488,6 +488,29 @@ def test_onboard_batch_size_and_precision_options(guide: Guide, enc: HashingEnco
     assert spy.batch_sizes == [3] and report.added == 6 and report.precision == "fp32"
 
 
+def test_onboard_low_priority_embeds_in_a_niced_worker_thread(guide: Guide, path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    calls = []
+    monkeypatch.setattr(os, "setpriority", lambda which, who, prio: calls.append((which, who, prio)))
+    main = threading.get_native_id()
+    report = guide.onboard(_garden(), category="Garden", low_priority=True)
+    assert report.added == 6 and guide.search("garden hose", k=1, category="Garden").ids == ["g01"]
+    assert len(calls) == 1 and calls[0][0] == os.PRIO_PROCESS and calls[0][2] == 19
+    assert calls[0][1] != main  # a worker thread's id: the caller's priority is untouched
+
+    class Broken(type(guide.encoder)):
+        def encode(self, texts, batch_size=64, show_progress=None):
+            raise RuntimeError("encoder crashed in the worker")
+
+    before = _snapshot(path)
+    g = Guide.load(path, encoder=Broken(guide.encoder.dim))
+    with pytest.raises(RuntimeError, match="encoder crashed in the worker"):
+        g.onboard(Catalog.from_records(_many_garden(3)), low_priority=True)
+    assert _snapshot(path) == before and g.index.count == 26
+
+
 def test_refresh_in_another_instance_picks_up_the_new_state(path: Path, guide: Guide, enc: HashingEncoder) -> None:
     other = Guide.load(path, encoder=enc)
     assert other.refresh() is False

@@ -283,6 +283,7 @@ class Guide:
         save: bool = True,
         batch_size: int = 64,
         precision: str | None = None,
+        low_priority: bool = False,
         show_progress: bool | None = None,
     ) -> "OnboardReport":
         """Add a new category's products to the live guide, without rebuilding or retraining.
@@ -298,6 +299,9 @@ class Guide:
         embeds the new items with the guide's sentence-transformers model in bfloat16 (AMX on recent Intel
         CPUs: ~1.6x faster on the development machine, cosine to fp32 vectors >= 0.9999 on real titles, so
         they sit with fp32-built items without a rebuild). Queries keep using the guide's own encoder.
+        ``low_priority=True`` embeds in a short-lived worker thread at the lowest CPU priority (Linux niceness
+        is per thread, and the encoder's worker threads inherit it), so that queries served by this process
+        and others keep their latency while it runs; the calling thread's priority is untouched.
         """
         t0 = time.perf_counter()
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
@@ -330,8 +334,11 @@ class Guide:
         report = OnboardReport(added=len(keep) - len(clashes), replaced=len(clashes), unchanged=len(unchanged),
                                precision=getattr(encoder, "precision", "fp32"))
         if keep:
-            vecs = encode_texts(encoder, [catalog.texts[j] for j in keep], cache=cache, batch_size=batch_size,
-                                show_progress=show_progress)
+            def embed() -> np.ndarray:
+                return encode_texts(encoder, [catalog.texts[j] for j in keep], cache=cache, batch_size=batch_size,
+                                    show_progress=show_progress)
+
+            vecs = _in_low_priority_thread(embed) if low_priority else embed()
             new = old.copy()
             new.add(vecs, [catalog.ids[j] for j in keep], meta.iloc[keep].reset_index(drop=True), replace=replace)
             self._swap(new, save)
@@ -811,6 +818,30 @@ def _inode(path: Path) -> int | None:
         return os.stat(path).st_ino
     except OSError:
         return None
+
+
+def _in_low_priority_thread(fn: Any) -> Any:
+    """``fn()`` in a new thread at niceness 19 (Linux: per thread; inherited by the threads it starts, such as
+    torch's OpenMP workers); its exception is re-raised here. Where thread priorities cannot be set, it simply
+    runs at normal priority."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            out["error"] = e
+
+    worker = threading.Thread(target=work, name="textguide-low-priority")
+    worker.start()
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def encoder_info(encoder: TextEncoder) -> dict[str, Any]:
