@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from textguide.catalog import Catalog
 from textguide.encoder import EmbeddingCache, load_encoder
-from textguide.guide import Guide
+from textguide.guide import Guide, run_in_thread
 from textguide.recipes import items_catalog
 
 logger = logging.getLogger("textguide")
@@ -494,24 +494,13 @@ def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: Timed
                           batch_size: int, precision: str | None, low_priority: bool = False) -> Any:
     """Onboard from a worker thread at a lower CPU priority (``nice``; Linux niceness is per thread and the
     encoder's OpenMP workers, created by that thread, inherit it), as a server would; returns the report."""
-    out: dict[str, Any] = {}
 
-    def work() -> None:
-        try:
-            if nice:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-            enc._owner = threading.get_ident()
-            out["report"] = guide.onboard(catalog, category="Toys & Games", cache=cache, batch_size=batch_size,
-                                          precision=precision, low_priority=low_priority)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-            out["error"] = e
+    def work() -> Any:
+        enc._owner = threading.get_ident()
+        return guide.onboard(catalog, category="Toys & Games", cache=cache, batch_size=batch_size,
+                             precision=precision, low_priority=low_priority)
 
-    worker = threading.Thread(target=work, name="onboard")
-    worker.start()
-    worker.join()
-    if "error" in out:
-        raise out["error"]
-    return out["report"]
+    return run_in_thread(work, nice, name="onboard")
 
 
 def cmd_speed(args) -> dict[str, Any]:

@@ -338,7 +338,7 @@ class Guide:
                 return encode_texts(encoder, [catalog.texts[j] for j in keep], cache=cache, batch_size=batch_size,
                                     show_progress=show_progress)
 
-            vecs = _in_low_priority_thread(embed) if low_priority else embed()
+            vecs = run_in_thread(embed) if low_priority else embed()
             new = old.copy()
             new.add(vecs, [catalog.ids[j] for j in keep], meta.iloc[keep].reset_index(drop=True), replace=replace)
             self._swap(new, save)
@@ -820,23 +820,24 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-def _in_low_priority_thread(fn: Any) -> Any:
-    """``fn()`` in a new thread at niceness 19 (Linux: per thread; inherited by the threads it starts, such as
-    torch's OpenMP workers); its exception is re-raised here. Where thread priorities cannot be set, it simply
-    runs at normal priority."""
+def run_in_thread(fn: Any, niceness: int = 19, name: str = "textguide-low-priority") -> Any:
+    """``fn()`` in a new thread at ``niceness`` (Linux: per thread, inherited by the threads it starts, such as
+    torch's OpenMP workers; 0 leaves it); its exception is re-raised here. Where thread priorities cannot be set,
+    it simply runs at normal priority. The caller's own priority is untouched."""
     import threading
 
     out: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            with contextlib.suppress(OSError, AttributeError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            if niceness:
+                with contextlib.suppress(OSError, AttributeError):
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
             out["value"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller
             out["error"] = e
 
-    worker = threading.Thread(target=work, name="textguide-low-priority")
+    worker = threading.Thread(target=work, name=name)
     worker.start()
     worker.join()
     if "error" in out:
