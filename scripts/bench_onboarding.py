@@ -48,6 +48,7 @@ from textguide.catalog import Catalog
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.guide import Guide, run_in_thread
 from textguide.recipes import items_catalog
+from textguide.train import next_item_examples
 
 logger = logging.getLogger("textguide")
 DEFAULT_GUIDE = ROOT / "indexes" / "amazon-scientific"
@@ -168,15 +169,6 @@ def hm_sequences(seed: int, report_frac: float, select_frac: float) -> dict[str,
     return {"items": items, "train": train, "select": select, "report": report}
 
 
-def _examples(seqs: list[list[str]], max_history: int, last_only: bool) -> tuple[list[list[str]], list[str]]:
-    hist, targ = [], []
-    for s in seqs:
-        for i in (range(len(s) - 1, len(s)) if last_only else range(1, len(s))):
-            hist.append(s[max(0, i - max_history):i])
-            targ.append(s[i])
-    return hist, targ
-
-
 def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str]], args) -> tuple[Any, dict]:
     """Train a recommend adapter on id sequences over this guide's items (ids not in the guide are dropped)."""
     import torch
@@ -188,11 +180,7 @@ def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str
     row = guide.index.row_of
     keep = [[row[i] for i in s if i in row] for s in train]
     keep = [s for s in keep if len(s) >= 2]
-    hist, targ = [], []
-    for s in keep:
-        for i in range(1, len(s)):
-            hist.append(s[max(0, i - 50):i])
-            targ.append(s[i])
+    hist, targ = next_item_examples(keep)
     sel = [[row[i] for i in s if i in row] for s in select]
     sel = [s for s in sel if len(s) >= 2]
     task = SequenceTask(guide.index.embeddings, hist, targ, [s[-51:-1] for s in sel], [s[-1] for s in sel])
@@ -252,7 +240,7 @@ def score_hm(guide: Guide, hist: list[list[str]], targ: list[str], method: str, 
 
 def _eval_sets(report: list[list[str]], gids: set[str], max_other: int, seed: int) -> dict[str, tuple]:
     """Every purchase of a report customer after the first: those of the group, and a sample of the others."""
-    hist, targ = _examples(report, 50, last_only=False)
+    hist, targ = next_item_examples(report)
     in_g = np.array([t in gids for t in targ])
     other = np.flatnonzero(~in_g)
     other = np.sort(np.random.default_rng(seed).choice(other, min(max_other, len(other)), replace=False))
@@ -523,9 +511,7 @@ def cmd_speed(args) -> dict[str, Any]:
     guide = Guide.load(path, encoder=enc)
     onboard_enc = enc
     if args.onboard_precision not in (None, args.precision):  # Guide.onboard(precision=...) loads a twin encoder
-        twin = Guide.load(path, encoder=enc.inner)._onboard_encoder(args.onboard_precision)
-        onboard_enc = TimedEncoder(twin)
-        onboard_enc.precision = args.onboard_precision
+        onboard_enc = TimedEncoder(load_encoder(precision=args.onboard_precision))  # the guide's MiniLM, other precision
         guide._twins[args.onboard_precision] = onboard_enc  # timed, and loaded before the clock starts
     base_ids = guide.index.live_ids()
     guide.search("warm up", k=10)

@@ -41,7 +41,8 @@ from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, sa
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
 from textguide.train import TrainConfig, train
-from textguide.transfer import CANDIDATES, TransferConfig, save_transfer_report, transfer
+from textguide.transfer import CANDIDATES, TransferConfig, transfer
+from textguide.workflows import save_transferred
 
 logger = logging.getLogger("textguide")
 
@@ -198,14 +199,8 @@ def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         logger.info("size %g (%d examples, %.0fs): chosen %s; %s", size, len(task), seconds, res.method_chosen,
                     res.report["summary"])
         if size == 1.0:  # the full-data guide, with its transfer report
-            guide = target.guide
-            meta = {"trained_as": f"transfer:{res.method_chosen}", "source": src_name}
-            if baskets:  # the slot of each item, so that complete_outfit works on the saved guide
-                guide.index.metadata = guide.index.metadata.assign(slot=[target.slots[s] for s in task.item_slots])
-                meta.update(slot_field="slot", slots=list(target.slots))
-            guide.set_adapter(res.model, meta)
-            guide.save(Path(args.out) / f"transfer-{args.experiment}")
-            save_transfer_report(guide, res.report)
+            save_transferred(target, res, Path(args.out) / f"transfer-{args.experiment}",
+                             {"trained_as": f"transfer:{res.method_chosen}", "source": src_name})
 
     sweep = {}
     if args.sweep_size is not None and args.sweep:

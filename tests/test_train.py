@@ -516,3 +516,11 @@ def test_coupon_logits_indexed_equals_pairwise() -> None:
     fast = coupon_logits_indexed(model, emb, users, coupons, ui, ci, profiles)
     slow = coupon_logits(model, emb, [users[i] for i in ui], [coupons[i] for i in ci], profiles[ui])
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_next_item_examples_hand_computed() -> None:
+    from textguide.train import next_item_examples
+
+    hist, targ = next_item_examples([["a", "b", "c", "d"], ["x"], ["p", "q"]], max_history=2)
+    assert targ == ["b", "c", "d", "q"]
+    assert hist == [["a"], ["a", "b"], ["b", "c"], ["p"]]  # at most the 2 items before each target

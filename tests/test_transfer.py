@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from textguide.adapters import AdapterConfig, MultiTaskAdapter
-from textguide.train import SequenceTask, TrainConfig, train
+from textguide.train import OutfitTask, SequenceTask, TrainConfig, train
 from textguide.transfer import (
     TransferConfig,
     _joint_task,
@@ -414,9 +414,7 @@ STYLES = 4
 STYLE_VECS = unit(np.random.default_rng(7).normal(size=(STYLES, D)))
 
 
-def basket_task(seed: int, rule: int, n_train: int, n_valid: int = 150) -> "OutfitTask":
-    from textguide.train import OutfitTask
-
+def basket_task(seed: int, rule: int, n_train: int, n_valid: int = 150) -> OutfitTask:
     rng = np.random.default_rng(seed)
     slot = np.repeat(np.arange(K), PER)
     style = np.tile(np.arange(STYLES), K * PER // STYLES)
@@ -445,10 +443,10 @@ OUTFIT_TRAIN = TrainConfig(steps=300, batch_size=64, lr=1e-2, eval_every=25, pat
                            show_progress=False)
 #: FITB ceiling of these domains: each (slot, style) has 2 items, so the answer's twin is among the 3 distractors
 #: (drawn from the slot's 7 other items) with probability 3/7, and then a coin flip decides: 1 - 3/7 / 2 = 0.79
-_BASKET_SOURCES: dict[int, tuple[MultiTaskAdapter, "OutfitTask"]] = {}
+_BASKET_SOURCES: dict[int, tuple[MultiTaskAdapter, OutfitTask]] = {}
 
 
-def basket_source(rule: int) -> tuple[MultiTaskAdapter, "OutfitTask"]:
+def basket_source(rule: int) -> tuple[MultiTaskAdapter, OutfitTask]:
     if rule not in _BASKET_SOURCES:
         task = basket_task(11, rule, 2000)
         model = outfit_model(n_slots=K + 3)  # a source vocabulary of another size: slots are per domain

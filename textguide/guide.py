@@ -306,7 +306,8 @@ class Guide:
         t0 = time.perf_counter()
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        encoder = self._onboard_encoder(precision)
+        if precision not in (None, "fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if not isinstance(catalog, Catalog):
             catalog = load_catalog(catalog, columns, template)
         meta = catalog.metadata.copy()
@@ -332,8 +333,10 @@ class Guide:
                 f"use new ids, or pass replace=True (--replace) to replace those items"
             )
         report = OnboardReport(added=len(keep) - len(clashes), replaced=len(clashes), unchanged=len(unchanged),
-                               precision=getattr(encoder, "precision", "fp32"))
-        if keep:
+                               precision=precision or self.encoder_info.get("precision", "fp32"))
+        if keep:  # the encoder (or its twin) is loaded only when something needs embedding
+            encoder = self._onboard_encoder(precision)
+
             def embed() -> np.ndarray:
                 return encode_texts(encoder, [catalog.texts[j] for j in keep], cache=cache, batch_size=batch_size,
                                     show_progress=show_progress)
@@ -354,8 +357,6 @@ class Guide:
             return self.encoder
         if precision in self._twins:
             return self._twins[precision]
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if not isinstance(self.encoder, SentenceTransformerEncoder):
             raise ValueError(
                 f"precision={precision!r} needs a sentence-transformers encoder; this guide uses "
@@ -387,7 +388,7 @@ class Guide:
         :meth:`onboard`; the report (returned, and saved as ``reports/fine_tune.json`` when the guide has a
         directory) has every candidate's numbers and what was refused.
         """
-        from .train import SequenceTask
+        from .train import SequenceTask, next_item_examples
         from .transfer import few_shot, save_transfer_report
 
         self._require_task("recommend")
@@ -414,8 +415,7 @@ class Guide:
         order = np.random.default_rng(seed).permutation(len(seqs))
         n_valid = min(max(1, round(valid_fraction * len(seqs))), len(seqs) - 1)
         valid, train = [seqs[i] for i in order[:n_valid]], [seqs[i] for i in order[n_valid:]]
-        hist = [s[max(0, i - 50):i] for s in train for i in range(1, len(s))]
-        targ = [s[i] for s in train for i in range(1, len(s))]
+        hist, targ = next_item_examples(train)
         task = SequenceTask(self.index.embeddings[live], hist, targ, [s[:-1][-50:] for s in valid], [s[-1] for s in valid])
         result = few_shot(self.adapter, task, config)
         report = dict(result.report, sequences={"train": len(train), "valid": len(valid)})

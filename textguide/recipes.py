@@ -27,6 +27,7 @@ from .evaluate import (
     roc_auc,
 )
 from .guide import Guide, verbalise_profile
+from .index import ItemIndex
 from .train import (
     CouponTask,
     OutfitTask,
@@ -435,15 +436,7 @@ def prepare_hm_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None
 
     articles = load_hm_articles().set_index("id")
     baskets = hm_baskets(load_hm_transactions())
-    group = articles["category"].to_dict()
-    complementary = []
-    for b in baskets:
-        by_group: dict[str, str] = {}
-        for i in b:
-            by_group.setdefault(group.get(i, ""), i)
-        by_group.pop("", None)
-        if len(by_group) >= 2:
-            complementary.append(list(by_group.values())[:5])
+    complementary = _one_per_slot(baskets, articles["category"].to_dict())
     used = sorted({i for b in complementary for i in b})
     items = articles.loc[used].reset_index()
     guide = Guide.build(items_catalog(items, ("title", "category")), encoder, cache=cache)
@@ -451,6 +444,20 @@ def prepare_hm_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None
     slot_of = {s: i for i, s in enumerate(slots)}
     item_slots = np.array([slot_of[c] for c in guide.index.metadata["category"]], dtype=np.int64)
     return _basket_bench("hm-baskets", guide, complementary, item_slots, slots, select_frac, report_frac, seed)
+
+
+def _one_per_slot(baskets: Any, slot_of: dict[str, Any], max_items: int = 5) -> list[list[str]]:
+    """Complementary sets from baskets: the first item of each slot, in basket order (items without a slot are
+    dropped), up to ``max_items``; baskets left with fewer than 2 slots are dropped."""
+    out = []
+    for basket in baskets:
+        by_slot: dict[Any, str] = {}
+        for i in basket:
+            if slot_of.get(i, "") != "":
+                by_slot.setdefault(slot_of[i], i)
+        if len(by_slot) >= 2:
+            out.append(list(by_slot.values())[:max_items])
+    return out
 
 
 def _basket_bench(name: str, guide: Guide, baskets: list[list[str]], item_slots: np.ndarray, slots: list[str],
@@ -503,18 +510,12 @@ def prepare_or_baskets(encoder: TextEncoder, cache: EmbeddingCache | None = None
     from .datasets.online_retail import load_online_retail
 
     items, tx = load_online_retail()
-    guide = Guide.build(items_catalog(items), encoder, cache=cache)
-    cluster = text_clusters(guide.index.embeddings, n_slots, seed)
-    cluster_of = dict(zip(guide.index.ids, cluster.tolist()))
-    complementary = []
-    for items_of_invoice in tx.groupby("invoice", sort=True)["item_id"]:
-        by_cluster: dict[int, str] = {}
-        for i in items_of_invoice[1]:
-            by_cluster.setdefault(cluster_of[i], i)
-        if len(by_cluster) >= 2:
-            complementary.append(list(by_cluster.values())[:5])
+    full = Guide.build(items_catalog(items), encoder, cache=cache)
+    cluster_of = dict(zip(full.index.ids, text_clusters(full.index.embeddings, n_slots, seed).tolist()))
+    complementary = _one_per_slot((b for _, b in tx.groupby("invoice", sort=True)["item_id"]), cluster_of)
     used = sorted({i for b in complementary for i in b})
-    guide = Guide.build(items_catalog(items.set_index("id").loc[used].reset_index()), encoder, cache=cache)
+    meta = full.index.metadata.set_index("id").loc[used].reset_index()  # the basket items, already embedded
+    guide = Guide(ItemIndex.build(full.index.vectors(used), used, meta), full.encoder_info, encoder)
     item_slots = np.array([cluster_of[i] for i in guide.index.ids], dtype=np.int64)
     # a slot's name: the title of the item nearest its mean vector
     names = []

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal, Protocol, Union
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, Union
 
 import numpy as np
 import torch
@@ -164,6 +164,17 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------------------
 # tasks: plain dataclasses of indices into a per-task item embedding matrix
 # ----------------------------------------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+
+
+def next_item_examples(sequences: Sequence[Sequence[T]], max_history: int = 50) -> tuple[list[list[T]], list[T]]:
+    """Every (history, next item) pair of each sequence (oldest first): the item at position i with the at most
+    ``max_history`` items before it."""
+    hist = [list(s[max(0, i - max_history):i]) for s in sequences for i in range(1, len(s))]
+    targ = [s[i] for s in sequences for i in range(1, len(s))]
+    return hist, targ
 
 
 def _check_weights(weights: Any, n: int, per: str) -> np.ndarray | None:

@@ -481,11 +481,6 @@ class _JointOutfitTask(OutfitTask):
         return None if self.target is None else self.target.valid_metric(model)
 
 
-def _n_slots(task: OutfitTask) -> int:
-    """Size of a complement task's slot vocabulary (slots are 0..n-1; -1 = unknown)."""
-    return int(task.item_slots.max()) + 1 if len(task.item_slots) and task.item_slots.max() >= 0 else 0
-
-
 def retarget_slots(model: MultiTaskAdapter, n_slots: int) -> MultiTaskAdapter:
     """A copy of an outfit model with a new slot vocabulary of ``n_slots`` slots (the target domain's).
 
@@ -515,8 +510,8 @@ def _source_weights(source: Any, target: Any, source_weights: np.ndarray | None,
 
 def _joint_outfit_task(source: OutfitTask, target: OutfitTask, source_weights: np.ndarray | None,
                        source_share: float) -> _JointOutfitTask:
-    n_s, n_t_slots = len(source.item_emb), _n_slots(target)
-    src_slots = np.where(source.item_slots >= 0, source.item_slots, _n_slots(source)) + n_t_slots
+    n_s, n_t_slots = len(source.item_emb), target.n_query_slots
+    src_slots = np.where(source.item_slots >= 0, source.item_slots, source.n_query_slots) + n_t_slots
     return _JointOutfitTask(
         np.concatenate([source.item_emb, target.item_emb]),
         source.outfits + [[i + n_s for i in o] for o in target.outfits],
@@ -677,14 +672,14 @@ def _fresh(source_model: MultiTaskAdapter, target: Any, seed: int) -> MultiTaskA
     torch.manual_seed(seed)
     config = copy.deepcopy(source_model.config)
     if isinstance(target, OutfitTask):
-        config.n_slots = _n_slots(target)
+        config.n_slots = target.n_query_slots
     return MultiTaskAdapter(config)
 
 
 def _from_source(source_model: MultiTaskAdapter, target: Any) -> MultiTaskAdapter:
     """The source weights, ready for the target (its slot vocabulary for complements)."""
     if isinstance(target, OutfitTask):
-        return retarget_slots(source_model, _n_slots(target))
+        return retarget_slots(source_model, target.n_query_slots)
     return copy.deepcopy(source_model)
 
 

@@ -232,6 +232,22 @@ def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Pa
     return {"results": {task: results}, "markdown": md}
 
 
+def save_transferred(bench: Any, result: Any, output: str | Path, meta: dict[str, Any]) -> Path:
+    """Save a target benchmark's guide with a transfer result's model (``meta`` in its adapter metadata) to
+    ``output``, and the transfer report beside it in ``reports/transfer.json``. For basket complements, each
+    item's slot name goes into a ``slot`` field, so that ``complete_outfit(slot=...)`` works on the saved guide."""
+    from .transfer import save_transfer_report
+
+    guide = bench.guide
+    if isinstance(bench, recipes.OutfitBench):
+        guide.index.metadata = guide.index.metadata.assign(slot=[bench.slots[s] for s in bench.task.item_slots])
+        meta = {**meta, "slot_field": "slot", "slots": list(bench.slots)}
+    guide.set_adapter(result.model, meta)
+    path = guide.save(output)
+    save_transfer_report(guide, result.report)
+    return path
+
+
 def transfer_domains(
     source: str,
     target: str,
@@ -254,7 +270,7 @@ def transfer_domains(
     import torch
 
     from . import domains
-    from .transfer import TransferConfig, save_transfer_report, transfer
+    from .transfer import TransferConfig, transfer
 
     if not 0.0 <= target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction}")
@@ -288,13 +304,6 @@ def transfer_domains(
                             train=TrainConfig(steps=3000, batch_size=128, eval_every=50, patience=6, seed=seed,
                                               max_seconds=seconds, show_progress=False))
     result = transfer(model, src.task, target_task, config)
-    guide = tgt.guide
-    meta: dict[str, Any] = {"trained_as": f"transfer {source} -> {target} ({result.method_chosen})",
-                            "methods": {task_name: "adapter"}}
-    if baskets[0]:  # each item's slot, so that complete_outfit(slot=...) works on the saved guide
-        guide.index.metadata = guide.index.metadata.assign(slot=[tgt.slots[s] for s in tgt.task.item_slots])
-        meta.update(slot_field="slot", slots=list(tgt.slots))
-    guide.set_adapter(result.model, meta)
-    guide.save(output)
-    save_transfer_report(guide, result.report)
+    save_transferred(tgt, result, output, {"trained_as": f"transfer {source} -> {target} ({result.method_chosen})",
+                                           "methods": {task_name: "adapter"}})
     return {"chosen": result.method_chosen, "summary": result.report.get("summary", ""), "path": str(output)}
