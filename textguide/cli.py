@@ -61,6 +61,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
         args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
         precision=args.precision, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         strict=args.strict, on_duplicate=args.on_duplicate, batch_size=args.batch_size, show_progress=True,
+        force=args.force,
     )
     info = guide.info()
     print(f"built {args.output}: {info['items']} items, encoder {info['encoder']['name']} "
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="embedding cache directory (default ~/.cache/textguide)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--force", action="store_true",
+                   help="write into a directory that is not a guide: its contents are moved aside to "
+                        "OUTPUT.replaced-<time>, never deleted")
     _add_catalog_args(p)
     p.set_defaults(func=cmd_build_index)
 

@@ -16,7 +16,7 @@ from . import __version__
 from .catalog import Catalog, ColumnMap, load_catalog
 from .encoder import EmbeddingCache, SentenceTransformerEncoder, TextEncoder, encode_texts, load_encoder
 from .index import IndexConfig, ItemIndex, Where
-from .storage import ArtifactError, read_manifest, write_artifact
+from .storage import ArtifactError, check_replaceable, read_manifest, write_artifact
 
 if TYPE_CHECKING:  # imported lazily at run time: transfer pulls in torch
     from .transfer import TransferConfig
@@ -144,14 +144,20 @@ class Guide:
             )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the guide directory atomically (temp dir, then swap); returns its path."""
+    def save(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write the guide directory atomically (temp dir, then swap); returns its path.
+
+        ``path`` must be new, empty or a guide: any other directory is refused (``ValueError``), and with
+        ``force=True`` its contents are moved aside to ``<path>.replaced-<time>``, never deleted.
+        """
         path = Path(path)
 
         def write(tmp: Path) -> dict[str, Any]:
             return self._write(tmp)
 
-        self.manifest = write_artifact(path, write)
+        with _writer_lock(path):
+            keep_old = check_replaceable(path, FORMAT, force=force)
+            self.manifest = write_artifact(path, write, keep_old=keep_old)
         self.path = path
         return path
 
@@ -870,8 +876,15 @@ def build_index(
     on_duplicate: str = "error",
     batch_size: int = 64,
     show_progress: bool | None = None,
+    force: bool = False,
 ) -> Guide:
-    """Read a catalog, embed it, index it and write the guide directory atomically."""
+    """Read a catalog, embed it, index it and write the guide directory atomically.
+
+    ``output`` must be new, empty or a guide; ``force=True`` writes into any other directory after moving its
+    contents aside to ``<output>.replaced-<time>`` (nothing is deleted).
+    """
+    if not force:
+        check_replaceable(output, FORMAT)  # refuse before the slow embedding
     catalog = load_catalog(catalog_path, columns, template, strict=strict, on_duplicate=on_duplicate)  # type: ignore[arg-type]
     logger.info(catalog.report.summary() if catalog.report else "catalog loaded")
     enc = encoder if encoder is not None and not isinstance(encoder, str) else load_encoder(encoder, precision=precision)  # type: ignore[arg-type]
@@ -884,5 +897,5 @@ def build_index(
     finally:
         if cache is not None:
             cache.close()
-    guide.save(output)
+    guide.save(output, force=force)
     return guide

@@ -85,9 +85,45 @@ def _clean_stale(dst: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def check_replaceable(dst: str | os.PathLike[str], kind: str, *, force: bool = False) -> Path | None:
+    """Refuse to replace ``dst`` unless it is absent, empty or an artifact of ``kind`` (its manifest says so).
+
+    Returns None when ``dst`` may simply be replaced. With ``force``, a directory of anything else is not
+    deleted either: the returned sibling path (``<dst>.replaced-<time>``) is where its contents will be kept,
+    and a warning lists what moved there.
+    """
+    dst = Path(dst).absolute()
+    if not os.path.lexists(dst):
+        return None
+    if dst.is_symlink() or not dst.is_dir():
+        raise ValueError(f"{dst} is a file{' (a symbolic link)' if dst.is_symlink() else ''}, not a directory: "
+                         f"give the path of a new or existing {kind} directory")
+    entries = sorted(p.name for p in dst.iterdir())
+    if not entries:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((dst / MANIFEST).read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and manifest.get("format") == kind:
+            return None
+    shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+    if not force:
+        raise ValueError(
+            f"{dst} is not a textguide guide ({len(entries)} entries: {shown}); refusing to replace it. "
+            f"Choose a new or empty directory, or pass --force (force=True) to write the guide there and move "
+            f"its current contents aside to {dst.name}.replaced-<time>"
+        )
+    keep = dst.parent / f"{dst.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    logger.warning("%s is not a textguide guide: its %d entries (%s) will be moved to %s, not deleted",
+                   dst, len(entries), shown, keep)
+    return keep
+
+
 @contextlib.contextmanager
-def atomic_directory(dst: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory; on clean exit it replaces ``dst`` atomically, on error it is removed."""
+def atomic_directory(dst: str | os.PathLike[str], *, keep_old: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory; on clean exit it replaces ``dst`` atomically, on error it is removed.
+
+    With ``keep_old``, the previous contents of ``dst`` are moved there instead of being deleted.
+    """
     dst = Path(dst).absolute()
     dst.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(dst)
@@ -97,6 +133,9 @@ def atomic_directory(dst: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync_dir(tmp)
         if not dst.exists():
+            os.rename(tmp, dst)
+        elif keep_old is not None:  # a directory that was not ours: move it aside, never delete it
+            os.rename(dst, keep_old)
             os.rename(tmp, dst)
         elif _exchange(tmp, dst):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old version
@@ -128,9 +167,13 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def write_artifact(dst: str | os.PathLike[str], write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    """Build an artifact atomically: ``write(tmpdir)`` writes files and returns the manifest fields."""
-    with atomic_directory(dst) as tmp:
+def write_artifact(dst: str | os.PathLike[str], write: Callable[[Path], dict[str, Any]], *,
+                   keep_old: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Build an artifact atomically: ``write(tmpdir)`` writes files and returns the manifest fields.
+
+    ``keep_old``: where the previous contents of ``dst`` go instead of being deleted (see :func:`check_replaceable`).
+    """
+    with atomic_directory(dst, keep_old=keep_old) as tmp:
         fields = write(tmp)
         return write_manifest(tmp, fields)
 
