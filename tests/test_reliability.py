@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from textguide.catalog import Catalog
@@ -12,6 +20,8 @@ from textguide.cli import main
 from textguide.encoder import HashingEncoder
 from textguide.guide import Guide, build_index
 from textguide.storage import ArtifactError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -97,3 +107,168 @@ def test_save_refuses_a_directory_that_is_not_a_guide(guide: Guide, tmp_path: Pa
     with pytest.raises(ValueError, match="not a textguide guide"):
         guide.save(docs)
     assert _tree(docs) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. torn reads and concurrent writers: old or new, never a mix
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _other_catalog(products: list[dict], n: int) -> Catalog:
+    return Catalog.from_records([dict(p, id="n" + p["id"], title=p["title"] + " deluxe") for p in products[:n]])
+
+
+def _assert_whole(g: Guide, enc: HashingEncoder) -> None:
+    """The loaded guide is one version: its manifest describes exactly the data it holds."""
+    m = g.manifest
+    assert m["index"]["rows"] == len(g.index.ids) == len(g.index.embeddings) == g.index.faiss_index.ntotal
+    assert m["counts"]["items"] == g.index.count
+    texts = g.index.metadata["text"].tolist()
+    np.testing.assert_allclose(g.index.embeddings, enc.encode(texts), atol=1e-6)  # rows belong to their items
+
+
+def test_load_never_mixes_versions_when_a_writer_swaps_after_verification(saved: Path, products, enc,
+                                                                          tmp_path: Path, monkeypatch) -> None:
+    """A writer swaps a new version in right after load has checksummed the old one (the window the probe hit)."""
+    from textguide import storage
+
+    v2 = Guide.build(_other_catalog(products, 7), enc).save(tmp_path / "v2")
+    n_files = len(json.loads((saved / "manifest.json").read_text(encoding="utf-8"))["files"])
+    real = hashlib.sha256
+    state = {"digests": 0}
+
+    class SwapAfterLastDigest:
+        def __init__(self, *args):
+            self._h = real(*args)
+
+        def update(self, data):
+            self._h.update(data)
+
+        def hexdigest(self):
+            out = self._h.hexdigest()
+            state["digests"] += 1
+            if state["digests"] == n_files:  # every listed file checked: now a writer publishes v2
+                assert storage._exchange(v2, saved)
+                shutil.rmtree(v2)  # and deletes the old version, as atomic_directory does
+            return out
+
+    monkeypatch.setattr(hashlib, "sha256", SwapAfterLastDigest)
+    g = Guide.load(saved, encoder=enc)
+    monkeypatch.undo()
+    assert state["digests"] >= n_files
+    _assert_whole(g, enc)
+    assert g.index.count in (20, 7)
+
+
+def test_load_reads_again_when_the_version_it_opened_is_deleted(saved: Path, products, enc, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """A version deleted under the reader (files gone mid-read) is read again from the new one."""
+    from textguide import storage
+
+    v2 = Guide.build(_other_catalog(products, 7), enc).save(tmp_path / "v2")
+    real = storage._read_at
+    state = {"calls": 0}
+
+    def swap_on_second_read(dfd, rel, *args, **kwargs):
+        state["calls"] += 1
+        if state["calls"] == 2:  # after the manifest, before the data
+            assert storage._exchange(v2, saved)
+            shutil.rmtree(v2)
+        return real(dfd, rel, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "_read_at", swap_on_second_read)
+    g = Guide.load(saved, encoder=enc)
+    _assert_whole(g, enc)
+    assert g.index.count == 7  # the new version, read whole
+
+
+STRESS_WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    from textguide.catalog import Catalog
+    from textguide.encoder import HashingEncoder
+    from textguide.guide import Guide
+    from textguide.storage import ConcurrentWriteError
+
+    path, wid, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    g = Guide.load(path, encoder=HashingEncoder(32))
+    log, r, end = [], 0, time.time() + seconds
+    while time.time() < end:
+        batch = [f"w{wid}-{r}-{j}" for j in range(3)]
+        op = "remove" if r % 3 == 2 and log and log[-1][0] == "add" else "add"
+        ids = log[-1][1] if op == "remove" else batch
+        try:
+            if op == "add":
+                g.onboard(Catalog.from_records([{"id": i, "title": f"writer {wid} product {i}"} for i in ids]),
+                          category="Stress")
+            else:
+                g.remove(ids)
+            log.append((op, ids))
+        except ConcurrentWriteError:
+            log.append(("refused", ids))
+            g.refresh()
+        r += 1
+    print(json.dumps(log))
+    """
+)
+
+
+def test_stress_readers_and_writers(saved: Path, enc: HashingEncoder, products: list[dict]) -> None:
+    """N reader threads load and query while M writer processes onboard and remove, for a few seconds: every
+    load is whole, and every write is applied whole or refused with ConcurrentWriteError."""
+    seconds, n_readers = 3.0, 3
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    writers = [subprocess.Popen([sys.executable, "-c", STRESS_WRITER, str(saved), str(w), str(seconds)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+               for w in range(2)]
+    stop = threading.Event()
+    loads, failures = [0] * n_readers, []
+
+    def reader(n: int) -> None:
+        while not stop.is_set():
+            try:
+                g = Guide.load(saved, encoder=enc)
+                _assert_whole(g, enc)
+                assert len(g.search("writer product", k=5)) == 5
+                loads[n] += 1
+            except Exception as e:  # noqa: BLE001 - every failure is reported below
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(n_readers)]
+    for t in threads:
+        t.start()
+    try:
+        outs = [w.communicate(timeout=120) for w in writers]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    for w, (out, err) in zip(writers, outs):
+        assert w.returncode == 0, err
+    assert failures == [] and min(loads) > 0
+    logs = [json.loads(out) for out, _ in outs]
+    applied = [entry for log in logs for entry in log if entry[0] != "refused"]
+    assert sum(1 for e in applied if e[0] == "add") >= 2  # both writers got work done
+    expected = {p["id"] for p in products}
+    for log in logs:  # each writer's own adds and removes, in order: applied whole
+        for op, ids in log:
+            if op == "add":
+                expected |= set(ids)
+            elif op == "remove":
+                expected -= set(ids)
+    final = Guide.load(saved, encoder=enc)
+    _assert_whole(final, enc)
+    assert set(final.index.live_ids()) == expected
+
+
+def test_add_coupons_checks_for_another_writer(saved: Path, enc: HashingEncoder) -> None:
+    from textguide.storage import ConcurrentWriteError
+
+    a, b = Guide.load(saved, encoder=enc), Guide.load(saved, encoder=enc)
+    a.add_coupons({"c1": ["p01", "p02"]})
+    with pytest.raises(ConcurrentWriteError, match="changed by another writer"):
+        b.add_coupons({"c2": ["p03"]})  # would drop c1
+    assert b.coupons == {}
+    b.refresh()
+    b.add_coupons({"c2": ["p03"]})
+    assert Guide.load(saved, encoder=enc).coupons == {"c1": ["p01", "p02"], "c2": ["p03"]}

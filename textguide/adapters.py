@@ -52,7 +52,8 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from .storage import ArtifactError, atomic_directory
 
@@ -563,8 +564,19 @@ def load_adapter(directory: str | os.PathLike[str]) -> MultiTaskAdapter:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: {directory} is not an adapter directory; {hint}")
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found; {hint}")
+    return adapter_from_bytes(config_path.read_bytes(), weights_path.read_bytes(), directory, hint)
+
+
+def adapter_from_bytes(config: bytes, weights: bytes, directory: str | os.PathLike[str],
+                       hint: str = "re-train the adapter and save it again") -> MultiTaskAdapter:
+    """Rebuild a model from the bytes of its ``adapter_config.json`` and ``adapter.safetensors`` (read elsewhere,
+    e.g. from a verified guide snapshot); ``directory`` only names them in errors."""
+    config_path, weights_path = Path(directory) / CONFIG_FILE, Path(directory) / WEIGHTS_FILE
     try:
-        payload = json.loads(config_path.read_text(encoding="utf-8"))
+        payload = json.loads(config.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{config_path} is not valid JSON ({e}); {hint}") from e
     found = payload.get("format_version") if isinstance(payload, dict) else None
@@ -574,12 +586,15 @@ def load_adapter(directory: str | os.PathLike[str]) -> MultiTaskAdapter:
         )
     if not isinstance(payload.get("config"), dict):
         raise ArtifactError(f"{config_path} has no 'config' object; {hint}")
-    config = AdapterConfig.from_dict(payload["config"])
-    weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} not found; {hint}")
-    model = MultiTaskAdapter(config)
-    state = load_file(str(weights_path))
+    try:
+        config_obj = AdapterConfig.from_dict(payload["config"])
+        model = MultiTaskAdapter(config_obj)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ArtifactError(f"{config_path}: {e}; {hint}") from e
+    try:
+        state = load_bytes(weights)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ArtifactError(f"{weights_path}: not a safetensors file ({type(e).__name__}: {e}); {hint}") from e
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

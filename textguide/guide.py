@@ -15,8 +15,9 @@ import numpy as np
 from . import __version__
 from .catalog import Catalog, ColumnMap, load_catalog
 from .encoder import EmbeddingCache, SentenceTransformerEncoder, TextEncoder, encode_texts, load_encoder
-from .index import IndexConfig, ItemIndex, Where
-from .storage import ArtifactError, check_replaceable, read_manifest, write_artifact
+from .index import INDEX_FILES, IndexConfig, ItemIndex, Where
+from .storage import (ArtifactError, ConcurrentWriteError, Snapshot, check_replaceable, read_snapshot,
+                      write_artifact)
 
 if TYPE_CHECKING:  # imported lazily at run time: transfer pulls in torch
     from .transfer import TransferConfig
@@ -205,28 +206,23 @@ class Guide:
         """
         path = Path(path)
         hint = f"rebuild it with `textguide build-index CATALOG {path}`"
-        for attempt in range(3):  # a concurrent writer may swap the directory in while we read it
-            inode = _inode(path)
-            try:
-                manifest = read_manifest(path, kind=FORMAT, format_version=FORMAT_VERSION, verify=verify, rebuild_hint=hint)
-                index = ItemIndex.read(path, manifest["index"])
-                break
-            except (ArtifactError, OSError):
-                if attempt == 2 or inode is None or _inode(path) == inode:
-                    raise  # not a concurrent swap: the directory itself is bad
-                logger.info("%s was replaced while loading; reading it again", path)
+        # one version, read whole through one directory handle and checked byte for byte (a writer may swap a
+        # new version in meanwhile: the reader then gets the old or the new one, never a mix)
+        snap = read_snapshot(path, kind=FORMAT, format_version=FORMAT_VERSION, verify=verify, rebuild_hint=hint)
+        manifest = snap.manifest
+        _check_manifest(snap)
+        index = ItemIndex.read(path, manifest["index"], snap)
         guide = cls(index, manifest["encoder"], None)
         guide.path, guide.manifest = path, manifest
-        if manifest.get("adapter"):
-            from .adapters import load_adapter
+        if manifest.get("adapter") is not None:
+            from .adapters import CONFIG_FILE, WEIGHTS_FILE, adapter_from_bytes
 
-            guide.adapter = load_adapter(path / "adapter")
+            config = snap.parse(f"adapter/{CONFIG_FILE}", "an adapter config", lambda b: b)
+            guide.adapter = snap.parse(f"adapter/{WEIGHTS_FILE}", "adapter weights",
+                                       lambda b: adapter_from_bytes(config, b, path / "adapter", hint))
             guide.adapter_meta = {k: v for k, v in manifest["adapter"].items() if k != "config"}
-        if (path / "coupons.parquet").is_file():
-            import pandas as pd
-
-            frame = pd.read_parquet(path / "coupons.parquet")
-            guide.coupons = {str(c): g.tolist() for c, g in frame.groupby("coupon_id", sort=False)["item_id"]}
+        if "coupons.parquet" in snap:
+            guide.coupons = snap.parse("coupons.parquet", "a Parquet table of coupon_id, item_id", _read_coupons)
         if encoder is not None:
             guide._check_encoder(encoder)
             guide._encoder = encoder
@@ -457,25 +453,32 @@ class Guide:
         """
         if save and self.path is not None:
             import copy
-            import json
 
             staged = copy.copy(self)
             staged.index = new_index
-            with _writer_lock(self.path):
-                try:
-                    on_disk = json.loads((self.path / "manifest.json").read_text(encoding="utf-8")).get("files")
-                except (OSError, ValueError):
-                    on_disk = None  # no readable guide there: nothing to lose
-                if on_disk is not None and self.manifest.get("files") and on_disk != self.manifest["files"]:
-                    raise ValueError(
-                        f"{self.path} was changed by another writer since this guide was loaded; "
-                        f"call guide.refresh() and onboard again"
-                    )
-                manifest = write_artifact(self.path, staged._write)
+            manifest = self._write_checked(staged._write)
             self.index, self.manifest = new_index, manifest
         else:
             self.index = new_index
         self._on_index_change()
+
+    def _write_checked(self, write: Any) -> dict[str, Any]:
+        """Write this guide's directory with ``write`` under the writer lock, unless another writer changed it
+        since this object read it (``ConcurrentWriteError``: its update would be lost; refresh and try again)."""
+        import json
+
+        assert self.path is not None
+        with _writer_lock(self.path):
+            try:
+                on_disk = json.loads((self.path / "manifest.json").read_text(encoding="utf-8")).get("files")
+            except (OSError, ValueError, AttributeError):
+                on_disk = None  # no readable guide there: nothing to lose
+            if on_disk is not None and self.manifest.get("files") and on_disk != self.manifest["files"]:
+                raise ConcurrentWriteError(
+                    f"{self.path} was changed by another writer since this guide was loaded; "
+                    f"call guide.refresh() and onboard again"
+                )
+            return write_artifact(self.path, write)
 
     def _on_index_change(self) -> None:
         """Drop derived state (adapted item vectors) that depends on the index."""
@@ -691,7 +694,7 @@ class Guide:
         old, self.coupons = self.coupons, new
         if save and self.path is not None:
             try:
-                self.manifest = write_artifact(self.path, self._write)
+                self.manifest = self._write_checked(self._write)
             except BaseException:
                 self.coupons = old
                 raise
@@ -788,6 +791,49 @@ class Guide:
         }
 
 
+def _read_coupons(data: bytes) -> dict[str, list[str]]:
+    import io
+
+    import pandas as pd
+
+    frame = pd.read_parquet(io.BytesIO(data))
+    if not {"coupon_id", "item_id"} <= set(frame.columns):
+        raise ValueError(f"expected columns coupon_id, item_id, found {list(frame.columns)}")
+    return {str(c): [str(i) for i in g] for c, g in frame.groupby("coupon_id", sort=False)["item_id"]}
+
+
+def _check_manifest(snap: Snapshot) -> None:
+    """The guide-specific structure of a manifest (storage checked the format, version and file list)."""
+    m, where, hint = snap.manifest, f"{snap.directory / 'manifest.json'}", snap.rebuild_hint
+    enc = m.get("encoder")
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not enc["name"].strip() \
+            or isinstance(enc.get("dim"), bool) or not isinstance(enc.get("dim"), int) or enc["dim"] <= 0:
+        raise ArtifactError(f"{where}: 'encoder' must be an object with a non-empty 'name' and a positive integer "
+                            f"'dim', found {enc!r:.120}; the manifest is damaged: {hint}")
+    if not isinstance(m.get("index"), dict):
+        raise ArtifactError(f"{where}: 'index' must be an object describing the FAISS index, found "
+                            f"{m.get('index')!r:.80}; the manifest is damaged: {hint}")
+    if m["index"].get("dim") != enc["dim"]:
+        raise ArtifactError(f"{where}: encoder dim {enc['dim']} differs from index dim {m['index'].get('dim')!r}; "
+                            f"the manifest is damaged: {hint}")
+    missing = [f for f in INDEX_FILES if f not in m["files"]]
+    if missing:
+        raise ArtifactError(f"{where}: 'files' does not list {missing}; the manifest is damaged: {hint}")
+    adapter = m.get("adapter")
+    adapter_files = sorted(f for f in m["files"] if f.startswith("adapter/"))
+    if adapter is None and adapter_files:  # a null, missing or renamed key would silently serve text similarity
+        raise ArtifactError(f"{where}: lists adapter files {adapter_files} but its 'adapter' section is "
+                            f"{'null' if 'adapter' in m else 'missing'}; the manifest is damaged: {hint}")
+    if adapter is not None and (not isinstance(adapter, dict) or not isinstance(adapter.get("config"), dict)
+                                or not adapter_files):
+        raise ArtifactError(f"{where}: 'adapter' must be null or an object with a 'config' object, with the adapter "
+                            f"files listed; found {adapter!r:.80} and files {adapter_files}; the manifest is damaged: "
+                            f"{hint}")
+    for key, kind in (("counts", dict), ("metric", str)):
+        if key in m and not isinstance(m[key], kind):
+            raise ArtifactError(f"{where}: {key!r} must be a {kind.__name__}, found {m[key]!r:.60}; {hint}")
+
+
 def verbalise_profile(profile: dict[str, Any]) -> str:
     """A user profile as text, e.g. ``{"age": "45-54", "kids_count": 2}`` -> "age: 45-54. kids count: 2"."""
     parts = []
@@ -817,13 +863,6 @@ def _writer_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None
 
 
 def run_in_thread(fn: Any, niceness: int = 19, name: str = "textguide-low-priority") -> Any:

@@ -8,6 +8,7 @@ a FAISS factory string. Vectors are L2-normalised, so inner product is cosine si
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -348,28 +349,75 @@ class ItemIndex:
         }
 
     @classmethod
-    def read(cls, directory: Path, section: Mapping[str, Any]) -> "ItemIndex":
-        """Read index files written by :meth:`write` (the manifest was checked by the caller)."""
-        index = cls(int(section["dim"]), IndexConfig(**section.get("config", {})))
-        index.factory = section["factory"]
-        index.faiss_index = faiss.read_index(str(directory / "index.faiss"))
+    def read(cls, directory: Path, section: Mapping[str, Any], snapshot: Any = None) -> "ItemIndex":
+        """Read index files written by :meth:`write` (the manifest was checked by the caller).
+
+        ``snapshot`` (a :class:`textguide.storage.Snapshot`) supplies the files' verified bytes, read through one
+        directory handle; without it they are read from ``directory``. A malformed section or file is an
+        ``ArtifactError`` naming it.
+        """
+        from .storage import ArtifactError, Snapshot
+
+        hint = "rebuild it with `textguide build-index`"
+        if snapshot is None:
+            snapshot = Snapshot(Path(directory), {}, {n: (Path(directory) / n).read_bytes() for n in INDEX_FILES
+                                                      if (Path(directory) / n).is_file()}, hint)
+        where = f"{snapshot.directory / 'manifest.json'}: 'index'"
+        if not isinstance(section, Mapping):
+            raise ArtifactError(f"{where} must be an object, found {type(section).__name__}; {snapshot.rebuild_hint}")
+        dim, factory, config = section.get("dim"), section.get("factory"), section.get("config", {})
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or not isinstance(factory, str) \
+                or not isinstance(config, Mapping):
+            raise ArtifactError(f"{where} needs dim (a positive integer), factory (a string) and config (an object), "
+                                f"found dim={dim!r}, factory={factory!r}, config={config!r:.60}; {snapshot.rebuild_hint}")
+        try:
+            index = cls(dim, IndexConfig(**config))
+        except TypeError as e:
+            raise ArtifactError(f"{where}.config: {e}; {snapshot.rebuild_hint}") from e
+        index.factory = factory
+        index.faiss_index = snapshot.parse("index.faiss", "a FAISS index",
+                                           lambda b: faiss.deserialize_index(np.frombuffer(b, dtype=np.uint8)))
         if hasattr(index.faiss_index, "hnsw"):
             index.faiss_index.hnsw.efSearch = index.config.ef_search
-        index.embeddings = np.load(directory / "embeddings.npy", allow_pickle=False)
-        index.deleted = np.load(directory / "deleted.npy", allow_pickle=False)
-        index.metadata = pd.read_parquet(directory / "items.parquet")
+        index.embeddings = snapshot.parse("embeddings.npy", "a float32 (rows, dim) array", _npy(np.float32, 2))
+        index.deleted = snapshot.parse("deleted.npy", "a boolean array", _npy(np.bool_, 1))
+        index.metadata = snapshot.parse("items.parquet", "a Parquet table with an 'id' column", _items)
         index.ids = index.metadata["id"].astype(str).tolist()
         index.row_of = {}
         for r, i in enumerate(index.ids):  # later rows win: a re-added id maps to its newest row
             if not index.deleted[r] or i not in index.row_of:
                 index.row_of[i] = r
         n = len(index.ids)
-        if not (index.faiss_index.ntotal == n == len(index.embeddings) == len(index.deleted)):
-            raise ValueError(
-                f"{directory}: index parts disagree: {index.faiss_index.ntotal} FAISS vectors, "
-                f"{len(index.embeddings)} embeddings, {n} metadata rows; rebuild it with `textguide build-index`"
+        if not (index.faiss_index.ntotal == n == len(index.embeddings) == len(index.deleted)) \
+                or index.embeddings.shape[1] != dim or index.faiss_index.d != dim:
+            raise ArtifactError(
+                f"{snapshot.directory}: index parts disagree: {index.faiss_index.ntotal} FAISS vectors, "
+                f"{len(index.embeddings)} embeddings, {n} metadata rows, {len(index.deleted)} tombstone flags; "
+                f"dimension {index.faiss_index.d} in FAISS, {index.embeddings.shape[1]} in the embeddings, {dim} in "
+                f"the manifest; {snapshot.rebuild_hint}"
             )
         return index
+
+
+#: The files an :class:`ItemIndex` is written to.
+INDEX_FILES = ("index.faiss", "embeddings.npy", "deleted.npy", "items.parquet")
+
+
+def _npy(dtype: Any, ndim: int) -> Any:
+    def parse(data: bytes) -> np.ndarray:
+        x = np.load(io.BytesIO(data), allow_pickle=False)
+        if x.dtype != dtype or x.ndim != ndim:
+            raise ValueError(f"expected a {ndim}-d {np.dtype(dtype).name} array, found {x.ndim}-d {x.dtype}")
+        return x
+
+    return parse
+
+
+def _items(data: bytes) -> pd.DataFrame:
+    frame = pd.read_parquet(io.BytesIO(data))
+    if "id" not in frame.columns:
+        raise ValueError(f"no 'id' column (columns: {list(frame.columns)[:10]})")
+    return frame
 
 
 def _to_json_text(v: Any) -> str | None:

@@ -16,10 +16,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 logger = logging.getLogger("textguide")
@@ -31,6 +34,10 @@ UNCHECKED_DIRS = ("reports",)
 
 class ArtifactError(ValueError):
     """An artifact directory is missing, corrupted, or of an unexpected format."""
+
+
+class ConcurrentWriteError(ValueError):
+    """Another writer changed an artifact directory since this process read it (its update would be lost)."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -197,25 +204,58 @@ def read_manifest(
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{mpath}: manifest is not valid JSON ({e}); {rebuild_hint}") from e
-    if manifest.get("format") != kind:
-        raise ArtifactError(
-            f"{directory}: expected format {kind!r}, found {manifest.get('format')!r}; {rebuild_hint}"
-        )
-    found = manifest.get("format_version")
-    if found != format_version:
-        raise ArtifactError(
-            f"{directory}: expected format_version {format_version}, found {found}; "
-            f"this textguide reads version {format_version}: {rebuild_hint}"
-        )
+    check_manifest(directory, manifest, kind=kind, format_version=format_version, rebuild_hint=rebuild_hint)
     if verify:
         verify_files(directory, manifest, rebuild_hint)
     return manifest
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_relpath(rel: Any, where: str) -> str:
+    """A path inside an artifact: relative, '/'-separated, no '..', '.', empty parts or backslashes."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise ArtifactError(f"{where}: file name {rel!r} is not a plain relative path inside the directory")
+    return rel
+
+
+def check_manifest(directory: Path, manifest: Any, *, kind: str, format_version: int, rebuild_hint: str) -> None:
+    """Structure of a manifest: an object with the right format and version, and a non-empty ``files`` object of
+    safe relative paths -> ``{"sha256": 64 hex digits, "bytes": size}``. Each problem is one ``ArtifactError``
+    that names ``manifest.json`` and the field."""
+    where = f"{directory / MANIFEST}"
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{where}: expected a JSON object, found {type(manifest).__name__}; {rebuild_hint}")
+    if manifest.get("format") != kind:
+        raise ArtifactError(f"{directory}: expected format {kind!r}, found {manifest.get('format')!r}; {rebuild_hint}")
+    found = manifest.get("format_version")
+    if found != format_version or isinstance(found, bool):
+        raise ArtifactError(
+            f"{directory}: expected format_version {format_version}, found {found}; "
+            f"this textguide reads version {format_version}: {rebuild_hint}"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{where}: 'files' must be a non-empty object listing every file with its sha256 and "
+                            f"size, found {files!r:.80}; the manifest is damaged: {rebuild_hint}")
+    for rel, info in files.items():
+        check_relpath(rel, where)
+        if rel == MANIFEST or rel.split("/", 1)[0] in UNCHECKED_DIRS:
+            raise ArtifactError(f"{where}: 'files' lists {rel!r}, which is never checksummed; {rebuild_hint}")
+        size = info.get("bytes") if isinstance(info, dict) else None
+        digest = info.get("sha256") if isinstance(info, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str) \
+                or not _SHA256.fullmatch(digest):
+            raise ArtifactError(f"{where}: files[{rel!r}] must be {{\"sha256\": 64 hex digits, \"bytes\": size}}, "
+                                f"found {info!r:.120}; the manifest is damaged: {rebuild_hint}")
+
+
 def verify_files(directory: Path, manifest: dict[str, Any], rebuild_hint: str) -> None:
     """Check that every file listed in the manifest exists with its recorded size and SHA-256."""
     for rel, info in manifest.get("files", {}).items():
-        p = directory / rel
+        p = directory / check_relpath(rel, str(directory / MANIFEST))
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing; {rebuild_hint}")
         size = p.stat().st_size
@@ -229,3 +269,181 @@ def verify_files(directory: Path, manifest: dict[str, Any], rebuild_hint: str) -
                 f"{p}: checksum mismatch (expected sha256 {info['sha256'][:12]}..., found {digest[:12]}...); "
                 f"the file is corrupted: {rebuild_hint}"
             )
+
+
+# ------------------------------------------------------------------------------------------------ snapshots
+@dataclass
+class Snapshot:
+    """One version of an artifact directory, read whole into memory: its manifest and every listed file's bytes
+    (each checked against the manifest's size and SHA-256). Nothing a writer does afterwards can change it."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    files: dict[str, bytes]
+    rebuild_hint: str
+
+    def __contains__(self, rel: str) -> bool:
+        return rel in self.files
+
+    def parse(self, rel: str, what: str, parser: Callable[[bytes], Any]) -> Any:
+        """``parser(bytes of rel)``; a missing entry or any parser error is an ``ArtifactError`` naming the file."""
+        if rel not in self.files:
+            raise ArtifactError(f"{self.directory / MANIFEST}: 'files' does not list {rel!r}, which this {what} needs; "
+                                f"the manifest is damaged: {self.rebuild_hint}")
+        try:
+            return parser(self.files[rel])
+        except ArtifactError:
+            raise
+        except Exception as e:  # noqa: BLE001 - FAISS, Arrow, numpy, safetensors raise their own types
+            raise ArtifactError(f"{self.directory / rel}: cannot read it as {what} ({type(e).__name__}: {e}); "
+                                f"{self.rebuild_hint}") from e
+
+
+class _Replaced(Exception):
+    """The directory version being read was replaced (and is being deleted) by a writer."""
+
+
+_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_DIR = _OPEN | getattr(os, "O_DIRECTORY", 0)
+
+
+def _read_at(dfd: int, rel: str, limit: int | None = None) -> bytes:
+    """The bytes of ``rel`` under the open directory ``dfd``, never following a symbolic link; a regular file only."""
+    parts = rel.split("/")
+    fds = []
+    try:
+        cur = dfd
+        for part in parts[:-1]:
+            cur = os.open(part, _OPEN_DIR, dir_fd=cur)
+            fds.append(cur)
+        fd = os.open(parts[-1], _OPEN, dir_fd=cur)
+        fds.append(fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{rel} is not a regular file")
+        if limit is not None and st.st_size != limit:
+            raise _SizeMismatch(st.st_size)
+        chunks = []
+        while block := os.read(fd, 1 << 24):
+            chunks.append(block)
+        return b"".join(chunks)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+class _SizeMismatch(Exception):
+    pass
+
+
+def _unlisted(dfd: int, listed: set[str], prefix: str = "") -> list[str]:
+    """Files under ``dfd`` (reports/ aside) that the manifest does not list."""
+    out = []
+    for name in sorted(os.listdir(dfd)):
+        rel = prefix + name
+        if rel == MANIFEST or (not prefix and name in UNCHECKED_DIRS):
+            continue
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, _OPEN_DIR, dir_fd=dfd)
+            try:
+                out += _unlisted(sub, listed, rel + "/")
+            finally:
+                os.close(sub)
+        elif rel not in listed:
+            out.append(rel)
+    return out
+
+
+def read_snapshot(
+    directory: str | os.PathLike[str],
+    *,
+    kind: str,
+    format_version: int,
+    verify: bool = True,
+    rebuild_hint: str = "rebuild it with `textguide build-index`",
+    attempts: int = 20,
+) -> Snapshot:
+    """Read one whole version of an artifact directory into memory, through one directory handle.
+
+    The directory is opened once and every file is read through that handle, so a writer that swaps a new
+    version in meanwhile cannot mix it in; if the version being read is deleted under us (its files vanish),
+    the new version is read from the start. Every listed file's size and (with ``verify``) SHA-256 is checked on
+    the very bytes returned; files present but not listed are an error, as are paths leaving the directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such directory; {rebuild_hint}")
+    for attempt in range(attempts):
+        try:
+            dfd = os.open(directory, _OPEN_DIR)
+        except FileNotFoundError:  # between a fallback writer's two renames
+            time.sleep(0.01)
+            continue
+        try:
+            return _snapshot_at(dfd, directory, kind, format_version, verify, rebuild_hint)
+        except _Replaced:
+            logger.info("%s was replaced while loading; reading the new version", directory)
+        finally:
+            os.close(dfd)
+    raise ArtifactError(f"{directory}: changed {attempts} times while being read; try again when writers are done")
+
+
+def _gone(dfd: int, directory: Path) -> bool:
+    """Whether the directory opened as ``dfd`` is no longer the one at ``directory`` (a writer replaced it)."""
+    try:
+        return os.fstat(dfd).st_ino != os.stat(directory).st_ino
+    except OSError:
+        return True
+
+
+def _snapshot_at(dfd: int, directory: Path, kind: str, format_version: int, verify: bool, hint: str) -> Snapshot:
+    mpath = directory / MANIFEST
+    try:
+        raw = _read_at(dfd, MANIFEST)
+    except FileNotFoundError:
+        if _gone(dfd, directory):
+            raise _Replaced from None
+        raise ArtifactError(f"{directory}: expected {MANIFEST} in a textguide {kind} directory, found none; "
+                            f"{hint}") from None
+    except (OSError, ArtifactError) as e:
+        raise ArtifactError(f"{mpath}: cannot read it ({e}); {hint}") from e
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath}: manifest is not valid JSON ({e}); {hint}") from e
+    check_manifest(directory, manifest, kind=kind, format_version=format_version, rebuild_hint=hint)
+    listed = manifest["files"]
+    try:
+        extra = _unlisted(dfd, set(listed))
+    except FileNotFoundError:
+        raise _Replaced from None
+    if extra:
+        raise ArtifactError(f"{directory}: {extra[:5]} present but not listed in {MANIFEST} (added by hand, or the "
+                            f"manifest is damaged); nothing unlisted is loaded: {hint}")
+    files = {}
+    for rel, info in listed.items():
+        p = directory / rel
+        try:
+            data = _read_at(dfd, rel, info["bytes"])
+        except FileNotFoundError:
+            if _gone(dfd, directory):
+                raise _Replaced from None
+            raise ArtifactError(f"{p}: listed in {MANIFEST} but missing; {hint}") from None
+        except _SizeMismatch as e:
+            raise ArtifactError(f"{p}: expected {info['bytes']} bytes, found {e.args[0]} (truncated or modified); "
+                                f"{hint}") from None
+        except (OSError, ArtifactError) as e:
+            raise ArtifactError(f"{p}: cannot read it ({e}); {hint}") from e
+        if len(data) != info["bytes"]:
+            raise ArtifactError(f"{p}: expected {info['bytes']} bytes, found {len(data)} (truncated or modified); "
+                                f"{hint}")
+        if verify:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != info["sha256"]:
+                raise ArtifactError(
+                    f"{p}: checksum mismatch (expected sha256 {info['sha256'][:12]}..., found {digest[:12]}...); "
+                    f"the file is corrupted: {hint}"
+                )
+        files[rel] = data
+    return Snapshot(directory, manifest, files, hint)
