@@ -272,3 +272,148 @@ def test_add_coupons_checks_for_another_writer(saved: Path, enc: HashingEncoder)
     b.refresh()
     b.add_coupons({"c2": ["p03"]})
     assert Guide.load(saved, encoder=enc).coupons == {"c1": ["p01", "p02"], "c2": ["p03"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. the manifest is input too
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+
+
+def _write_manifest(path: Path, manifest) -> None:
+    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _reseal(path: Path, manifest: dict | None = None) -> None:
+    """Recompute every listed file's checksum: a forged but self-consistent manifest."""
+    m = manifest or _manifest(path)
+    m["files"] = {rel: {"sha256": hashlib.sha256((path / rel).read_bytes()).hexdigest(),
+                        "bytes": (path / rel).stat().st_size} for rel in m["files"]}
+    _write_manifest(path, m)
+
+
+@pytest.fixture
+def adapted(saved: Path, enc: HashingEncoder) -> Path:
+    import torch
+
+    from textguide.adapters import AdapterConfig, MultiTaskAdapter
+
+    torch.manual_seed(0)
+    g = Guide.load(saved, encoder=enc)
+    g.set_adapter(MultiTaskAdapter(AdapterConfig(input_dim=32, dim=16, seq_layers=1, seq_heads=2, max_history=8,
+                                                 n_slots=5, dropout=0.0)), {"slot_field": "category"})
+    g.add_coupons({"c1": ["p01", "p02"]}, save=False)
+    g.save(saved)
+    return saved
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda m: [m], r"manifest.json: expected a JSON object, found list"),
+        (lambda m: {k: v for k, v in m.items() if k != "index"}, r"manifest.json: 'index' must be an object"),
+        (lambda m: dict(m, index=["Flat"]), r"manifest.json: 'index' must be an object"),
+        (lambda m: dict(m, encoder=dict(m["encoder"], dim="32")), r"manifest.json: 'encoder' must be an object"),
+        (lambda m: dict(m, encoder="hashing:32"), r"manifest.json: 'encoder' must be an object"),
+        (lambda m: dict(m, index=dict(m["index"], dim=None)), r"encoder dim 32 differs from index dim None"),
+        (lambda m: dict(m, index=dict(m["index"], config={"nope": 1})), r"'index'.config: .*nope"),
+        (lambda m: dict(m, index=dict(m["index"], config=[1])), r"'index' needs dim"),
+        (lambda m: dict(m, files={}), r"manifest.json: 'files' must be a non-empty object"),
+        (lambda m: dict(m, files=None), r"manifest.json: 'files' must be a non-empty object"),
+        (lambda m: dict(m, files=dict(m["files"], **{"../../etc/hostname": {"sha256": "0" * 64, "bytes": 1}})),
+         r"'../../etc/hostname' is not a plain relative path"),
+        (lambda m: dict(m, files=dict(m["files"], **{"/etc/hostname": {"sha256": "0" * 64, "bytes": 1}})),
+         r"'/etc/hostname' is not a plain relative path"),
+        (lambda m: dict(m, files=dict(m["files"], **{"index.faiss": {"sha256": "xyz", "bytes": 1}})),
+         r"manifest.json: files\['index.faiss'\] must be .*the manifest is damaged"),
+        (lambda m: dict(m, files=dict(m["files"], **{"index.faiss": "ok"})), r"manifest.json: files\['index.faiss'\]"),
+        (lambda m: dict(m, files={k: v for k, v in m["files"].items() if k != "deleted.npy"}),
+         r"\['deleted.npy'\] present but not listed"),
+        (lambda m: dict(m, format_version=True), r"expected format_version 1"),
+    ],
+)
+def test_damaged_manifest_is_one_clear_error(saved: Path, enc: HashingEncoder, damage, match,
+                                            capsys: pytest.CaptureFixture) -> None:
+    _write_manifest(saved, damage(_manifest(saved)))
+    with pytest.raises(ArtifactError, match=match):
+        Guide.load(saved, encoder=enc)
+    assert main(["info", str(saved)]) == 2  # the CLI: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("textguide: error: ") and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damage", [lambda m: dict(m, adapter=None),
+                                    lambda m: {("adaptor" if k == "adapter" else k): v for k, v in m.items()}])
+def test_null_or_renamed_adapter_key_is_an_error_not_a_silent_fallback(adapted: Path, enc, damage) -> None:
+    assert Guide.load(adapted, encoder=enc).adapter is not None
+    _write_manifest(adapted, damage(_manifest(adapted)))
+    with pytest.raises(ArtifactError, match=r"lists adapter files .* 'adapter' section is (null|missing)"):
+        Guide.load(adapted, encoder=enc)
+
+
+def test_unlisted_coupons_are_an_error_not_loaded_unchecked(adapted: Path, enc) -> None:
+    m = _manifest(adapted)
+    del m["files"]["coupons.parquet"]
+    _write_manifest(adapted, m)
+    with pytest.raises(ArtifactError, match=r"\['coupons.parquet'\] present but not listed"):
+        Guide.load(adapted, encoder=enc)
+
+
+def test_a_listed_symlink_out_of_the_guide_is_refused(saved: Path, enc, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret", encoding="utf-8")
+    (saved / "items.parquet").unlink()
+    (saved / "items.parquet").symlink_to(outside)
+    _reseal(saved)
+    with pytest.raises(ArtifactError, match=r"items.parquet: cannot read it"):
+        Guide.load(saved, encoder=enc)
+
+
+@pytest.mark.parametrize(
+    "rel, what",
+    [("index.faiss", "a FAISS index"), ("embeddings.npy", "a float32"), ("deleted.npy", "a boolean array"),
+     ("items.parquet", "a Parquet table"), ("coupons.parquet", "a Parquet table of coupon_id"),
+     ("adapter/adapter.safetensors", "adapter weights"), ("adapter/adapter_config.json", "adapter_config.json")],
+)
+def test_parser_errors_are_artifact_errors_naming_the_file(adapted: Path, enc, rel: str, what: str) -> None:
+    (adapted / rel).write_bytes(b"\x93NUMPY garbage that parses as nothing")
+    _reseal(adapted)  # a forged manifest that matches: the parsers see garbage
+    with pytest.raises(ArtifactError, match=rf"{rel}.*{what}|{what}.*{rel}|{rel}"):
+        Guide.load(adapted, encoder=enc)
+    (adapted / rel).write_bytes(b"")
+    with pytest.raises(ArtifactError, match=rel):
+        Guide.load(adapted, encoder=enc, verify=False)  # unverified: sizes still checked, parse errors still named
+
+
+def test_wrong_array_dtype_is_named(saved: Path, enc) -> None:
+    np.save(saved / "embeddings.npy", np.zeros((20, 32), np.float64))
+    _reseal(saved)
+    with pytest.raises(ArtifactError, match=r"embeddings.npy: cannot read it as a float32 .*float64"):
+        Guide.load(saved, encoder=enc)
+
+
+def test_manifest_encoder_cannot_run_code_from_its_directory(saved: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest naming a model directory whose modules.json points at code in that directory: refused."""
+    import logging
+
+    evil = tmp_path / "evil-model"
+    evil.mkdir()
+    marker = tmp_path / "pwned"
+    (evil / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass Evil:\n    pass\n",
+                                         encoding="utf-8")
+    (evil / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "evil_module.Evil"}]),
+                                       encoding="utf-8")
+    (evil / "config_sentence_transformers.json").write_text("{}", encoding="utf-8")
+    m = _manifest(saved)
+    m["encoder"]["name"] = str(evil)
+    _write_manifest(saved, m)
+    g = Guide.load(saved)
+    caplog.set_level(logging.INFO, logger="textguide")
+    with pytest.raises(ValueError, match=r"cannot load sentence-transformers model"):
+        g.search("pan")
+    assert not marker.exists()
+    assert str(evil) in caplog.text  # says which encoder directory is used

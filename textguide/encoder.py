@@ -114,9 +114,11 @@ class SentenceTransformerEncoder:
             if not path.exists() and (str(model).startswith((".", "/", "~")) or os.sep in str(model) and path.parent.exists()):
                 raise FileNotFoundError(f"encoder model path {model!r} does not exist")
         self.model_path = str(path) if path.exists() else str(model)  # what SentenceTransformer loaded
-        try:
-            self.model = SentenceTransformer(self.model_path, device=device)
-        except OSError as e:
+        logger.info("encoder %r: sentence-transformers model from %s (remote code refused)", self.name,
+                    path.resolve() if path.exists() else self.model_path)
+        try:  # never run code a model directory names (sentence-transformers >= 6 enforces it for local paths too)
+            self.model = SentenceTransformer(self.model_path, device=device, trust_remote_code=False)
+        except (OSError, ValueError, ImportError) as e:
             raise ValueError(
                 f"cannot load sentence-transformers model {model!r} ({e}); give a local model directory, "
                 f"or use the default encoder {DEFAULT_ENCODER!r}"
