@@ -417,3 +417,42 @@ def test_manifest_encoder_cannot_run_code_from_its_directory(saved: Path, tmp_pa
         g.search("pan")
     assert not marker.exists()
     assert str(evil) in caplog.text  # says which encoder directory is used
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. the CLI: one line and exit status 2 for a user error, never a traceback
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _gz_not_gzip(tmp_path: Path) -> Path:
+    p = tmp_path / "products.csv.gz"
+    p.write_text("id,title\na,Red mug\n", encoding="utf-8")
+    return p
+
+
+def _gz_truncated(tmp_path: Path) -> Path:
+    import gzip
+
+    p = tmp_path / "products.csv.gz"
+    p.write_bytes(gzip.compress(b"id,title\n" + b"a,Red mug\n" * 1000)[:60])
+    return p
+
+
+def _a_directory(tmp_path: Path) -> Path:
+    p = tmp_path / "catalog_dir.csv"
+    p.mkdir()
+    return p
+
+
+@pytest.mark.parametrize("make, message", [(_gz_not_gzip, "not a gzip file"), (_gz_truncated, "truncated or corrupted"),
+                                           (_a_directory, "is a directory, not a catalog file")])
+@pytest.mark.parametrize("command", ["build-index", "onboard"])
+def test_cli_bad_catalog_file_is_one_line(saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture, make, message,
+                                          command: str) -> None:
+    src = make(tmp_path)
+    argv = (["build-index", str(src), str(tmp_path / "out"), "--encoder", "hashing:32", "--no-cache"]
+            if command == "build-index" else ["onboard", str(saved), str(src), "--no-cache", "--nice", "0"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("textguide: error: ") and message in err and str(src) in err
+    assert "Traceback" not in err and err.count("\n") == 1

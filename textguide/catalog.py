@@ -8,6 +8,7 @@ import io
 import logging
 import re
 import string
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -117,9 +118,22 @@ def _find_bad_line(raw: bytes, path: Path, err: UnicodeDecodeError) -> ValueErro
     )
 
 
+def _gunzip(path: Path) -> bytes:
+    """The decompressed bytes of a ``.gz`` file; a file that is not gzip, or a damaged one, is a ValueError."""
+    data = path.read_bytes()
+    try:
+        return gzip.decompress(data)
+    except gzip.BadGzipFile as e:
+        raise ValueError(f"{path}: not a gzip file ({e}); remove the .gz suffix if it is not compressed") from None
+    except (EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: the gzip data is truncated or corrupted ({e}); copy or compress the file again") from None
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read CSV, TSV, JSONL/JSON or Parquet (optionally ``.gz``) into a string-typed DataFrame."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a catalog file; give a .csv, .tsv, .jsonl, .json or .parquet file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: catalog file not found")
     suffixes = [s.lower() for s in path.suffixes]
@@ -127,7 +141,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     kind = suffixes[-2] if compressed and len(suffixes) >= 2 else (suffixes[-1] if suffixes else "")
     if kind == ".parquet":
         try:
-            return pd.read_parquet(io.BytesIO(gzip.decompress(path.read_bytes())) if compressed else path)
+            return pd.read_parquet(io.BytesIO(_gunzip(path)) if compressed else path)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise ValueError(f"{path}: cannot read as Parquet ({e})") from e
     if kind not in {".csv", ".tsv", ".jsonl", ".json", ".txt"}:
@@ -135,7 +149,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"{path}: unsupported catalog format {kind or '(no extension)'!r}; "
             f"use .csv, .tsv, .jsonl, .json or .parquet (optionally .gz)"
         )
-    raw = gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()
+    raw = _gunzip(path) if compressed else path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -238,9 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, OSError) as e:  # user errors (ArtifactError is a ValueError): one line, status 2
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"textguide: error: {msg}", file=sys.stderr)
+        print(f"textguide: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
 
 
