@@ -456,3 +456,27 @@ def test_cli_bad_catalog_file_is_one_line(saved: Path, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert err.startswith("textguide: error: ") and message in err and str(src) in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. coupons after their products are removed
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["text", "adapter"])
+def test_rank_coupons_after_removing_covered_products(adapted: Path, enc, method: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    g = Guide.load(adapted, encoder=enc)
+    g.add_coupons({"c2": ["p05", "p06"], "c3": ["p09"]})
+    g.remove(["p02", "p09"])  # c1 loses one of its two products, c3 its only one
+    hits = g.rank_coupons(["p03", "p04"], method=method)
+    assert sorted(hits.ids) == ["c1", "c2"] and hits.skipped == ["c3"]
+    assert {h["id"]: h["items"] for h in hits.items} == {"c1": 1, "c2": 2}
+    assert "c3" in caplog.text and "no products left" in caplog.text
+    # c1 now scores exactly as a coupon covering only p01 (what is left)
+    alone = g.rank_coupons(["p03", "p04"], {"c1-left": ["p01"]}, method=method)
+    assert hits.scores[hits.ids.index("c1")] == pytest.approx(alone.scores[0])
+    back = Guide.load(adapted, encoder=enc)  # and the same after a reload
+    assert back.rank_coupons(["p03", "p04"], ["c1", "c3"], method=method).ids == ["c1"]
+    with pytest.raises(ValueError, match=r"no coupons to rank.*\['c3'\].*removed"):
+        g.rank_coupons(["p03"], ["c3"], method=method)

@@ -713,7 +713,9 @@ class Guide:
         ``coupons`` are ids registered in the guide (default: all) or a mapping coupon id -> product ids
         for coupons never seen before. ``profile`` is a dict of user fields (age, income, ...), verbalised
         and embedded. Without a coupon adapter (or ``method='text'``), scores are the cosine between the
-        user's mean history and the coupon's mean product embedding, mapped to [0, 1].
+        user's mean history and the coupon's mean product embedding, mapped to [0, 1]. A registered coupon
+        whose products were partly removed is ranked on those left; one with none left is skipped, listed in
+        ``hits.skipped`` (after any unknown history ids) with a warning.
         """
         if isinstance(history, str):
             raise ValueError("history must be a list of item ids")
@@ -732,11 +734,24 @@ class Guide:
             spec = {c: self.coupons[c] for c in coupons}
         if not spec:
             raise ValueError("no coupons to rank: pass coupon ids or a mapping, or register coupons first")
-        coupon_rows = []
-        for cid, items in spec.items():
+        coupon_rows, gone = [], []
+        for cid, items in list(spec.items()):
             if not items:
                 raise ValueError(f"coupon {cid!r} covers no products; give the product ids it applies to")
-            coupon_rows.append(self._rows(items, f"coupon {cid!r}", "error")[0])
+            if isinstance(coupons, dict):  # a caller's mapping: unknown products are the caller's error
+                coupon_rows.append(self._rows(items, f"coupon {cid!r}", "error")[0])
+                continue
+            left = [self.index.row_of[i] for i in items if i in self.index]  # products removed since registration
+            if left:
+                coupon_rows.append(left)
+            else:
+                gone.append(cid)
+                del spec[cid]
+        if gone:
+            logger.warning("skipping coupons with no products left in the guide (all removed): %s", gone[:5])
+            if not spec:
+                raise ValueError(f"no coupons to rank: every product of coupons {gone[:5]} was removed from the guide; "
+                                 f"register coupons covering live products with guide.add_coupons(..., replace=True)")
         use_adapter = self._use_adapter("coupon", method)
         if use_adapter:
             self._require_task("coupon")
@@ -758,7 +773,7 @@ class Guide:
         ids = list(spec)
         hits = Hits([ids[i] for i in order], probs[order].astype(np.float32),
                     [{"id": ids[i], "items": len(coupon_rows[i])} for i in order])
-        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown
+        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown + gone
         return hits
 
     def _profile_vector(self, profile: dict[str, Any] | None) -> np.ndarray | None:
