@@ -480,3 +480,44 @@ def test_rank_coupons_after_removing_covered_products(adapted: Path, enc, method
     assert back.rank_coupons(["p03", "p04"], ["c1", "c3"], method=method).ids == ["c1"]
     with pytest.raises(ValueError, match=r"no coupons to rank.*\['c3'\].*removed"):
         g.rank_coupons(["p03"], ["c3"], method=method)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. bad query arguments
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n", ["pan", " "]])
+def test_empty_query_is_refused(guide: Guide, query) -> None:
+    with pytest.raises(ValueError, match=r"query.* is empty"):
+        guide.search(query)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"category": 123}, r"category must be a string or a list of strings, got int"),
+     ({"category": ["Tops", 1]}, r"category must be a string or a list of strings"),
+     ({"category": ""}, r"category must be"),
+     ({"where": ["x"]}, r"where must be a dict of field -> value .*got list"),
+     ({"where": "category=Tops"}, r"where must be a dict"),
+     ({"where": {1: "Tops"}}, r"where: field names must be strings, got 1")],
+)
+def test_bad_filters_name_the_argument(guide: Guide, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        guide.search("pan", **kwargs)
+    with pytest.raises(ValueError, match=match):
+        guide.similar("p01", **kwargs)
+    with pytest.raises(ValueError, match=match):
+        guide.recommend(["p01"], method="text", **kwargs)
+
+
+@pytest.mark.parametrize("bad", [None, 123, {"p01"}, "p01", [1, 2]])
+def test_bad_id_lists_name_the_argument(saved: Path, enc, bad) -> None:
+    g = Guide.load(saved, encoder=enc)
+    g.add_coupons({"c1": ["p01"]}, save=False)
+    with pytest.raises((ValueError, TypeError), match="history"):
+        g.recommend(bad, method="text")
+    with pytest.raises((ValueError, TypeError), match="items"):
+        g.complete_outfit(bad, method="text")
+    with pytest.raises((ValueError, TypeError), match="history"):
+        g.rank_coupons(bad, method="text")

@@ -54,6 +54,19 @@ class Hits:
         return frame
 
 
+def _id_list(ids: Any, what: str) -> list[str]:
+    """``ids`` as a list of item-id strings; anything else is a ValueError naming the argument ``what``."""
+    if isinstance(ids, (str, bytes)):
+        raise ValueError(f"{what} must be a non-empty list of item ids, got a single string; wrap it as [{ids!r}]")
+    if not isinstance(ids, (list, tuple, np.ndarray)):
+        raise ValueError(f"{what} must be a list of item ids (in order), got {type(ids).__name__} {ids!r:.60}")
+    out = list(ids)
+    bad = [i for i in out if not isinstance(i, str)]
+    if bad:
+        raise ValueError(f"{what} must hold item id strings, got {type(bad[0]).__name__} {bad[0]!r:.40}")
+    return out
+
+
 def _check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -61,8 +74,21 @@ def _check_k(k: Any) -> int:
 
 
 def _where(category: str | Sequence[str] | None, where: Where | None) -> Where | None:
+    from collections.abc import Mapping
+
+    if where is not None:
+        if not isinstance(where, Mapping):
+            raise ValueError(f"where must be a dict of field -> value (or list of values), got {type(where).__name__} "
+                             f"{where!r:.60}")
+        bad = [f for f in where if not isinstance(f, str)]
+        if bad:
+            raise ValueError(f"where: field names must be strings, got {bad[0]!r}")
     if category is None:
         return where
+    cats = [category] if isinstance(category, str) else category
+    if not isinstance(cats, (list, tuple)) or not cats or not all(isinstance(c, str) and c for c in cats):
+        raise ValueError(f"category must be a string or a list of strings, got {type(category).__name__} "
+                         f"{category!r:.60}")
     merged = dict(where or {})
     merged["category"] = category if isinstance(category, str) else list(category)
     return merged
@@ -247,6 +273,9 @@ class Guide:
         for i, q in enumerate(queries):
             if not isinstance(q, str):
                 raise ValueError(f"query {i} must be a string, got {type(q).__name__}")
+            if not q.strip():
+                raise ValueError(f"query {'' if single else f'{i} '}is empty (or only whitespace); give some words "
+                                 f"to search for")
         vecs = self.encoder.encode(list(queries), show_progress=False)
         ids, scores = self.index.search(vecs, k, where=_where(category, where))
         hits = [self._hits(i, s) for i, s in zip(ids, scores)]
@@ -597,7 +626,8 @@ class Guide:
         Unknown ids raise ``KeyError`` (``on_unknown='skip'`` drops them and lists them in ``hits.skipped``).
         """
         k = _check_k(k)
-        if isinstance(history, str) or not len(history):
+        history = _id_list(history, "history")
+        if not history:
             raise ValueError("history must be a non-empty list of item ids (oldest first)")
         rows, unknown = self._rows(history, "history", on_unknown)
         known = [self.index.ids[r] for r in rows]
@@ -635,7 +665,8 @@ class Guide:
         adapter's "unknown slot" query, searched within that category. The input items are never returned.
         """
         k = _check_k(k)
-        if isinstance(items, str) or not len(items):
+        items = _id_list(items, "items")
+        if not items:
             raise ValueError("items must be a non-empty list of item ids")
         rows, unknown = self._rows(items, "items", on_unknown)
         known = [self.index.ids[r] for r in rows]
@@ -717,8 +748,7 @@ class Guide:
         whose products were partly removed is ranked on those left; one with none left is skipped, listed in
         ``hits.skipped`` (after any unknown history ids) with a warning.
         """
-        if isinstance(history, str):
-            raise ValueError("history must be a list of item ids")
+        history = _id_list(history, "history")
         rows, unknown = self._rows(history, "history", on_unknown) if len(history) else ([], [])
         if coupons is None:
             coupons = list(self.coupons)
