@@ -521,3 +521,80 @@ def test_bad_id_lists_name_the_argument(saved: Path, enc, bad) -> None:
         g.complete_outfit(bad, method="text")
     with pytest.raises((ValueError, TypeError), match="history"):
         g.rank_coupons(bad, method="text")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. catalogs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "jsonl", "parquet"])
+def test_nan_like_titles_are_real_words(tmp_path: Path, ext: str) -> None:
+    import pandas as pd
+
+    from textguide.catalog import load_catalog
+
+    titles = ["NaN", "nan", "NULL", "None", "N/A", "NA", "null"]
+    frame = pd.DataFrame({"id": [f"i{n}" for n in range(len(titles))], "title": titles, "brand": titles})
+    path = tmp_path / f"c.{ext}"
+    if ext == "parquet":
+        frame.to_parquet(path)
+    elif ext == "jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False, sep="\t" if ext == "tsv" else ",")
+    cat = load_catalog(path)
+    assert cat.metadata["title"].tolist() == titles and cat.metadata["brand"].tolist() == titles
+    assert cat.texts[0] == "NaN. NaN" and cat.report.skipped_empty_title == []
+
+
+@pytest.mark.parametrize("text, match", [
+    ("id,title,brand\na,Mug,Forge\nb,Cup\nc,Plate,Lumen\n", r"line 3 has 2 fields, the header has 3"),
+    ("id,title\na,Mug\nb,Cup,extra,more\n", r"line 3 has 4 fields, the header has 2"),
+    ('id,title\na,"Mug\nwith a newline"\nb\n', r"line 4 has 1 field, the header has 2"),
+])
+def test_ragged_csv_row_is_reported_at_its_line(tmp_path: Path, text: str, match: str) -> None:
+    from textguide.catalog import load_catalog
+
+    path = tmp_path / "c.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"c.csv: {match}"):
+        load_catalog(path)
+
+
+def test_duplicated_header_is_an_error(tmp_path: Path) -> None:
+    from textguide.catalog import load_catalog
+
+    path = tmp_path / "c.csv"
+    path.write_text("id,title,title\na,Mug,Cup\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"c.csv: column 'title' appears 2 times in the header"):
+        load_catalog(path)
+
+
+@pytest.mark.parametrize("title, kind", [(["a", "b"], "list"), ({"x": 1}, "dict"), (123, "int"), (True, "bool")])
+def test_non_string_title_names_the_row(tmp_path: Path, title, kind: str) -> None:
+    from textguide.catalog import load_catalog
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"id": "a", "title": "Mug"}) + "\n" + json.dumps({"id": "b", "title": title}) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"column 'title' \(title\) holds a {kind} value, not text, in row 2 \(id 'b'\)"):
+        load_catalog(path)
+
+
+@pytest.mark.parametrize("price, match", [("-3", "negative"), ("inf", "not finite"), ("nan", "non-numeric"),
+                                          ("1e400", "not finite")])
+def test_prices_are_finite_and_not_negative(tmp_path: Path, price: str, match: str) -> None:
+    from textguide.catalog import load_catalog
+
+    path = tmp_path / "c.csv"
+    path.write_text(f"id,title,price\na,Mug,3\nb,Cup,{price}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"'price' \(price\) .*{match}.*for id 'b'"):
+        load_catalog(path)
+
+
+@pytest.mark.parametrize("template", ["{title.__class__}", "{title.__class__.__mro__}", "{title[0]}", "{0}",
+                                      "{title:{title.__class__}}", "{title!r:>{title.__doc__}}"])
+def test_template_may_only_name_columns(template: str) -> None:
+    with pytest.raises(ValueError, match=r"may only name columns"):
+        Catalog.from_records([{"id": "a", "title": "Mug"}], template=template)

@@ -160,6 +160,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         except ValueError as e:
             raise ValueError(f"{path}: not valid {'JSON Lines' if kind == '.jsonl' else 'JSON'} ({e})") from e
     sep = "\t" if kind == ".tsv" else ","
+    _check_csv_shape(text, sep, path)
     try:
         return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError:
@@ -169,11 +170,38 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _is_blank(value: Any) -> bool:
-    if value is None:
+    """Only a truly empty cell is empty: None, a missing number, or whitespace. "NaN", "NULL", "None" are words."""
+    if value is None or value is pd.NA:
         return True
     if isinstance(value, float) and np.isnan(value):
         return True
-    return isinstance(value, str) and (not value.strip() or value.strip().lower() == "nan")
+    return isinstance(value, str) and not value.strip()
+
+
+def _check_csv_shape(text: str, sep: str, path: Path) -> None:
+    """A duplicated header name, or a record whose field count differs from the header's, is an error that
+    names the record's first line in the file (a quoted field may span lines)."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    header = next(reader, None)
+    if header is None:
+        return
+    dups = sorted({h for h in header if header.count(h) > 1})
+    if dups:
+        raise ValueError(f"{path}: column {dups[0]!r} appears {header.count(dups[0])} times in the header; "
+                         f"rename or drop the duplicates")
+    last = reader.line_num
+    try:
+        for row in reader:
+            first, last = last + 1, reader.line_num
+            if row and len(row) != len(header):
+                raise ValueError(
+                    f"{path}: line {first} has {len(row)} field{'s' if len(row) != 1 else ''}, the header has "
+                    f"{len(header)}; fix that row (quote values that contain {'a tab' if sep == chr(9) else 'commas'})"
+                )
+    except csv.Error as e:
+        raise ValueError(f"{path}: cannot parse line {last + 1} ({e})") from None
 
 
 def compose_text(row: dict[str, Any], template: str | None = None) -> str:
@@ -224,6 +252,9 @@ def _from_frame(
     if on_duplicate not in ("error", "last"):
         raise ValueError(f"on_duplicate must be 'error' or 'last', got {on_duplicate!r}")
 
+    dup_cols = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if dup_cols:
+        raise ValueError(f"{source}: column {dup_cols[0]!r} appears more than once; rename or drop the duplicates")
     out = pd.DataFrame({"id": frame[columns.id], "title": frame[columns.title]})
     for fname, col in columns.optional().items():
         if col is not None and col in frame.columns:
@@ -238,6 +269,14 @@ def _from_frame(
         rows = (np.flatnonzero(id_blank.to_numpy()) + 1).tolist()
         raise ValueError(f"{source}: column {columns.id!r} (id) is empty in rows {rows[:5]}; every product needs an id")
     out["id"] = out["id"].map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)).str.strip()
+
+    # titles: text only (a list, a number or a dict is a broken row, not a product name)
+    for r, v in enumerate(out["title"].tolist()):
+        if not _is_blank(v) and not isinstance(v, str):
+            raise ValueError(
+                f"{source}: column {columns.title!r} (title) holds a {type(v).__name__} value, not text, in row "
+                f"{r + 1} (id {out['id'][r]!r}); give every product a plain text title"
+            )
 
     # titles: empty -> skipped (or an error under strict)
     title_blank = out["title"].map(_is_blank).to_numpy()
@@ -265,6 +304,14 @@ def _from_frame(
                 f"{source}: column {columns.price!r} (price) has a non-numeric value {out['price'][i]!r} "
                 f"for id {out['id'][i]!r}; use a plain number such as 19.99 or leave it empty"
             )
+        for problem, mask in (("a value that is not finite", ~np.isfinite(price.fillna(0.0))),
+                              ("a negative value", price.fillna(0.0) < 0)):
+            if mask.any():
+                i = int(np.flatnonzero(mask.to_numpy())[0])
+                raise ValueError(
+                    f"{source}: column {columns.price!r} (price) has {problem} {out['price'][i]!r} for id "
+                    f"{out['id'][i]!r}; prices must be finite numbers >= 0 (or empty)"
+                )
         out["price"] = price.astype("float64")
 
     # duplicates
@@ -287,11 +334,17 @@ def _from_frame(
     if template is not None:
         known = set(out.columns)
         try:  # the fields the template names ("{{...}}" is a literal brace, not a field)
-            names = [re.match(r"[^.\[!:]*", f).group(0) for _, f, _, _ in string.Formatter().parse(template) if f]
+            fields = [(f, spec or "") for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
         except ValueError as e:
             raise ValueError(f"text template {template!r} is not a valid format string ({e})") from e
-        for name in names:
-            if name and not name.isdigit() and name not in known:
+        for name, spec in fields:
+            plain = re.fullmatch(r"[^.\[\]{}!:]+", name) and not name.isdigit()
+            if not plain or "{" in spec:  # no attribute / index access, positions or nested fields
+                raise ValueError(
+                    f"text template {template!r} is not a valid format string here: a template may only name columns, "
+                    f"like '{{title}}. {{brand}}' ({'{' + name + (':' + spec if spec else '') + '}'!r} is not one)"
+                )
+            if name not in known:
                 raise ValueError(
                     f"text template {template!r} uses field {name!r}, which the catalog lacks; "
                     f"available: {sorted(known)}"
