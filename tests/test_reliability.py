@@ -598,3 +598,55 @@ def test_prices_are_finite_and_not_negative(tmp_path: Path, price: str, match: s
 def test_template_may_only_name_columns(template: str) -> None:
     with pytest.raises(ValueError, match=r"may only name columns"):
         Catalog.from_records([{"id": "a", "title": "Mug"}], template=template)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. no raw user data in artifacts
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fake_scientific(root: Path, n_items: int = 40, n_users: int = 24) -> list[str]:
+    """A tiny dataset in the UniSRec Scientific format whose user ids are marked; returns those ids."""
+    folder = root / "amazon-scientific"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    asins = [f"B{n:09d}" for n in range(n_items)]
+    kinds = ["Sanding roll", "Lab beaker", "Safety glove", "Drill bit", "Cable tie"]
+    (folder / "Scientific.item2index").write_text("".join(f"{a}\t{n}\n" for n, a in enumerate(asins)), encoding="utf-8")
+    (folder / "Scientific.text").write_text("item_id:token\ttext:token_seq\n" + "".join(
+        f"{a}\t{kinds[n % 5]} model {n}. Industrial & Scientific Lab & Scientific Products. Brand{n % 3}. \n"
+        for n, a in enumerate(asins)), encoding="utf-8")
+    users = [f"SECRETUSER{n:04d}X" for n in range(n_users)]
+    (folder / "Scientific.user2index").write_text("".join(f"{u}\t{n}\n" for n, u in enumerate(users)), encoding="utf-8")
+    head = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    train, valid = [head], [head]
+    for u in range(n_users):
+        kind = u % 5
+        seq = [int(i) for i in rng.permutation(np.arange(kind, n_items, 5))[:7]]
+        for t in range(2, 6):
+            train.append(f"{u}\t{' '.join(map(str, seq[:t]))}\t{seq[t]}\n")
+        valid.append(f"{u}\t{' '.join(map(str, seq[:6]))}\t{seq[6]}\n")
+    (folder / "Scientific.train.inter").write_text("".join(train), encoding="utf-8")
+    (folder / "Scientific.valid.inter").write_text("".join(valid), encoding="utf-8")
+    return users
+
+
+def test_trained_guide_reports_and_checkpoints_hold_no_user_ids(tmp_path: Path, monkeypatch) -> None:
+    from textguide.workflows import train_recipe
+
+    users = _fake_scientific(tmp_path / "data")
+    monkeypatch.setenv("TEXTGUIDE_DATA", str(tmp_path / "data"))
+    out, ckpt = tmp_path / "guide", tmp_path / "checkpoints"
+    train_recipe("amazon-scientific", out, steps=20, max_seconds=30, checkpoint_dir=str(ckpt),
+                 encoder=HashingEncoder(384))  # the default model width
+    files = [p for d in (out, ckpt) for p in d.rglob("*") if p.is_file()]
+    names = {p.relative_to(tmp_path).as_posix() for p in files}
+    assert "guide/manifest.json" in names and any(n.startswith("guide/reports/") for n in names)
+    assert any(n.startswith("checkpoints/") for n in names) and any(n.startswith("guide/adapter/") for n in names)
+    g = Guide.load(out, encoder=HashingEncoder(384))
+    assert g.adapter is not None
+    for p in files:
+        data = p.read_bytes()
+        leaked = [u for u in users if u.encode() in data or u.encode("utf-16-le") in data]
+        assert leaked == [], f"{p} holds user ids {leaked[:3]}"
+    assert not any(u.encode() in (tmp_path / "guide").parent.joinpath(".guide.lock").read_bytes() for u in users)
