@@ -16,6 +16,16 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 $PIP install -q -e ".[multilingual,test,bench]"
+$PIP install -q -e ".[serve,serve-test]"   # textguide serve + its tests (HTTP client, browser driver)
+# headless Debian chromium + chromedriver for the page test (tests/test_page.py); skipped when present or without apt
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+      || echo "warning: could not install chromium + chromium-driver with apt; the page test will be skipped" >&2
+  else
+    echo "warning: chromium/chromedriver missing and apt-get unavailable (or not root); the page test will be skipped" >&2
+  fi
+fi
 if $PIP list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "error: CUDA packages (nvidia-*) found in $VENV; remove them and install torch==2.13.0 (CPU) first" >&2
   exit 1

@@ -249,8 +249,9 @@ def test_empty_catalog(tmp_path: Path) -> None:
 
 def test_non_numeric_price(tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
-    path.write_text("id,title,price\na,Mug,3.5\nb,Cup,cheap\nc,Plate,\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"'price' \(price\) has a non-numeric value 'cheap' for id 'b'"):
+    path.write_text("id,title,price\nz,,1\na,Mug,3.5\nb,Cup,cheap\nc,Plate,\n", encoding="utf-8")
+    # the row counts the skipped empty-title row z: it is the row number in the file (header excluded)
+    with pytest.raises(ValueError, match=r"'price' \(price\) has a non-numeric value 'cheap' in row 3 \(id 'b'\)"):
         load_catalog(path)
 
 

@@ -262,6 +262,7 @@ def _from_frame(
     for col in columns.extra:
         out[col] = frame[col]
     out = out.reset_index(drop=True)
+    row_numbers = np.arange(1, len(out) + 1)  # 1-based data rows of the source, for error messages
 
     # ids: present, strings
     id_blank = out["id"].map(_is_blank)
@@ -291,6 +292,7 @@ def _from_frame(
         report.skipped_empty_title = rows
         logger.warning("%s: skipping %d rows with an empty title (rows %s)", source, len(rows), rows[:5])
         out = out[~title_blank].reset_index(drop=True)
+        row_numbers = row_numbers[~title_blank]
     if len(out) == 0:
         raise ValueError(f"{source}: the catalog is empty after skipping rows with no title")
 
@@ -302,7 +304,7 @@ def _from_frame(
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise ValueError(
                 f"{source}: column {columns.price!r} (price) has a non-numeric value {out['price'][i]!r} "
-                f"for id {out['id'][i]!r}; use a plain number such as 19.99 or leave it empty"
+                f"in row {int(row_numbers[i])} (id {out['id'][i]!r}); use a plain number such as 19.99 or leave it empty"
             )
         for problem, mask in (("a value that is not finite", ~np.isfinite(price.fillna(0.0))),
                               ("a negative value", price.fillna(0.0) < 0)):

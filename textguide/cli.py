@@ -140,6 +140,20 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import ServeConfig, create_app, read_token
+    except ImportError as e:
+        print(f"textguide: error: {e}; install the serve extra: pip install -e \".[serve]\"", file=sys.stderr)
+        return 2
+    config = ServeConfig(max_body_bytes=int(args.max_body_mb * 2**20), refresh_seconds=args.refresh_seconds)
+    app = create_app(args.guide, read_token(args.token_file), config=config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(prog="textguide", description="Text-driven shopping guidance.")
@@ -225,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("output", help="target guide directory to write")
     p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("serve", help="serve guides over HTTP (JSON API + a page at /); needs the serve extra")
+    p.add_argument("guide", nargs="+", help="guide directories, served by their directory name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", default=None,
+                   help="file holding the bearer token for writes (default: $TEXTGUIDE_TOKEN; neither: writes disabled)")
+    p.add_argument("--max-body-mb", type=float, default=32, help="largest request body, e.g. a catalog upload (413 above)")
+    p.add_argument("--refresh-seconds", type=float, default=1.0,
+                   help="how often to pick up changes other processes made to the guide directories (0: never)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="what a guide directory holds")
     p.add_argument("guide")
