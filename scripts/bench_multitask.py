@@ -26,7 +26,7 @@ from textguide.adapters import MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.train import TrainConfig, train
-from textguide.workflows import coupon_baselines, evaluate_model, guide_meta, md_table, new_model, plot_curves, preferred_method
+from textguide.workflows import choose_text_blend, coupon_baselines, evaluate_model, guide_meta, md_table, new_model, plot_curves, preferred_method
 
 logger = logging.getLogger("textguide")
 
@@ -94,6 +94,7 @@ def main() -> None:
         res = train(model, {t_: benches[t_].task for t_ in run_tasks}, cfg)
         timing[name] = time.time() - t
         curves[name] = res.history
+        blend_select = {t_: choose_text_blend(benches[t_], t_, model) for t_ in run_tasks}
         ev = evaluate_model(benches, model, run_tasks)
         if run_tasks == ("coupon",):  # the adapter's own score, before the hybrid adds the priors
             b = benches["coupon"]
@@ -101,7 +102,9 @@ def main() -> None:
                 b, recipes.coupon_logits(b, "adapter", b.report, model))
         for t_ in run_tasks:
             results[t_][name] = ev[t_]
-        models[name] = (model, {"best_step": res.best_step, "select": res.best_metrics, "seconds": timing[name]})
+        select = {**res.best_metrics, **{t_: max(v.values()) for t_, v in blend_select.items() if v}}
+        models[name] = (model, {"best_step": res.best_step, "select": select, "seconds": timing[name],
+                                "text_blend": dict(model.config.text_blend)})
         logger.info("%s: %.0fs, best step %d, %s", name, timing[name], res.best_step, ev)
 
     for t_ in tasks:

@@ -116,6 +116,24 @@ def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> 
     return roc_auc(frame["label"].to_numpy(), recipes.coupon_logits(bench, method, frame, model))
 
 
+BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def choose_text_blend(bench: Any, task: str, model: MultiTaskAdapter, grid: tuple[float, ...] = BLEND_GRID
+                      ) -> dict[str, float]:
+    """Set ``model.config.text_blend[task]`` (score = adapter + w * text cosine) to the ``w`` of ``grid`` with
+    the best selection metric (recommend, outfit; a no-op for coupons); return {w: metric}."""
+    if task not in ("recommend", "outfit"):
+        return {}
+    scores = {}
+    for w in grid:
+        model.config.text_blend[task] = w
+        scores[w] = selection_metrics(bench, task, model)
+    model.config.text_blend[task] = max(scores, key=lambda w: (scores[w], -w))
+    logger.info("%s: text blend weight %g (selection %s)", task, model.config.text_blend[task], scores)
+    return scores
+
+
 def preferred_method(bench: Any, task: str, model: MultiTaskAdapter) -> dict[str, Any]:
     """Guard against serving an adapter that validates worse than plain text similarity: compare both on the
     selection split and record which one ``Guide`` should use by default (``method='auto'``)."""
@@ -217,8 +235,11 @@ def train_recipe(
     t0 = time.time()
     result = train(model, {t: benches[t].task for t in tasks}, cfg)
     seconds = time.time() - t0
+    for t in tasks:
+        choose_text_blend(benches[t], t, model)
     metrics = evaluate_model(benches, model, tasks)
-    results = {t: {f"adapter ({sharing}/{weighting})": metrics[t]} for t in tasks}
+    results = {t: {f"{'hybrid: priors + ' if t == 'coupon' else ''}adapter ({sharing}/{weighting})": metrics[t]}
+               for t in tasks}
     curves = {f"{sharing}/{weighting}": result.history}
     md = ""
     for t in tasks:
