@@ -127,7 +127,7 @@ class CouponHybrid:
         return dict(zip(self.features, self.mean))
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, prior: dict[str, float], global_rate: float, l2: float = 1e-2,
+    def fit(cls, x: np.ndarray, y: np.ndarray, prior: dict[str, float], global_rate: float, l2: float = 1e-3,
             iters: int = 50) -> "CouponHybrid":
         """Logistic regression (Newton / IRLS, L2 ``l2`` on standardised weights, not on the bias)."""
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
