@@ -128,6 +128,8 @@ def main() -> None:
                                                      max_seconds=args.budget, show_progress=False))
         timing["uci single-task (coupon)"] = time.time() - t
         uci_rows["single-task adapter (text of context + offer)"] = recipes.uci_adapter_metrics(ub, um)
+        uci_rows["hybrid: trees + adapter (logistic layer fitted on selection rows)"] = recipes.uci_hybrid_metrics(
+            ub, um, args.seed)
 
     # ---- tables
     lines = [f"# Multi-task results ({time.strftime('%Y-%m-%d')})", "",

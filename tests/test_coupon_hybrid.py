@@ -41,12 +41,14 @@ def test_fit_recovers_a_known_logistic_model() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20000, 2))
     y = (rng.random(20000) < sigmoid(1.5 * x[:, 0] - 1.0 * x[:, 1] - 2.0)).astype(float)
-    h = CouponHybrid.fit(x, y, {}, 0.1, l2=0.0)
+    h = CouponHybrid.fit(x, y, {}, 0.1, l2=0.0, features=["a", "b"])
     # weights are on standardised inputs: multiply back by the std to compare with the generating weights
     np.testing.assert_allclose(np.array(h.weights) / np.array(h.std), [1.5, -1.0], atol=0.1)
     assert abs(h.bias - float(-np.dot(np.array(h.weights) / np.array(h.std), h.mean)) + 2.0) < 0.1
     with pytest.raises(ValueError, match="both redeemed and unredeemed"):
         CouponHybrid.fit(x, np.zeros(len(x)), {}, 0.1)
+    with pytest.raises(ValueError, match="2 columns but 7 feature names"):
+        CouponHybrid.fit(x, y, {}, 0.1)
 
 
 def test_household_activity_counts_only_what_happened_before_the_campaign() -> None:

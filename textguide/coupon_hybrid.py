@@ -128,8 +128,9 @@ class CouponHybrid:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, prior: dict[str, float], global_rate: float, l2: float = 1e-3,
-            iters: int = 50) -> "CouponHybrid":
-        """Logistic regression (Newton / IRLS, L2 ``l2`` on standardised weights, not on the bias)."""
+            iters: int = 50, features: list[str] | None = None) -> "CouponHybrid":
+        """Logistic regression (Newton / IRLS, L2 ``l2`` on standardised weights, not on the bias); the columns
+        of ``x`` are ``features`` (default :data:`FEATURES`)."""
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if len(np.unique(y)) < 2:
             raise ValueError("the hybrid needs both redeemed and unredeemed examples to fit")
@@ -147,7 +148,10 @@ class CouponHybrid:
             w -= step
             if np.abs(step).max() < 1e-8:
                 break
-        return cls(w[:-1].tolist(), float(w[-1]), mean.tolist(), std.tolist(), dict(prior), float(global_rate))
+        names = list(features or FEATURES)
+        if len(names) != x.shape[1]:
+            raise ValueError(f"x has {x.shape[1]} columns but {len(names)} feature names {names}")
+        return cls(w[:-1].tolist(), float(w[-1]), mean.tolist(), std.tolist(), dict(prior), float(global_rate), names)
 
     def to_dict(self) -> dict[str, Any]:
         return {"features": list(self.features), "weights": list(self.weights), "bias": self.bias,

@@ -445,13 +445,37 @@ def uci_baseline_gbt(bench: ContextCouponBench, seed: int = 0) -> dict[str, floa
     """The usual tabular baseline: gradient-boosted trees on one-hot raw columns."""
     import lightgbm
 
+    p_sel, p_rep = _uci_gbt(bench, seed)
+    y = bench.frame["label"].to_numpy()
+    return _binary_metrics(y[bench.parts == "select"], p_sel, y[bench.parts == "report"], p_rep)
+
+
+def _uci_gbt(bench: ContextCouponBench, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trees' probabilities on the selection and report rows (trained on the training rows)."""
+    import lightgbm
+
     raw = bench.frame.drop(columns=[c for c in ("text", "coupon_text", "user_text", "label", "Y") if c in bench.frame])
     x = pd.get_dummies(raw.astype(str)).to_numpy(dtype=np.float32)
     y = bench.frame["label"].to_numpy()
     tr, se, rp = (bench.parts == p for p in ("train", "select", "report"))
     gbt = lightgbm.LGBMClassifier(n_estimators=400, learning_rate=0.05, num_leaves=63, verbose=-1, random_state=seed)
     gbt.fit(x[tr], y[tr])
-    return _binary_metrics(y[se], gbt.predict_proba(x[se])[:, 1], y[rp], gbt.predict_proba(x[rp])[:, 1])
+    return gbt.predict_proba(x[se])[:, 1], gbt.predict_proba(x[rp])[:, 1]
+
+
+def uci_hybrid_metrics(bench: ContextCouponBench, model: Any, seed: int = 0) -> dict[str, float]:
+    """Trees and the text adapter combined: a logistic layer over [tree logit, adapter logit], fitted on the
+    selection rows (neither model trained on them)."""
+    from .coupon_hybrid import logit
+
+    t = bench.task
+    g_sel, g_rep = _uci_gbt(bench, seed)
+    a_sel, a_rep = (coupon_logits_indexed(model, t.item_emb, t.user_histories, t.coupon_items, u, c, t.profiles)
+                    for u, c in ((t.valid_user_index, t.valid_coupon_index), (bench.report_users, bench.report_coupons)))
+    x_sel, x_rep = np.c_[logit(g_sel), a_sel], np.c_[logit(g_rep), a_rep]
+    h = CouponHybrid.fit(x_sel, t.valid_labels, {}, float(t.labels.mean()), features=["gbt_logit", "adapter_logit"])
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    return _binary_metrics(t.valid_labels, sig(h.logits(x_sel)), bench.report_labels, sig(h.logits(x_rep)))
 
 
 def uci_adapter_metrics(bench: ContextCouponBench, model: Any) -> dict[str, float]:
