@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Multi-task benchmark: recommendation (Amazon Scientific), outfits (Polyvore) and coupons (Complete Journey).
 
-In one run: baselines (popularity, text similarity without adapters, gradient-boosted trees for coupons),
+In one run: baselines (popularity, text similarity without adapters, LightGBM on the coupon hybrid's features),
 the single-task adapter for every task, and multi-task configurations (hard / soft / experts sharing, static /
 uncertainty / GradNorm / DWA weighting), each reported per metric against single-task, with the multi-task
-gain Delta_m. The best model per dataset is saved in a loadable guide directory:
+gain Delta_m. Coupon rows of trained models are the served hybrid (priors + household activity + adapter). The best model per dataset is saved in a loadable guide directory:
 
     indexes/amazon-scientific   indexes/polyvore   indexes/completejourney
 
@@ -26,7 +26,7 @@ from textguide.adapters import MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.train import TrainConfig, train
-from textguide.workflows import evaluate_model, guide_meta, md_table, new_model, plot_curves, preferred_method
+from textguide.workflows import choose_text_blend, coupon_baselines, evaluate_model, guide_meta, md_table, new_model, plot_curves, preferred_method
 
 logger = logging.getLogger("textguide")
 
@@ -81,16 +81,7 @@ def main() -> None:
         b = benches["outfit"]
         results["outfit"]["text"] = recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text"))
     if "coupon" in tasks:
-        b = benches["coupon"]
-        import lightgbm
-
-        for m in ("popularity", "text"):
-            results["coupon"][m] = recipes.evaluate_coupons(b, recipes.coupon_logits(b, m, b.report))
-        tf = b.train_frame
-        gbt = lightgbm.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, verbose=-1,
-                                      random_state=args.seed)
-        gbt.fit(recipes.coupon_features(b, tf), tf["label"].to_numpy())
-        results["coupon"]["gbt (lightgbm)"] = recipes.evaluate_coupons(b, recipes.coupon_logits(b, "gbt", b.report, gbt=gbt))
+        results["coupon"].update(coupon_baselines(benches["coupon"], args.seed))
 
     models: dict[str, tuple[MultiTaskAdapter, dict]] = {}
     curves: dict[str, list[dict]] = {}
@@ -103,10 +94,17 @@ def main() -> None:
         res = train(model, {t_: benches[t_].task for t_ in run_tasks}, cfg)
         timing[name] = time.time() - t
         curves[name] = res.history
+        blend_select = {t_: choose_text_blend(benches[t_], t_, model) for t_ in run_tasks}
         ev = evaluate_model(benches, model, run_tasks)
+        if run_tasks == ("coupon",):  # the adapter's own score, before the hybrid adds the priors
+            b = benches["coupon"]
+            results["coupon"]["single-task adapter alone (no priors)"] = recipes.evaluate_coupons(
+                b, recipes.coupon_logits(b, "adapter", b.report, model))
         for t_ in run_tasks:
             results[t_][name] = ev[t_]
-        models[name] = (model, {"best_step": res.best_step, "select": res.best_metrics, "seconds": timing[name]})
+        select = {**res.best_metrics, **{t_: max(v.values()) for t_, v in blend_select.items() if v}}
+        models[name] = (model, {"best_step": res.best_step, "select": select, "seconds": timing[name],
+                                "text_blend": dict(model.config.text_blend)})
         logger.info("%s: %.0fs, best step %d, %s", name, timing[name], res.best_step, ev)
 
     for t_ in tasks:
@@ -130,6 +128,8 @@ def main() -> None:
                                                      max_seconds=args.budget, show_progress=False))
         timing["uci single-task (coupon)"] = time.time() - t
         uci_rows["single-task adapter (text of context + offer)"] = recipes.uci_adapter_metrics(ub, um)
+        uci_rows["hybrid: trees + adapter (logistic layer fitted on selection rows)"] = recipes.uci_hybrid_metrics(
+            ub, um, args.seed)
 
     # ---- tables
     lines = [f"# Multi-task results ({time.strftime('%Y-%m-%d')})", "",
@@ -175,7 +175,7 @@ def main() -> None:
         cands = [(n, m) for n, m in models.items() if t_ in m[0].config.tasks]
         best_name, (best_model, meta) = max(cands, key=lambda nm: nm[1][1]["select"].get(t_, -1.0))
         b = benches[t_]
-        b.guide.set_adapter(best_model, {**guide_meta(t_), **preferred_method(b, t_, best_model), "trained_as": best_name, "report_metrics": results[t_][best_name],
+        b.guide.set_adapter(best_model, {**guide_meta(t_, b, best_model), **preferred_method(b, t_, best_model), "trained_as": best_name, "report_metrics": results[t_][best_name],
                                          "train": meta})
         path = Path(args.out) / DATASET[t_]
         b.guide.save(path)

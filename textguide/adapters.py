@@ -45,7 +45,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,6 +96,9 @@ class AdapterConfig:
         profile_dim: number of numeric user-profile features for the coupon task (0 = none). Standardise them.
         tasks: the tasks this model serves, a subset of ("recommend", "outfit", "coupon").
         init_temperature: initial softmax temperature of the learnable logit scale (recommend, outfit).
+        text_blend: per task ("recommend", "outfit"), weight ``w`` of plain text similarity added to the adapter's
+            score at serving time: ``score = adapter cosine + w * text cosine`` (0 or absent = adapter only;
+            chosen on a selection split after training).
     """
 
     input_dim: int
@@ -111,9 +114,14 @@ class AdapterConfig:
     profile_dim: int = 0
     tasks: tuple[str, ...] = TASKS
     init_temperature: float = 0.07
+    text_blend: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
+        bad = {k: v for k, v in dict(self.text_blend).items() if k not in ("recommend", "outfit") or not v >= 0}
+        if bad:
+            raise ValueError(f"AdapterConfig.text_blend takes weights >= 0 for 'recommend' / 'outfit', got {bad}")
+        self.text_blend = {k: float(v) for k, v in self.text_blend.items()}
         for name in ("input_dim", "dim", "n_experts", "seq_heads", "max_history"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

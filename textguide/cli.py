@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help=recipes_help)
     p.add_argument("output", help="guide directory (for 'all': a parent directory of the three guides)")
     p.add_argument("--sharing", choices=["hard", "soft", "experts"], default="hard")
-    p.add_argument("--weighting", choices=["static", "uncertainty", "gradnorm", "dwa"], default="static")
+    p.add_argument("--weighting", choices=["static", "uncertainty", "gradnorm", "dwa"], default="dwa",
+                   help="loss weighting (default dwa: validated best with hard sharing, docs/results.md)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--max-seconds", type=float, default=600, help="training time budget")
     p.add_argument("--seed", type=int, default=0)

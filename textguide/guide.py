@@ -736,6 +736,7 @@ class Guide:
         coupons: Sequence[str] | dict[str, Sequence[str]] | None = None,
         *,
         profile: dict[str, Any] | None = None,
+        activity: dict[str, float] | None = None,
         on_unknown: str = "error",
         method: str = "auto",
     ) -> Hits:
@@ -743,8 +744,14 @@ class Guide:
 
         ``coupons`` are ids registered in the guide (default: all) or a mapping coupon id -> product ids
         for coupons never seen before. ``profile`` is a dict of user fields (age, income, ...), verbalised
-        and embedded. Without a coupon adapter (or ``method='text'``), scores are the cosine between the
-        user's mean history and the coupon's mean product embedding, mapped to [0, 1]. A registered coupon
+        and embedded. ``activity`` is what is known about the household so far: ``redemptions``,
+        ``campaigns`` (received), ``baskets`` and ``spend``; missing fields count as the training average.
+        A guide trained by ``textguide train completejourney`` serves the coupon hybrid
+        (:mod:`textguide.coupon_hybrid`: coupon redemption prior + household activity + the adapter's affinity;
+        a coupon never seen in training gets the global rate as prior). Without a coupon adapter (or
+        ``method='text'``), scores are the cosine between the user's mean history and the coupon's mean
+        product embedding, mapped to [0, 1].
+        A registered coupon
         whose products were partly removed is ranked on those left; one with none left is skipped, listed in
         ``hits.skipped`` (after any unknown history ids) with a warning.
         """
@@ -791,6 +798,8 @@ class Guide:
             if not rows and prof is None:
                 raise ValueError("empty history and no profile: give at least one purchased item or a profile")
             probs = coupon_probabilities(self.adapter, self.index.embeddings, rows, coupon_rows, prof)
+            if "coupon_hybrid" in self.adapter_meta:
+                probs = self._coupon_hybrid(list(spec), rows, coupon_rows, prof, activity)
         else:
             if not rows:
                 raise ValueError("history is empty: the text method needs at least one purchased item")
@@ -805,6 +814,25 @@ class Guide:
                     [{"id": ids[i], "items": len(coupon_rows[i])} for i in order])
         hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown + gone
         return hits
+
+    def _coupon_hybrid(self, coupon_ids: list[str], rows: list[int], coupon_rows: list[list[int]],
+                       profile: np.ndarray | None, activity: dict[str, float] | None) -> np.ndarray:
+        """The saved coupon hybrid's probabilities (features in :data:`textguide.coupon_hybrid.FEATURES`)."""
+        from .coupon_hybrid import CouponHybrid, activity_features
+        from .train import coupon_logits
+
+        hybrid = CouponHybrid.from_dict(self.adapter_meta["coupon_hybrid"])
+        emb = self.index.embeddings
+        u = emb[rows].mean(0) if rows else np.zeros(emb.shape[1], np.float32)
+        u = u / max(float(np.linalg.norm(u)), 1e-12)
+        c = np.stack([emb[r].mean(0) for r in coupon_rows])
+        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+        profiles = None if profile is None else np.repeat(profile.reshape(1, -1), len(coupon_rows), axis=0)
+        adapter = coupon_logits(self.adapter, emb, [list(rows)] * len(coupon_rows), coupon_rows, profiles)
+        cols = {"prior_logit": hybrid.prior_logit(coupon_ids), "adapter_logit": adapter,
+                "text_cosine": c @ u, **activity_features(activity, hybrid.defaults())}
+        x = np.column_stack([np.broadcast_to(cols[f], len(coupon_ids)) for f in hybrid.features])
+        return (1 / (1 + np.exp(-hybrid.logits(x)))).astype(np.float32)
 
     def _profile_vector(self, profile: dict[str, Any] | None) -> np.ndarray | None:
         if not self.adapter.config.profile_dim:

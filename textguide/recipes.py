@@ -26,6 +26,7 @@ from .evaluate import (
     rank_of_target,
     roc_auc,
 )
+from .coupon_hybrid import ACTIVITY, FEATURES, CouponHybrid, household_activity, smoothed_rates
 from .guide import Guide, verbalise_profile
 from .index import ItemIndex
 from .train import (
@@ -228,6 +229,7 @@ class CouponBench:
     report: pd.DataFrame  # household row, coupon row, label, user index, coupon index
     train_frame: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
+    select_frame: pd.DataFrame | None = None  # the selection households' examples (fits the coupon hybrid)
 
 
 def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0,
@@ -255,6 +257,9 @@ def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None =
     coupon_ids, coupons = [coupon_ids[i] for i in keep], [coupons[i] for i in keep]
 
     examples = coupon_examples(ds)
+    activity = household_activity(ds.received, ds.campaigns, ds.redemptions, ds.transactions)
+    examples = examples.merge(activity, on=["household_id", "campaign_id"], how="left").fillna(
+        {c: 0.0 for c in ACTIVITY.values()})
     households = sorted(examples["household_id"].unique())
     h_index = {h: i for i, h in enumerate(households)}
     tx = ds.transactions[ds.transactions["item_id"].isin(row.keys())].sort_values("timestamp")
@@ -287,7 +292,7 @@ def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None =
             "report_positives": int(re_["label"].sum()), "households_with_purchases": int(sum(bool(h) for h in histories))}
     guide.coupons = {c: [guide.index.ids[r] for r in rows] for c, rows in zip(coupon_ids, coupons)}
     return CouponBench("completejourney", guide, task, coupon_ids, households, re_.reset_index(drop=True),
-                       tr.reset_index(drop=True), info)
+                       tr.reset_index(drop=True), info, se.reset_index(drop=True))
 
 
 def coupon_features(bench: CouponBench, frame: pd.DataFrame) -> np.ndarray:
@@ -308,6 +313,46 @@ def coupon_features(bench: CouponBench, frame: pd.DataFrame) -> np.ndarray:
     n_items = np.array([len(x) for x in task.coupon_items])[c]
     prof = task.profiles[u][:, :16] if task.profiles is not None else np.zeros((len(u), 0))
     return np.column_stack([sim, rate[c], n_hist, n_items, prof]).astype(np.float32)
+
+
+def coupon_prior(bench: CouponBench) -> tuple[dict[str, float], float]:
+    """Smoothed redemption rate per coupon id in the training households, and the global rate."""
+    tf = bench.train_frame
+    rates, g = smoothed_rates(tf["c"].to_numpy(), tf["label"].to_numpy(), len(bench.coupon_ids))
+    return dict(zip(bench.coupon_ids, rates.tolist())), g
+
+
+def hybrid_features(bench: CouponBench, frame: pd.DataFrame, model: Any, prior: dict[str, float],
+                    global_rate: float) -> np.ndarray:
+    """The :data:`~textguide.coupon_hybrid.FEATURES` matrix of ``frame`` rows (household activity columns
+    come from :func:`prepare_completejourney`)."""
+    task, emb = bench.task, bench.guide.index.embeddings
+    u, c = frame["u"].to_numpy(), frame["c"].to_numpy()
+    prior_logit = CouponHybrid([], 0.0, [], [], prior, global_rate).prior_logit([bench.coupon_ids[i] for i in c])
+    cols = {"prior_logit": prior_logit,
+            "adapter_logit": np.zeros(len(u)) if model is None else coupon_logits(bench, "adapter", frame, model),
+            "text_cosine": text_cosines(emb, task.user_histories, task.coupon_items)[u, c]}
+    cols.update({k: frame[k].to_numpy(np.float64) for k in ACTIVITY.values()})
+    return np.column_stack([cols[f] for f in FEATURES])
+
+
+def text_cosines(emb: np.ndarray, histories: list[list[int]], coupon_items: list[list[int]]) -> np.ndarray:
+    """(users, coupons) cosine between the mean history vector and the coupon's mean product vector (0 for an
+    empty history)."""
+    u = np.stack([emb[h].mean(0) if len(h) else np.zeros(emb.shape[1], np.float32) for h in histories])
+    c = np.stack([emb[items].mean(0) for items in coupon_items])
+    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return u @ c.T
+
+
+def fit_coupon_hybrid(bench: CouponBench, model: Any) -> CouponHybrid:
+    """Fit the hybrid on the selection households (never seen by the adapter's training); priors from training."""
+    if bench.select_frame is None:
+        raise ValueError("this coupon benchmark has no selection frame; prepare it with prepare_completejourney")
+    prior, g = coupon_prior(bench)
+    x = hybrid_features(bench, bench.select_frame, model, prior, g)
+    return CouponHybrid.fit(x, bench.select_frame["label"].to_numpy(), prior, g)
 
 
 def coupon_logits(bench: CouponBench, method: str, frame: pd.DataFrame, model: Any = None,
@@ -400,13 +445,37 @@ def uci_baseline_gbt(bench: ContextCouponBench, seed: int = 0) -> dict[str, floa
     """The usual tabular baseline: gradient-boosted trees on one-hot raw columns."""
     import lightgbm
 
+    p_sel, p_rep = _uci_gbt(bench, seed)
+    y = bench.frame["label"].to_numpy()
+    return _binary_metrics(y[bench.parts == "select"], p_sel, y[bench.parts == "report"], p_rep)
+
+
+def _uci_gbt(bench: ContextCouponBench, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The trees' probabilities on the selection and report rows (trained on the training rows)."""
+    import lightgbm
+
     raw = bench.frame.drop(columns=[c for c in ("text", "coupon_text", "user_text", "label", "Y") if c in bench.frame])
     x = pd.get_dummies(raw.astype(str)).to_numpy(dtype=np.float32)
     y = bench.frame["label"].to_numpy()
     tr, se, rp = (bench.parts == p for p in ("train", "select", "report"))
     gbt = lightgbm.LGBMClassifier(n_estimators=400, learning_rate=0.05, num_leaves=63, verbose=-1, random_state=seed)
     gbt.fit(x[tr], y[tr])
-    return _binary_metrics(y[se], gbt.predict_proba(x[se])[:, 1], y[rp], gbt.predict_proba(x[rp])[:, 1])
+    return gbt.predict_proba(x[se])[:, 1], gbt.predict_proba(x[rp])[:, 1]
+
+
+def uci_hybrid_metrics(bench: ContextCouponBench, model: Any, seed: int = 0) -> dict[str, float]:
+    """Trees and the text adapter combined: a logistic layer over [tree logit, adapter logit], fitted on the
+    selection rows (neither model trained on them)."""
+    from .coupon_hybrid import logit
+
+    t = bench.task
+    g_sel, g_rep = _uci_gbt(bench, seed)
+    a_sel, a_rep = (coupon_logits_indexed(model, t.item_emb, t.user_histories, t.coupon_items, u, c, t.profiles)
+                    for u, c in ((t.valid_user_index, t.valid_coupon_index), (bench.report_users, bench.report_coupons)))
+    x_sel, x_rep = np.c_[logit(g_sel), a_sel], np.c_[logit(g_rep), a_rep]
+    h = CouponHybrid.fit(x_sel, t.valid_labels, {}, float(t.labels.mean()), features=["gbt_logit", "adapter_logit"])
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    return _binary_metrics(t.valid_labels, sig(h.logits(x_sel)), bench.report_labels, sig(h.logits(x_rep)))
 
 
 def uci_adapter_metrics(bench: ContextCouponBench, model: Any) -> dict[str, float]:

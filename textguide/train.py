@@ -958,7 +958,23 @@ def encode_items(model: MultiTaskAdapter, item_emb: np.ndarray, task: str, batch
     emb = _as_embeddings(item_emb, "item_emb", model.config.input_dim)
     model.check_task(task)
     out = [model.item_vectors(_gather(emb, slice(i, i + batch_size)), task) for i in range(0, len(emb), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    vecs = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    return _blend(model, task, vecs, emb)
+
+
+def _blend(model: MultiTaskAdapter, task: str, vectors: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """With ``config.text_blend[task] = w > 0``: append ``sqrt(w) *`` the unit text vectors, so that the inner
+    product of a blended query and item is ``adapter cosine + w * text cosine`` (items and queries alike)."""
+    w = model.config.text_blend.get(task, 0.0)
+    if not w:
+        return vectors
+    text = np.asarray(text, dtype=np.float32)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([vectors, np.sqrt(w, dtype=np.float32) * text], axis=1).astype(np.float32)
+
+
+def _mean_text(emb: np.ndarray, sets: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.stack([emb[list(s)].mean(0) for s in sets]) if len(sets) else np.zeros((0, emb.shape[1]), np.float32)
 
 
 @torch.inference_mode()
@@ -973,7 +989,8 @@ def recommend_queries(
     for start in range(0, len(histories), batch_size):
         idx, mask = _pad(histories[start : start + batch_size], model.config.max_history)
         out.append(model.recommend_query(_gather(emb, idx), torch.from_numpy(mask)))
-    return torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    q = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    return _blend(model, "recommend", q, _mean_text(emb, histories)) if model.config.text_blend else q
 
 
 @torch.inference_mode()
@@ -996,7 +1013,8 @@ def outfit_queries(
         idx, mask = _pad(partials[start : start + batch_size], model.config.max_history)
         slot = torch.from_numpy(slots[start : start + batch_size])
         out.append(model.outfit_query(_gather(emb, idx), torch.from_numpy(mask), slot))
-    return torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    q = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    return _blend(model, "outfit", q, _mean_text(emb, partials)) if model.config.text_blend else q
 
 
 def coupon_probabilities(

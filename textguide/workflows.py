@@ -13,6 +13,7 @@ import pandas as pd
 
 from . import recipes
 from .adapters import AdapterConfig, MultiTaskAdapter
+from .coupon_hybrid import CouponHybrid
 from .encoder import EmbeddingCache, TextEncoder, load_encoder
 from .evaluate import best_f1_threshold
 from .guide import Guide
@@ -54,8 +55,9 @@ def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0) -> M
     ))
 
 
-def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """Each task's report-split metrics for a trained adapter."""
+def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tuple[str, ...],
+                   hybrid: CouponHybrid | None = None) -> dict[str, dict[str, float]]:
+    """Each task's report-split metrics for a trained adapter (coupons: the served hybrid score)."""
     out: dict[str, dict[str, float]] = {}
     if "recommend" in tasks:
         b = benches["recommend"]
@@ -64,13 +66,35 @@ def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tupl
         b = benches["outfit"]
         out["outfit"] = recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model))
     if "coupon" in tasks:
-        b = benches["coupon"]
-        t = b.task
-        sel = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
-        s_sel = recipes.coupon_logits(b, "adapter", sel, model)
-        thr, _ = best_f1_threshold(sel["label"].to_numpy(), 1 / (1 + np.exp(-s_sel)))  # threshold from selection
-        out["coupon"] = recipes.evaluate_coupons(b, recipes.coupon_logits(b, "adapter", b.report, model), threshold=thr)
+        out["coupon"] = evaluate_coupon_hybrid(benches["coupon"], model, hybrid)
     return out
+
+
+def evaluate_coupon_hybrid(bench: Any, model: MultiTaskAdapter, hybrid: CouponHybrid | None = None
+                           ) -> dict[str, float]:
+    """Report-split metrics of the served coupon score: the hybrid of priors, household activity and the
+    adapter's affinity (fitted on the selection households unless ``hybrid`` is given; the F1 threshold is
+    chosen on the selection households)."""
+    hybrid = hybrid or recipes.fit_coupon_hybrid(bench, model)
+    sel = bench.select_frame
+    s_sel = hybrid.logits(recipes.hybrid_features(bench, sel, model, hybrid.prior, hybrid.global_rate))
+    thr, _ = best_f1_threshold(sel["label"].to_numpy(), 1 / (1 + np.exp(-s_sel)))
+    s_rep = hybrid.logits(recipes.hybrid_features(bench, bench.report, model, hybrid.prior, hybrid.global_rate))
+    return recipes.evaluate_coupons(bench, s_rep, threshold=thr)
+
+
+def coupon_hybrid_selection_auc(bench: Any, model: MultiTaskAdapter) -> float:
+    """Selection-split AUC of the hybrid without fitting and scoring on the same rows: 2-fold by household."""
+    from .evaluate import roc_auc
+
+    sel = bench.select_frame
+    prior, g = recipes.coupon_prior(bench)
+    x, y = recipes.hybrid_features(bench, sel, model, prior, g), sel["label"].to_numpy()
+    fold = (sel["u"].to_numpy() % 2).astype(bool)
+    scores = np.zeros(len(y))
+    for f in (fold, ~fold):
+        scores[f] = CouponHybrid.fit(x[~f], y[~f], prior, g).logits(x[f])
+    return roc_auc(y, scores)
 
 
 def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> float:
@@ -83,11 +107,31 @@ def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> 
     if task == "outfit":
         sel = recipes.OutfitBench(bench.name, bench.guide, bench.task, bench.task.valid_outfits, bench.slots)
         return recipes.evaluate_outfits(sel, recipes.outfit_scorer(sel, method, model))["FITB"]
+    if model is not None:
+        return coupon_hybrid_selection_auc(bench, model)
     t = bench.task
     frame = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
     from .evaluate import roc_auc
 
     return roc_auc(frame["label"].to_numpy(), recipes.coupon_logits(bench, method, frame, model))
+
+
+BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def choose_text_blend(bench: Any, task: str, model: MultiTaskAdapter, grid: tuple[float, ...] = BLEND_GRID
+                      ) -> dict[str, float]:
+    """Set ``model.config.text_blend[task]`` (score = adapter + w * text cosine) to the ``w`` of ``grid`` with
+    the best selection metric (recommend, outfit; a no-op for coupons); return {w: metric}."""
+    if task not in ("recommend", "outfit"):
+        return {}
+    scores = {}
+    for w in grid:
+        model.config.text_blend[task] = w
+        scores[w] = selection_metrics(bench, task, model)
+    model.config.text_blend[task] = max(scores, key=lambda w: (scores[w], -w))
+    logger.info("%s: text blend weight %g (selection %s)", task, model.config.text_blend[task], scores)
+    return scores
 
 
 def preferred_method(bench: Any, task: str, model: MultiTaskAdapter) -> dict[str, Any]:
@@ -101,11 +145,14 @@ def preferred_method(bench: Any, task: str, model: MultiTaskAdapter) -> dict[str
     return {"methods": {task: choice}, "selection": {"adapter": adapter, "text": text}}
 
 
-def guide_meta(task: str) -> dict[str, Any]:
-    """What the guide must remember to serve a task (slot vocabulary, profile encoding)."""
+def guide_meta(task: str, bench: Any = None, model: MultiTaskAdapter | None = None) -> dict[str, Any]:
+    """What the guide must remember to serve a task (slot vocabulary, profile encoding; for coupons with a
+    benchmark and model, the fitted hybrid that ``rank_coupons`` serves)."""
     if task == "outfit":
         return {"slot_field": "slot", "slots": recipes.POLYVORE_SLOTS}
     if task == "coupon":
+        if bench is not None and model is not None:
+            return {"profile": "text", "coupon_hybrid": recipes.fit_coupon_hybrid(bench, model).to_dict()}
         return {"profile": "text"}
     return {}
 
@@ -164,7 +211,7 @@ def train_recipe(
     output: str | Path,
     *,
     sharing: str = "hard",
-    weighting: str = "static",
+    weighting: str = "dwa",
     steps: int = 3000,
     max_seconds: float | None = 600,
     seed: int = 0,
@@ -188,14 +235,17 @@ def train_recipe(
     t0 = time.time()
     result = train(model, {t: benches[t].task for t in tasks}, cfg)
     seconds = time.time() - t0
+    for t in tasks:
+        choose_text_blend(benches[t], t, model)
     metrics = evaluate_model(benches, model, tasks)
-    results = {t: {f"adapter ({sharing}/{weighting})": metrics[t]} for t in tasks}
+    results = {t: {f"{'hybrid: priors + ' if t == 'coupon' else ''}adapter ({sharing}/{weighting})": metrics[t]}
+               for t in tasks}
     curves = {f"{sharing}/{weighting}": result.history}
     md = ""
     for t in tasks:
         path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
         g: Guide = benches[t].guide
-        g.set_adapter(model, {**guide_meta(t), **preferred_method(benches[t], t, model),
+        g.set_adapter(model, {**guide_meta(t, benches[t], model), **preferred_method(benches[t], t, model),
                               "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
                               "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step})
         g.save(path)
@@ -218,18 +268,56 @@ def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Pa
     if bench.guide.index.ids != guide.index.ids:
         raise ValueError(f"{guide_path} does not hold the {recipe} catalog in the expected order; rebuild it with "
                          f"`textguide train {recipe} {guide_path}`")
-    rows = evaluate_model({task: bench}, guide.adapter, (task,))
-    results: dict[str, dict[str, float]] = {"adapter": rows[task]}
+    hybrid = guide.adapter_meta.get("coupon_hybrid")
+    rows = evaluate_model({task: bench}, guide.adapter, (task,), CouponHybrid.from_dict(hybrid) if hybrid else None)
+    served = guide.adapter_meta.get("methods", {}).get(task, "adapter")
+    results: dict[str, dict[str, float]] = {}
     if task == "recommend":
-        results["text similarity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "text"))
         results["popularity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "popularity"))
+        results["text similarity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "text"))
     elif task == "outfit":
         results["text similarity"] = recipes.evaluate_outfits(bench, recipes.outfit_scorer(bench, "text"))
     else:
-        results["text similarity"] = recipes.evaluate_coupons(bench, recipes.coupon_logits(bench, "text", bench.report))
+        results.update(coupon_baselines(bench))
+    name = "trained (hybrid: priors + adapter)" if task == "coupon" else "trained adapter"
+    results[f"{name}{'' if served == 'adapter' else ' [not served: auto uses text]'}"] = rows[task]
     out = Path(report_dir) if report_dir else Path(guide_path) / "reports"
     md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results})
+    md += "\n" + gain_table(results)
+    (out / "report.md").write_text(md + "\n", encoding="utf-8")
     return {"results": {task: results}, "markdown": md}
+
+
+def coupon_baselines(bench: Any, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Coupon baselines on the report households: popularity (smoothed redemption rate), text similarity, and
+    LightGBM on the hybrid's features without the adapter (priors + household activity + text cosine), fitted
+    on the training households."""
+    import lightgbm
+
+    rows = {m: recipes.evaluate_coupons(bench, recipes.coupon_logits(bench, m, bench.report))
+            for m in ("popularity", "text")}
+    rows["text similarity"] = rows.pop("text")
+    prior, g = recipes.coupon_prior(bench)
+    gbt = lightgbm.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, verbose=-1, random_state=seed)
+    gbt.fit(recipes.hybrid_features(bench, bench.train_frame, None, prior, g), bench.train_frame["label"].to_numpy())
+    p_sel, p_rep = (gbt.predict_proba(recipes.hybrid_features(bench, f, None, prior, g))[:, 1]
+                    for f in (bench.select_frame, bench.report))
+    thr, _ = best_f1_threshold(bench.select_frame["label"].to_numpy(), p_sel)
+    rows["lightgbm (priors + activity + text)"] = recipes.evaluate_coupons(bench, p_rep, threshold=thr)
+    return rows
+
+
+def gain_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown: relative gain (%) of the last row (the trained model) over every other row, per metric."""
+    names = list(results)
+    model, metrics = results[names[-1]], [k for k in results[names[-1]] if k != "NearDup@10"]
+    lines = [f"gain of '{names[-1]}' over each baseline (%):", "",
+             "| baseline | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for n in names[:-1]:
+        cells = [f"{(model[k] - results[n][k]) / abs(results[n][k]):+.1%}" if results[n].get(k) else ""
+                 for k in metrics]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def save_transferred(bench: Any, result: Any, output: str | Path, meta: dict[str, Any]) -> Path:
