@@ -589,7 +589,7 @@ def test_prices_are_finite_and_not_negative(tmp_path: Path, price: str, match: s
 
     path = tmp_path / "c.csv"
     path.write_text(f"id,title,price\na,Mug,3\nb,Cup,{price}\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"'price' \(price\) .*{match}.*for id 'b'"):
+    with pytest.raises(ValueError, match=rf"'price' \(price\) .*{match}.*id 'b'"):
         load_catalog(path)
 
 
