@@ -132,7 +132,9 @@ def test_recommend_serves_onboarded_items(adapted: Guide, enc: HashingEncoder) -
     assert before.method == "adapter"
     adapted.onboard(_garden(), category="Garden")
 
-    hits = adapted.recommend(["g01", "p05"], k=24)  # a history holding an onboarded item
+    # a history holding an onboarded item: served by text similarity until observe() shows the adapter helps
+    assert adapted.recommend(["g01", "p05"], k=24).method == "text"
+    hits = adapted.recommend(["g01", "p05"], k=24, method="adapter")
     assert hits.method == "adapter"
     assert set(GARDEN_IDS[1:]) <= set(hits.ids) and "g01" not in hits.ids and "p05" not in hits.ids
 
@@ -150,7 +152,7 @@ def test_recommend_serves_onboarded_items(adapted: Guide, enc: HashingEncoder) -
     assert text.method == "text" and set(text.ids) <= set(GARDEN_IDS) - {"g02"}
 
     back = Guide.load(adapted.path, encoder=enc)  # the adapter travels with the onboarded guide
-    assert back.recommend(["g01", "p05"], k=24).ids == hits.ids
+    assert back.recommend(["g01", "p05"], k=24, method="adapter").ids == hits.ids
 
 
 def test_adapted_item_vectors_are_cached_per_index_object(adapted: Guide, enc: HashingEncoder) -> None:
@@ -167,7 +169,8 @@ def test_adapted_item_vectors_are_cached_per_index_object(adapted: Guide, enc: H
 def test_complete_outfit_ranks_onboarded_candidates(adapted: Guide) -> None:
     adapted.onboard(_garden(), category="Garden")
     cands = ["g02", "g03", "g05", "p13"]
-    hits = adapted.complete_outfit(["p05", "g01"], k=3, candidates=cands)
+    assert adapted.complete_outfit(["p05", "g01"], k=3, candidates=cands).method == "text"  # candidates' slots
+    hits = adapted.complete_outfit(["p05", "g01"], k=3, candidates=cands, method="adapter")
     assert hits.method == "adapter" and len(hits) == 3 and set(hits.ids) <= set(cands)
     assert np.all(np.diff(hits.scores) <= 0)
     # the whole catalog, unknown slot: onboarded items are candidates like any other
@@ -176,9 +179,10 @@ def test_complete_outfit_ranks_onboarded_candidates(adapted: Guide) -> None:
     # a new category is not a slot of the trained adapter: its "unknown slot" query, searched within the category
     text = adapted.complete_outfit(["p05"], k=3, slot="Garden", method="text")
     assert set(text.ids) <= set(GARDEN_IDS)
-    new_slot = adapted.complete_outfit(["p05"], k=6, slot="Garden")
+    assert adapted.complete_outfit(["p05"], k=6, slot="Garden").method == "text"  # onboarded: not yet evidenced
+    new_slot = adapted.complete_outfit(["p05"], k=6, slot="Garden", method="adapter")
     assert new_slot.method == "adapter" and sorted(new_slot.ids) == sorted(GARDEN_IDS)
-    assert new_slot.ids == adapted.complete_outfit(["p05"], k=6, candidates=GARDEN_IDS).ids  # same query, no slot
+    assert new_slot.ids == adapted.complete_outfit(["p05"], k=6, candidates=GARDEN_IDS, method="adapter").ids
     with pytest.raises(ValueError, match="unknown slot 'Pond': not a slot of the adapter .* and no item has category='Pond'"):
         adapted.complete_outfit(["p05"], k=3, slot="Pond")
 
@@ -634,7 +638,8 @@ def test_fine_tune_learns_a_new_categorys_first_interactions(garden_guide) -> No
     firsts = [a for a in ids if a in succ]
     sequences = [[a, succ[a]] for a in rng.choice(firsts, 300)]
     def hit_rate(g: Guide) -> float:
-        return float(np.mean([g.recommend([a], k=1, category="Garden").ids[0] == succ[a] for a in firsts]))
+        return float(np.mean([g.recommend([a], k=1, category="Garden", method="adapter").ids[0] == succ[a]
+                              for a in firsts]))
     before = hit_rate(guide)
     old = guide.adapter
     report = guide.fine_tune(sequences, config=_few_shot_config())

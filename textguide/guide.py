@@ -14,6 +14,8 @@ import numpy as np
 
 from . import __version__
 from .catalog import Catalog, ColumnMap, load_catalog
+from . import decisions as dec
+from .decisions import blend_scores, blend_search, category_of_items, combine, hits_label
 from .encoder import EmbeddingCache, SentenceTransformerEncoder, TextEncoder, encode_texts, load_encoder
 from .index import INDEX_FILES, IndexConfig, ItemIndex, Where
 from .storage import (ArtifactError, ConcurrentWriteError, Snapshot, check_replaceable, read_snapshot,
@@ -375,7 +377,13 @@ class Guide:
             vecs = run_in_thread(embed) if low_priority else embed()
             new = old.copy()
             new.add(vecs, [catalog.ids[j] for j in keep], meta.iloc[keep].reset_index(drop=True), replace=replace)
-            self._swap(new, save)
+            before = self.adapter_meta
+            self.adapter_meta = self._onboarded_decisions(new)  # new categories start on text similarity
+            try:
+                self._swap(new, save)
+            except BaseException:
+                self.adapter_meta = before
+                raise
         report.seconds = time.perf_counter() - t0
         report.items = self.index.count
         logger.info("onboarded: %s", report)
@@ -553,6 +561,7 @@ class Guide:
             )
         self.adapter = model
         self.adapter_meta = dict(meta or {})
+        self.adapter_meta.setdefault("trained_categories", self._live_values("category"))  # see dec.py
         self._task_index = {}
 
     def _require_task(self, task: str) -> None:
@@ -573,6 +582,191 @@ class Guide:
             return method == "adapter"
         has = self.adapter is not None and task in self.adapter.config.tasks
         return has and self.adapter_meta.get("methods", {}).get(task, "adapter") == "adapter"
+
+    # ------------------------------------------------------------------ per-category serving decisions
+    def _adapter_weight(self, task: str, method: str, categories: Sequence[str] | None, rows: Sequence[int],
+                        field: str = "category") -> float:
+        """The adapter's share in a query's scores: 1 adapter, 0 text, between a blend. ``auto`` follows the
+        decisions of ``categories`` (default: the values of ``field`` of ``rows``), see :mod:`textguide.decisions`."""
+        if method not in ("auto", "adapter", "text", "blend"):
+            raise ValueError(f"method must be 'auto', 'adapter', 'text' or 'blend', got {method!r}")
+        if method in ("adapter", "text"):
+            return 1.0 if method == "adapter" else 0.0
+        has = self.adapter is not None and task in self.adapter.config.tasks
+        if categories is None:
+            col = self.index.metadata[field] if field in self.index.metadata.columns else None
+            categories = [] if col is None else category_of_items(col.iloc[list(rows)].tolist())
+        weight = combine(self.adapter_meta, task, categories, has)
+        if method == "blend":
+            self._require_task(task)
+            return weight if 0.0 < weight < 1.0 else 0.5
+        return weight
+
+    def _family(self, rows: Sequence[int]) -> str | None:
+        """A coupon's family: the most common category of its products (None without categories)."""
+        if "category" not in self.index.metadata.columns:
+            return None
+        values = [c for c in category_of_items(self.index.metadata["category"].iloc[list(rows)].tolist()) if c]
+        return max(dict.fromkeys(values), key=values.count) if values else None
+
+    def _live_values(self, field: str, index: ItemIndex | None = None) -> list[str]:
+        index = self.index if index is None else index
+        if field not in index.metadata.columns:
+            return []
+        values = category_of_items(index.metadata.loc[~index.deleted, field].unique().tolist())
+        return sorted({v for v in values if v is not None})
+
+    def _task_field(self, task: str) -> str:
+        return self.adapter_meta.get("slot_field", "category") if task == "outfit" else "category"
+
+    def _onboarded_decisions(self, new_index: ItemIndex) -> dict[str, Any]:
+        """The adapter section with a text-similarity decision for every category ``new_index`` adds."""
+        meta = self.adapter_meta
+        if self.adapter is None:
+            return meta
+        for task in self.adapter.config.tasks:
+            field = self._task_field(task)
+            old = set(self._live_values(field))
+            col = new_index.metadata[field] if field in new_index.metadata.columns else None
+            for value in sorted(set(self._live_values(field, new_index)) - old):
+                trained = dec.trained_categories(meta, task)
+                if value in dec.recorded(meta, task) or (trained is not None and value in trained):
+                    continue
+                count = int(((col == value).to_numpy() & ~new_index.deleted).sum()) if col is not None else 0
+                meta = dec.with_decision(meta, task, value, dec.Decision(0.0, "onboarded", {
+                    "note": "onboarded after training: text similarity until observe() shows the adapter helps",
+                    "items": count, "onboarded_at": dec.now()}))
+        return meta
+
+    def decisions(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per task, per category it serves: the method (adapter / text / blend), adapter weight, source and
+        evidence (see :mod:`textguide.decisions`). Empty without an adapter: everything is text similarity."""
+        if self.adapter is None:
+            return {}
+        out = {}
+        for task in self.adapter.config.tasks:
+            cats = sorted(set(self._live_values(self._task_field(task))) | set(dec.recorded(self.adapter_meta, task)))
+            out[task] = {c: dec.resolve(self.adapter_meta, task, c, True).to_dict() for c in cats}
+        return out
+
+    def set_decision(self, category: str, method: str, *, task: str = "recommend", weight: float | None = None,
+                     note: str | None = None, save: bool = True) -> None:
+        """Override how ``category`` of ``task`` is served: ``"adapter"``, ``"text"``, ``"blend"`` (with
+        ``weight``, the adapter's share) or ``"auto"`` (forget the recorded decision). Written atomically."""
+        self._require_task(task)
+        if method == "auto":
+            table = {t: dict(v) for t, v in self.adapter_meta.get(dec.KEY, {}).items()}
+            table.get(task, {}).pop(category, None)
+            meta = {**self.adapter_meta, dec.KEY: table}
+        else:
+            decision = dec.Decision(dec.weight_of_method(method, weight), "user",
+                                          {"note": note or "set by hand", "set_at": dec.now()})
+            meta = dec.with_decision(self.adapter_meta, task, category, decision)
+        self._write_meta(meta, save)
+
+    def _write_meta(self, meta: dict[str, Any], save: bool) -> None:
+        """Switch to a new adapter section and write the guide atomically (restored on failure)."""
+        before, self.adapter_meta = self.adapter_meta, meta
+        try:
+            self._swap(self.index, save)
+        except BaseException:
+            self.adapter_meta = before
+            raise
+
+    def observe(
+        self,
+        sequences: Sequence[Sequence[str]],
+        category: str,
+        *,
+        task: str = "recommend",
+        k: int = 10,
+        select_fraction: float = 0.5,
+        fine_tune: bool = False,
+        fine_tune_fraction: float = 0.5,
+        min_users: int = 20,
+        n_boot: int = 2000,
+        seed: int = 0,
+        save: bool = True,
+    ) -> dict[str, Any]:
+        """Evidence from a category's interactions: measure adapter vs text vs blends, switch only on a
+        significant gain, and record the decision (written atomically with the guide).
+
+        ``sequences`` are users' item ids, oldest first (``task="recommend"``; the target is each sequence's
+        last item of ``category``, ranked among the category's items with the earlier items as history), or
+        outfits (``task="outfit"``: the target is the outfit's item of slot ``category``, the other items the
+        partial outfit). Users are split into a selection part (picks the best adapter weight among text, the
+        blends and the adapter by hit@``k``) and a held-out part, where the pick replaces the current decision
+        only if the 95 % paired-bootstrap interval of its per-user gain is above 0
+        (:func:`textguide.decisions.decide`). With ``fine_tune=True`` (recommend only), a ``fine_tune_fraction``
+        of the users first goes to :meth:`fine_tune` (its own guard decides whether the adapter changes) and
+        the evaluation uses the others. Returns the report (also ``reports/observe.json``).
+        """
+        from .train import encode_items, outfit_queries, recommend_queries
+
+        if task not in ("recommend", "outfit"):
+            raise ValueError(f"observe supports task 'recommend' or 'outfit', got {task!r}; set a coupon family's "
+                             f"method with guide.set_decision(family, method, task='coupon')")
+        self._require_task(task)
+        k = _check_k(k)
+        if not isinstance(category, str) or not category:
+            raise ValueError(f"category must be a non-empty string, got {category!r}")
+        if isinstance(sequences, str) or not len(sequences):
+            raise ValueError("sequences must be a non-empty list of item-id lists")
+        field = self._task_field(task)
+        in_cat = self.index.mask({field: category}) if field in self.index.metadata.columns else None
+        if in_cat is None or not in_cat.any():
+            raise ValueError(f"no live item has {field}={category!r}; onboard the category first")
+        report: dict[str, Any] = {"task": task, "category": category, "sequences": len(sequences)}
+        if fine_tune:
+            if task != "recommend":
+                raise ValueError("fine_tune=True is supported for task='recommend' only")
+            tune = dec.split_users(len(sequences), fine_tune_fraction, seed + 1)
+            report["fine_tune"] = self.fine_tune([sequences[i] for i in np.flatnonzero(tune)], seed=seed, save=False)
+            sequences = [sequences[i] for i in np.flatnonzero(~tune)]
+        hist, targets = [], []
+        for n, seq in enumerate(sequences):
+            rows, _ = self._rows(seq, f"sequence {n}", "error")
+            rows = list(dict.fromkeys(rows))
+            pos = [j for j, r in enumerate(rows) if in_cat[r]]
+            if not pos:
+                continue
+            j = pos[-1]
+            context = rows[:j] if task == "recommend" else rows[:j] + rows[j + 1:]
+            if context:
+                hist.append(context[-50:])
+                targets.append(rows[j])
+        if len(hist) < 2:
+            raise ValueError(f"need at least 2 sequences with an item of {category!r} after at least one other item, "
+                             f"got {len(hist)}")
+        cand = np.flatnonzero(in_cat)
+        col = {int(r): i for i, r in enumerate(cand)}
+        emb = self.index.embeddings
+        text_q = np.stack([emb[h].mean(0) for h in hist])
+        text_q /= np.maximum(np.linalg.norm(text_q, axis=1, keepdims=True), 1e-12)
+        if task == "recommend":
+            adapter_q = recommend_queries(self.adapter, emb, hist)
+        else:
+            slots = list(self.adapter_meta.get("slots", []))
+            adapter_q = outfit_queries(self.adapter, emb, hist, [slots.index(category) if category in slots else -1]
+                                       * len(hist))
+        current = dec.resolve(self.adapter_meta, task, category, True)
+        weights = sorted({*dec.candidate_weights(True), current.weight})
+        ranks = dec.ranks_by_weight(text_q, emb[cand], adapter_q, encode_items(self.adapter, emb[cand], task),
+                                    [col[t] for t in targets], [[col[r] for r in h if r in col] for h in hist], weights)
+        hits = {w: dec.rank_metrics(r, k)[0] for w, r in ranks.items()}
+        ndcg = {w: dec.rank_metrics(r, k)[1] for w, r in ranks.items()}
+        decision = dec.decide(hits, current.weight, dec.split_users(len(hist), select_fraction, seed),
+                              metric=f"Recall@{k}", min_users=min_users, n_boot=n_boot, seed=seed,
+                              extra={f"NDCG@{k}": ndcg})
+        decision.evidence.update(previous=current.to_dict(), candidates=len(cand))
+        report.update(users=len(hist), decision=decision.to_dict(), summary=decision.evidence["verdict"])
+        self._write_meta(dec.with_decision(self.adapter_meta, task, category, decision), save)
+        if save and self.path is not None:
+            from .transfer import save_transfer_report
+
+            save_transfer_report(self, report, "observe.json")
+        logger.info("observe %s/%s: %s", task, category, report["summary"])
+        return report
 
     def _task_vectors(self, task: str) -> ItemIndex:
         """Exact inner-product index over the adapted item vectors of ``task`` (live items only).
@@ -632,19 +826,27 @@ class Guide:
         rows, unknown = self._rows(history, "history", on_unknown)
         known = [self.index.ids[r] for r in rows]
         exclude = [known] if exclude_history else None
-        use_adapter = self._use_adapter("recommend", method)
-        if use_adapter:
+        # the serving decision of the filtered categories, else of the history's (the conservative one if several)
+        served = [category] if isinstance(category, str) else category if category is not None else None
+        weight = self._adapter_weight("recommend", method, served, rows)
+        use_adapter = weight >= 1.0
+        if weight > 0:
             self._require_task("recommend")
             from .train import recommend_queries
 
-            q = recommend_queries(self.adapter, self.index.embeddings, [rows])
-            ids, scores = self._task_vectors("recommend").search(q, k, where=_where(category, where), exclude=exclude)
-        else:
+            qa = recommend_queries(self.adapter, self.index.embeddings, [rows])
+        if weight < 1.0:
             q = self.index.embeddings[rows].mean(0, keepdims=True)
             q /= max(float(np.linalg.norm(q)), 1e-12)
+        if use_adapter:
+            ids, scores = self._task_vectors("recommend").search(qa, k, where=_where(category, where), exclude=exclude)
+        elif weight <= 0:
             ids, scores = self.index.search(q, k, where=_where(category, where), exclude=exclude)
+        else:
+            ids, scores = blend_search(self.index, q, self._task_vectors("recommend"), qa, weight, k,
+                                       where=_where(category, where), exclude=exclude)
         hits = self._hits(ids[0], scores[0])
-        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown
+        hits.method, hits.skipped = hits_label(weight), unknown
         return hits
 
     def complete_outfit(
@@ -676,37 +878,48 @@ class Guide:
             if slot_field not in self.index.metadata.columns:
                 raise ValueError(f"cannot filter on slot: this guide's items have no {slot_field!r} field")
             where = {slot_field: slot}
-        use_adapter = self._use_adapter("outfit", method)
+        slots = list(self.adapter_meta.get("slots", []))
+        if slot is not None and slot not in slots and slots and not self.index.mask(where).any():
+            raise ValueError(
+                f"unknown slot {slot!r}: not a slot of the adapter ({slot_field}: {slots}) and no item has "
+                f"{slot_field}={slot!r}"
+            )
+        # the decision of the wanted slot, else of the candidates' (or the input items') slots
+        served_rows = rows
+        if slot is None and candidates is not None and not isinstance(candidates, str) and len(candidates):
+            served_rows = self._rows(candidates, "candidates", "error")[0]
+        weight = self._adapter_weight("outfit", method, None if slot is None else [slot], served_rows, slot_field)
+        use_adapter = weight > 0
         if use_adapter:
             self._require_task("outfit")
             from .train import outfit_queries
 
-            slots = list(self.adapter_meta.get("slots", []))
-            if slot is not None and slot not in slots and slots and not self.index.mask(where).any():
-                raise ValueError(
-                    f"unknown slot {slot!r}: not a slot of the adapter ({slot_field}: {slots}) and no item has "
-                    f"{slot_field}={slot!r}"
-                )
             # a category onboarded after training: the adapter's "unknown slot" query, searched within it
             slot_idx = slots.index(slot) if slot in slots else -1
-            q = outfit_queries(self.adapter, self.index.embeddings, [rows], [slot_idx])
-            space = self._task_vectors("outfit")
-        else:
-            q = self.index.embeddings[rows].mean(0, keepdims=True)
-            q /= max(float(np.linalg.norm(q)), 1e-12)
-            space = self.index
+            qa = outfit_queries(self.adapter, self.index.embeddings, [rows], [slot_idx])
+        qt = self.index.embeddings[rows].mean(0, keepdims=True)
+        qt /= max(float(np.linalg.norm(qt)), 1e-12)
+        q, space = (qa, self._task_vectors("outfit")) if weight >= 1.0 else (qt, self.index)
         if candidates is not None:
             if isinstance(candidates, str) or not len(candidates):
                 raise ValueError("candidates must be a non-empty list of item ids")
             cand_rows, _ = self._rows(candidates, "candidates", "error")
             cand = [self.index.ids[r] for r in cand_rows if self.index.ids[r] not in set(known)]
             scores = (space.vectors(cand) @ q[0]).astype(np.float32)
+            if 0 < weight < 1:
+                qn = qa[0] / max(float(np.linalg.norm(qa[0])), 1e-12)
+                scores = blend_scores(self.index.vectors(cand) @ qt[0], self._task_vectors("outfit").vectors(cand) @ qn,
+                                      weight)
             order = np.argsort(-scores, kind="stable")[:k]
             hits = self._hits([cand[i] for i in order], scores[order])
+        elif 0 < weight < 1:
+            ids, scores = blend_search(self.index, qt, self._task_vectors("outfit"), qa, weight, k, where=where,
+                                       exclude=[known])
+            hits = self._hits(ids[0], scores[0])
         else:
             ids, scores = space.search(q, k, where=where, exclude=[known])
             hits = self._hits(ids[0], scores[0])
-        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown
+        hits.method, hits.skipped = hits_label(weight), unknown
         return hits
 
     def add_coupons(self, coupons: dict[str, Sequence[str]], *, replace: bool = False, save: bool = True) -> None:
@@ -789,7 +1002,9 @@ class Guide:
             if not spec:
                 raise ValueError(f"no coupons to rank: every product of coupons {gone[:5]} was removed from the guide; "
                                  f"register coupons covering live products with guide.add_coupons(..., replace=True)")
-        use_adapter = self._use_adapter("coupon", method)
+        # the decision of the coupons' families (each coupon's most common product category; the conservative one)
+        weight = self._adapter_weight("coupon", method, [self._family(r) for r in coupon_rows], [])
+        use_adapter = weight > 0
         if use_adapter:
             self._require_task("coupon")
             from .train import coupon_probabilities
@@ -800,19 +1015,20 @@ class Guide:
             probs = coupon_probabilities(self.adapter, self.index.embeddings, rows, coupon_rows, prof)
             if "coupon_hybrid" in self.adapter_meta:
                 probs = self._coupon_hybrid(list(spec), rows, coupon_rows, prof, activity)
-        else:
+        if weight < 1.0:
             if not rows:
                 raise ValueError("history is empty: the text method needs at least one purchased item")
             u = self.index.embeddings[rows].mean(0)
             u /= max(float(np.linalg.norm(u)), 1e-12)
             c = np.stack([self.index.embeddings[r].mean(0) for r in coupon_rows])
             c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-            probs = ((c @ u + 1) / 2).astype(np.float32)
+            text_probs = ((c @ u + 1) / 2).astype(np.float32)
+            probs = blend_scores(text_probs, probs if use_adapter else None, weight)
         order = np.argsort(-probs, kind="stable")
         ids = list(spec)
         hits = Hits([ids[i] for i in order], probs[order].astype(np.float32),
                     [{"id": ids[i], "items": len(coupon_rows[i])} for i in order])
-        hits.method, hits.skipped = ("adapter" if use_adapter else "text"), unknown + gone
+        hits.method, hits.skipped = hits_label(weight), unknown + gone
         return hits
 
     def _coupon_hybrid(self, coupon_ids: list[str], rows: list[int], coupon_rows: list[list[int]],
@@ -857,6 +1073,7 @@ class Guide:
             "index": {"factory": self.index.factory, "dim": self.index.dim, "metric": "inner_product"},
             "categories": cats,
             "coupons": len(self.coupons),
+            "serving": self.decisions(),  # per task and category: method, adapter weight, source, evidence
             "adapter": None if self.adapter is None else {
                 "tasks": list(self.adapter.config.tasks), "sharing": self.adapter.config.sharing,
                 "dim": self.adapter.config.dim, **self.adapter_meta},
