@@ -15,7 +15,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     $PIP install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-$PIP install -q -e ".[multilingual,test,bench]"
+$PIP install -q -e ".[multilingual,test,bench,fast,ray]"
 if $PIP list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "error: CUDA packages (nvidia-*) found in $VENV; remove them and install torch==2.13.0 (CPU) first" >&2
   exit 1

@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .backends import BACKENDS
 from .catalog import ColumnMap
 
 logger = logging.getLogger("textguide")
@@ -59,7 +60,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
 
     guide = build_index(
         args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
-        precision=args.precision, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        precision=args.precision, backend=args.backend, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         strict=args.strict, on_duplicate=args.on_duplicate, batch_size=args.batch_size, show_progress=True,
     )
     info = guide.info()
@@ -104,7 +105,7 @@ def cmd_onboard(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     report = guide.onboard(args.catalog, category=args.category, replace=args.replace, columns=_columns(args),
                            template=args.template, cache=cache, batch_size=args.batch_size, precision=args.precision,
-                           show_progress=True)
+                           backend=args.backend, show_progress=True)
     print(f"onboarded into {args.guide}: {report.added} added, {report.replaced} replaced, "
           f"{report.unchanged} unchanged; {report.items} items now ({report.seconds:.1f}s)")
     return 0
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=None,
                    help="minilm (default, packaged), use-multilingual, hashing:DIM, or a local sentence-transformers path")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
+                   help="runtime of a sentence-transformers encoder: torch (default), onnx, onnx-int8, openvino, "
+                        "openvino-int8 (exported once from the local weights, cached; see docs/benchmarks.md)")
     p.add_argument("--factory", default=None, help="FAISS factory string (default: Flat, or HNSW32,Flat above 50k items)")
     p.add_argument("--cache-dir", default=None, help="embedding cache directory (default ~/.cache/textguide)")
     p.add_argument("--no-cache", action="store_true")
@@ -185,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "their query latency (default 19, the lowest priority; 0 keeps it)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="embed the new items in this precision (bf16: ~1.6x faster on AMX CPUs; default: the guide's)")
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help="embed the new items on this runtime (default: the guide's)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-cache", action="store_true")
     _add_catalog_args(p)
