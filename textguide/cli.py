@@ -58,6 +58,16 @@ def _print_hits(query: str, hits: Any, as_json: bool) -> None:
 def cmd_build_index(args: argparse.Namespace) -> int:
     from .guide import build_index
 
+    if args.stream:
+        from .stream import build_index_streaming
+
+        manifest = build_index_streaming(
+            args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
+            backend=args.backend, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+            strict=args.strict, batch_rows=args.batch_rows, batch_size=args.batch_size)
+        print(f"built {args.output}: {manifest['counts']['items']} items, encoder {manifest['encoder']['name']} "
+              f"({manifest['encoder']['dim']}-d), index {manifest['index']['factory']} (streamed)")
+        return 0
     guide = build_index(
         args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
         precision=args.precision, backend=args.backend, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
@@ -147,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-index", help="embed a catalog and write a guide directory")
-    p.add_argument("catalog", help="CSV, TSV, JSONL or Parquet file (optionally .gz)")
+    p.add_argument("catalog", help="CSV, TSV, JSONL or Parquet file (optionally .gz), or a datasets save_to_disk folder")
     p.add_argument("output", help="guide directory to write (replaced atomically)")
     p.add_argument("--encoder", default=None,
                    help="minilm (default, packaged), use-multilingual, hashing:DIM, or a local sentence-transformers path")
@@ -159,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="embedding cache directory (default ~/.cache/textguide)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--stream", action="store_true",
+                   help="out of core: read the catalog in Arrow batches (datasets) instead of loading it whole")
+    p.add_argument("--batch-rows", type=int, default=50_000, help="rows per streamed batch (with --stream)")
     _add_catalog_args(p)
     p.set_defaults(func=cmd_build_index)
 

@@ -218,10 +218,16 @@ class HashingEncoder:
         self.seed = seed
         self.name = f"hashing:{dim}"
         self.fingerprint = f"hashing-{dim}-{seed}"
+        self._memo: dict[str, np.ndarray] = {}
 
     def _vector(self, token: str) -> np.ndarray:
-        h = zlib.crc32(f"{self.seed}:{token}".encode())
-        return np.random.default_rng(h).standard_normal(self.dim).astype(np.float32)
+        v = self._memo.get(token)
+        if v is None:
+            h = zlib.crc32(f"{self.seed}:{token}".encode())
+            v = np.random.default_rng(h).standard_normal(self.dim).astype(np.float32)
+            if len(self._memo) < 200_000:  # bounded: a memo, not a vocabulary
+                self._memo[token] = v
+        return v
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts -> float32 ``(n, dim)``, L2-normalised."""
