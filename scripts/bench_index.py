@@ -13,12 +13,15 @@ Sections (one Markdown table at the end, with a target and a pass column per row
 3. the full catalog: build time, peak RSS of the build (measured in a fresh child process), size
    on disk, recall@10 of the auto-chosen index vs exact search, and single-query latency p50/p99 of
    ``guide.similar`` / ``guide.search`` vs the baseline.
+4. CPU backends (``--backend``: ONNX Runtime, OpenVINO, their int8 exports) vs plain ``encode`` fp32 on
+   ``--backend-texts`` texts, runs interleaved: throughput ratio, cosine to fp32, top-10 neighbour overlap.
 
 Usage::
 
     python scripts/bench_index.py --limit 5000                      # quick check (~10 min on 2 cores)
     python scripts/bench_index.py --cache-dir /tmp/tg-bench-cache   # full run (~1 h on 2 cores, cold)
     python scripts/bench_index.py --cache-dir /tmp/tg-bench-cache --skip-encode-bench   # warm rerun of 3.
+    python scripts/bench_index.py --only-backends --backend-texts 3000 --repeats 3      # section 4 only
 
 The cold encode time of section 3 is stored next to the cache (``bench_index_cold.json``) the first
 time it is measured, so a rerun with a warm ``--cache-dir`` still reports it.
@@ -312,6 +315,58 @@ def bench_encode(frame: pd.DataFrame, n: int, repeats: int, work: Path, rows: li
     results["_plain_items_per_s"] = best["plain"]
 
 
+# ---------------------------------------------------------------------------------------------- 4
+def bench_backends(frame: pd.DataFrame, n: int, repeats: int, backends: Sequence[str], rows: list[Row],
+                   results: dict) -> None:
+    """Section 4: CPU backends vs plain ``SentenceTransformer.encode`` fp32 on the same texts, runs interleaved
+    (plain, b1, b2, ..., then rotated) so that load from other processes hits every encoder alike."""
+    from textguide.backends import backend_available
+    from textguide.encoder import load_encoder
+
+    texts = frame.drop_duplicates("text").head(n)["text"].tolist()
+    n = len(texts)
+    encoders: dict[str, Any] = {"plain": plain_model()}
+    for b in backends:
+        if not backend_available(b):
+            logger.warning("backend %s: packages missing, skipped", b)
+            continue
+        encoders[b] = load_encoder(backend=b)  # exports on first use (cached): not timed
+    run = {name: (lambda e=e: e.encode(texts, normalize_embeddings=True, show_progress_bar=False)) if name == "plain"
+           else (lambda e=e: e.encode(texts, show_progress=False)) for name, e in encoders.items()}
+    for name, e in encoders.items():  # warm-up
+        (e.encode(texts[:64], normalize_embeddings=True) if name == "plain" else e.encode(texts[:64]))
+    names = list(encoders)
+    secs: dict[str, list[float]] = {w: [] for w in names}
+    vecs: dict[str, np.ndarray] = {}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for who in order:
+            before = load()
+            vecs[who], dt = timed(run[who])
+            secs[who].append(dt)
+            logger.info("backend %s run %d: %.1f s, %.1f items/s (load %s -> %s)", who, r + 1, dt, n / dt, before, load())
+    ref = np.asarray(vecs["plain"], np.float32)
+    q = np.random.default_rng(0).choice(n, size=min(N_QUERIES, n), replace=False)
+    nn_ref = topk_exact(ref, ref[q], K, q)
+    base_tput = float(np.mean([n / t for t in secs["plain"]]))
+    results["backends"] = {"n": n, "seconds": secs, "queries": len(q)}
+    rows.append(Row("4", f"plain ST encode fp32, {n:,} H&M texts, items/s (mean of {repeats} interleaved runs)",
+                    "—", f"{base_tput:.1f}", "", None))
+    for b in names[1:]:
+        v = vecs[b]
+        cos = np.sum(v * ref, axis=1)
+        nn = topk_exact(v, v[q], K, q)
+        overlap = float(np.mean([len(set(a) & set(c)) / K for a, c in zip(nn_ref, nn)]))
+        tput = float(np.mean([n / t for t in secs[b]]))
+        ratio = tput / base_tput
+        ok = ratio >= 2.0 and float(cos.mean()) >= 0.99 and overlap >= 0.95
+        results["backends"][b] = {"items_per_s": tput, "ratio": ratio, "cos_mean": float(cos.mean()),
+                                  "cos_min": float(cos.min()), "overlap@10": overlap}
+        rows.append(Row("4", f"backend {b}: items/s, x plain; cosine to fp32 mean (min); top-{K} overlap ({len(q)} queries)",
+                        f"{tput:.1f} = {ratio:.2f}x; cos {cos.mean():.4f} ({cos.min():.4f}); overlap {overlap:.3f}",
+                        f"{base_tput:.1f}", ">= 2x, cos >= .99, overlap >= .95", ok))
+
+
 # ---------------------------------------------------------------------------------------------- 3
 def _build_child(hm_path: str, limit: int | None, cache_dir: str, out_dir: str, queue) -> None:
     """Build the guide in a fresh process so ru_maxrss is the build's own peak RSS."""
@@ -557,6 +612,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-encode-bench", action="store_true", help="skip sections 1 and 2")
     p.add_argument("--repeats", type=int, default=2, help="alternating fp32 runs per encoder in section 1 (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results to this JSON file")
+    p.add_argument("--backend-texts", type=int, default=3000, help="texts for section 4 (CPU backends; 0 skips it)")
+    p.add_argument("--backends", default="onnx,onnx-int8,openvino,openvino-int8", help="section 4's backends")
+    p.add_argument("--only-backends", action="store_true", help="run section 4 only")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit <= 0:
         p.error("--limit must be positive")
@@ -578,11 +636,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"command": command, "start": start, "load_start": load_start}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
         work = Path(tmp)
-        if not args.skip_encode_bench:
+        if args.backend_texts > 0:
+            frame = read_articles(args.hm, args.limit)
+            bench_backends(frame, args.backend_texts, max(args.repeats, 2), args.backends.split(","), rows, results)
+            del frame
+        if not args.skip_encode_bench and not args.only_backends:
             frame = read_articles(args.hm, args.limit)
             bench_encode(frame, ENCODE_N, args.repeats, work, rows, results)
             del frame
-        bench_catalog(args, work, rows, results)
+        if not args.only_backends:
+            bench_catalog(args, work, rows, results)
     load_end = load()
     minutes = (time.perf_counter() - t_start) / 60
     results["load_end"] = load_end

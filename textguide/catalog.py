@@ -133,7 +133,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read CSV, TSV, JSONL/JSON or Parquet (optionally ``.gz``) into a string-typed DataFrame."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a catalog file; give a .csv, .tsv, .jsonl, .json or .parquet file")
+        from .stream import dataset_frame, is_dataset_dir
+
+        if is_dataset_dir(path):  # a datasets.Dataset.save_to_disk folder
+            return dataset_frame(path)
+        raise ValueError(f"{path} is a directory, not a catalog file; give a .csv, .tsv, .jsonl, .json or .parquet "
+                         f"file, or a folder written by datasets.Dataset.save_to_disk")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: catalog file not found")
     suffixes = [s.lower() for s in path.suffixes]
@@ -357,14 +362,14 @@ def _from_frame(
 
 
 def load_catalog(
-    path: str | Path,
+    path: str | Path | Any,
     columns: ColumnMap | None = None,
     template: str | None = None,
     *,
     strict: bool = False,
     on_duplicate: Literal["error", "last"] = "error",
 ) -> Catalog:
-    """Read and validate a product catalog file.
+    """Read and validate a product catalog file (or a ``datasets.Dataset`` / its ``save_to_disk`` folder).
 
     Rules: a missing required column (id, title) is an error naming it and the columns found; an
     empty or NaN title is skipped and counted in ``catalog.report`` (an error when ``strict``);
@@ -376,5 +381,10 @@ def load_catalog(
         >>> len(cat) > 300
         True
     """
-    frame = read_table(path)
+    if not isinstance(path, (str, Path)):  # a datasets.Dataset
+        from .stream import dataset_frame
+
+        frame, path = dataset_frame(path), "<dataset>"
+    else:
+        frame = read_table(path)
     return _from_frame(frame, columns or ColumnMap(), template, strict, on_duplicate, str(path))

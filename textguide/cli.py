@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .backends import BACKENDS
 from .catalog import ColumnMap
 
 logger = logging.getLogger("textguide")
@@ -57,9 +58,19 @@ def _print_hits(query: str, hits: Any, as_json: bool) -> None:
 def cmd_build_index(args: argparse.Namespace) -> int:
     from .guide import build_index
 
+    if args.stream:
+        from .stream import build_index_streaming
+
+        manifest = build_index_streaming(
+            args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
+            backend=args.backend, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+            strict=args.strict, batch_rows=args.batch_rows, batch_size=args.batch_size, force=args.force)
+        print(f"built {args.output}: {manifest['counts']['items']} items, encoder {manifest['encoder']['name']} "
+              f"({manifest['encoder']['dim']}-d), index {manifest['index']['factory']} (streamed)")
+        return 0
     guide = build_index(
         args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
-        precision=args.precision, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+        precision=args.precision, backend=args.backend, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         strict=args.strict, on_duplicate=args.on_duplicate, batch_size=args.batch_size, show_progress=True,
         force=args.force,
     )
@@ -105,7 +116,7 @@ def cmd_onboard(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     report = guide.onboard(args.catalog, category=args.category, replace=args.replace, columns=_columns(args),
                            template=args.template, cache=cache, batch_size=args.batch_size, precision=args.precision,
-                           show_progress=True)
+                           backend=args.backend, show_progress=True)
     print(f"onboarded into {args.guide}: {report.added} added, {report.replaced} replaced, "
           f"{report.unchanged} unchanged; {report.items} items now ({report.seconds:.1f}s)")
     return 0
@@ -161,11 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-index", help="embed a catalog and write a guide directory")
-    p.add_argument("catalog", help="CSV, TSV, JSONL or Parquet file (optionally .gz)")
+    p.add_argument("catalog", help="CSV, TSV, JSONL or Parquet file (optionally .gz), or a datasets save_to_disk folder")
     p.add_argument("output", help="guide directory to write (replaced atomically)")
     p.add_argument("--encoder", default=None,
                    help="minilm (default, packaged), use-multilingual, hashing:DIM, or a local sentence-transformers path")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
+                   help="runtime of a sentence-transformers encoder: torch (default), onnx, onnx-int8, openvino, "
+                        "openvino-int8 (exported once from the local weights, cached; see docs/benchmarks.md)")
     p.add_argument("--factory", default=None, help="FAISS factory string (default: Flat, or HNSW32,Flat above 50k items)")
     p.add_argument("--cache-dir", default=None, help="embedding cache directory (default ~/.cache/textguide)")
     p.add_argument("--no-cache", action="store_true")
@@ -173,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="write into a directory that is not a guide: its contents are moved aside to "
                         "OUTPUT.replaced-<time>, never deleted")
+    p.add_argument("--stream", action="store_true",
+                   help="out of core: read the catalog in Arrow batches (datasets) instead of loading it whole")
+    p.add_argument("--batch-rows", type=int, default=50_000, help="rows per streamed batch (with --stream)")
     _add_catalog_args(p)
     p.set_defaults(func=cmd_build_index)
 
@@ -203,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "their query latency (default 19, the lowest priority; 0 keeps it)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="embed the new items in this precision (bf16: ~1.6x faster on AMX CPUs; default: the guide's)")
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help="embed the new items on this runtime (default: the guide's)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-cache", action="store_true")
     _add_catalog_args(p)

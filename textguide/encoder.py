@@ -99,7 +99,15 @@ class SentenceTransformerEncoder:
         precision: Precision = "fp32",
         device: str = "cpu",
         max_seq_length: int | None = None,
+        backend: str = "torch",
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        from .backends import backend_dir, check_backend
+
+        check_backend(backend)
+        if backend != "torch" and precision != "fp32":
+            raise ValueError(f"precision={precision!r} applies to backend='torch' only; backend {backend!r} runs "
+                             f"fp32 (or int8 with {backend.split('-')[0]}-int8)")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
@@ -136,12 +144,22 @@ class SentenceTransformerEncoder:
         self.dim = int(dim)
         base = _dir_fingerprint(path) if path.exists() else hashlib.sha256(str(model).encode()).hexdigest()[:16]
         self.fingerprint = f"st-{base}-{precision}-{self.model.max_seq_length}"
+        self.backend = backend
+        self._exported = None
+        if backend != "torch":  # the fingerprint changes with the backend: its vectors differ slightly
+            from .backends import ExportedSentenceEncoder
+
+            self.fingerprint = f"st-{base}-{backend}-{self.model.max_seq_length}"
+            where = backend_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir(), f"st-{base}")
+            self._exported = ExportedSentenceEncoder(self.model, backend, where)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts -> float32 ``(n, dim)``, L2-normalised."""
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self._exported is not None:
+            return _normalise(self._exported.embed(texts, batch_size, _show(show_progress) and len(texts) > batch_size))
         import torch
 
         with torch.inference_mode():
@@ -202,10 +220,16 @@ class HashingEncoder:
         self.seed = seed
         self.name = f"hashing:{dim}"
         self.fingerprint = f"hashing-{dim}-{seed}"
+        self._memo: dict[str, np.ndarray] = {}
 
     def _vector(self, token: str) -> np.ndarray:
-        h = zlib.crc32(f"{self.seed}:{token}".encode())
-        return np.random.default_rng(h).standard_normal(self.dim).astype(np.float32)
+        v = self._memo.get(token)
+        if v is None:
+            h = zlib.crc32(f"{self.seed}:{token}".encode())
+            v = np.random.default_rng(h).standard_normal(self.dim).astype(np.float32)
+            if len(self._memo) < 200_000:  # bounded: a memo, not a vocabulary
+                self._memo[token] = v
+        return v
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts -> float32 ``(n, dim)``, L2-normalised."""
@@ -223,11 +247,18 @@ class HashingEncoder:
         return _normalise(out)
 
 
-def load_encoder(spec: str | None = None, *, precision: Precision = "fp32") -> TextEncoder:
+def load_encoder(spec: str | None = None, *, precision: Precision = "fp32", backend: str = "torch") -> TextEncoder:
     """Encoder from a spec: ``minilm`` (default, packaged, offline), ``use-multilingual``,
-    ``hashing:DIM``, or a local sentence-transformers model path (or hub name)."""
+    ``hashing:DIM``, or a local sentence-transformers model path (or hub name).
+
+    ``backend`` (sentence-transformers models only): ``torch`` (default), ``onnx``, ``onnx-int8``, ``openvino``
+    or ``openvino-int8`` (see :mod:`textguide.backends`); other encoders accept only ``torch``.
+    """
+    if backend != "torch" and spec is not None and (spec == MULTILINGUAL_ENCODER or spec.startswith("hashing:")):
+        raise ValueError(f"backend {backend!r} needs a sentence-transformers encoder; {spec!r} has its own runtime: "
+                         "leave backend='torch'")
     if spec is None or spec == DEFAULT_ENCODER:
-        return SentenceTransformerEncoder(None, precision=precision)
+        return SentenceTransformerEncoder(None, precision=precision, backend=backend)
     if spec == MULTILINGUAL_ENCODER:
         return MultilingualUSEEncoder()
     if spec.startswith("hashing:"):
@@ -236,7 +267,7 @@ def load_encoder(spec: str | None = None, *, precision: Precision = "fp32") -> T
         except ValueError:
             raise ValueError(f"encoder spec {spec!r}: expected hashing:DIM with an integer DIM") from None
         return HashingEncoder(dim)
-    return SentenceTransformerEncoder(spec, precision=precision)
+    return SentenceTransformerEncoder(spec, precision=precision, backend=backend)
 
 
 def default_cache_dir() -> Path:

@@ -153,7 +153,8 @@ class Guide:
     def encoder(self) -> TextEncoder:
         """The text encoder (loaded on first use from the manifest's encoder name)."""
         if self._encoder is None:
-            self._encoder = load_encoder(self.encoder_info["name"], precision=self.encoder_info.get("precision", "fp32"))
+            self._encoder = load_encoder(self.encoder_info["name"], precision=self.encoder_info.get("precision", "fp32"),
+                                         backend=self.encoder_info.get("backend", "torch"))
             self._check_encoder(self._encoder)
         return self._encoder
 
@@ -317,6 +318,7 @@ class Guide:
         batch_size: int = 64,
         precision: str | None = None,
         low_priority: bool = False,
+        backend: str | None = None,
         show_progress: bool | None = None,
     ) -> "OnboardReport":
         """Add a new category's products to the live guide, without rebuilding or retraining.
@@ -368,7 +370,7 @@ class Guide:
         report = OnboardReport(added=len(keep) - len(clashes), replaced=len(clashes), unchanged=len(unchanged),
                                precision=precision or self.encoder_info.get("precision", "fp32"))
         if keep:  # the encoder (or its twin) is loaded only when something needs embedding
-            encoder = self._onboard_encoder(precision)
+            encoder = self._onboard_encoder(precision, backend)
 
             def embed() -> np.ndarray:
                 return encode_texts(encoder, [catalog.texts[j] for j in keep], cache=cache, batch_size=batch_size,
@@ -389,22 +391,25 @@ class Guide:
         logger.info("onboarded: %s", report)
         return report
 
-    def _onboard_encoder(self, precision: str | None) -> TextEncoder:
-        """The guide's encoder, or its model at another precision (loaded once, kept for later onboardings)."""
+    def _onboard_encoder(self, precision: str | None, backend: str | None = None) -> TextEncoder:
+        """The guide's encoder, or its model at another precision or backend (loaded once, kept for later)."""
         own = getattr(self.encoder, "precision", "fp32")
-        if precision is None or precision == own:
+        own_backend = getattr(self.encoder, "backend", "torch")
+        if (precision is None or precision == own) and (backend is None or backend == own_backend):
             return self.encoder
-        if precision in self._twins:
-            return self._twins[precision]
+        precision, backend = precision or own, backend or own_backend
+        key = precision if backend == "torch" else f"{precision}-{backend}"
+        if key in self._twins:
+            return self._twins[key]
         if not isinstance(self.encoder, SentenceTransformerEncoder):
             raise ValueError(
                 f"precision={precision!r} needs a sentence-transformers encoder; this guide uses "
                 f"{self.encoder_info.get('name')!r}: leave precision unset"
             )
-        twin = SentenceTransformerEncoder(self.encoder.model_path, precision=precision,
-                                          max_seq_length=self.encoder.model.max_seq_length)
+        twin = SentenceTransformerEncoder(self.encoder.model_path, precision=precision,  # type: ignore[arg-type]
+                                          max_seq_length=self.encoder.model.max_seq_length, backend=backend)
         twin.name = self.encoder.name
-        self._twins[precision] = twin
+        self._twins[key] = twin
         return twin
 
     def fine_tune(
@@ -1187,6 +1192,7 @@ def encoder_info(encoder: TextEncoder) -> dict[str, Any]:
         "dim": encoder.dim,
         "fingerprint": encoder.fingerprint,
         "precision": getattr(encoder, "precision", "fp32"),
+        "backend": getattr(encoder, "backend", "torch"),
     }
 
 
@@ -1198,6 +1204,7 @@ def build_index(
     template: str | None = None,
     encoder: str | TextEncoder | None = None,
     precision: str = "fp32",
+    backend: str = "torch",
     factory: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
@@ -1216,7 +1223,7 @@ def build_index(
         check_replaceable(output, FORMAT)  # refuse before the slow embedding
     catalog = load_catalog(catalog_path, columns, template, strict=strict, on_duplicate=on_duplicate)  # type: ignore[arg-type]
     logger.info(catalog.report.summary() if catalog.report else "catalog loaded")
-    enc = encoder if encoder is not None and not isinstance(encoder, str) else load_encoder(encoder, precision=precision)  # type: ignore[arg-type]
+    enc = encoder if encoder is not None and not isinstance(encoder, str) else load_encoder(encoder, precision=precision, backend=backend)  # type: ignore[arg-type]
     cache = EmbeddingCache(cache_dir) if use_cache else None
     try:
         guide = Guide.build(

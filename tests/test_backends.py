@@ -1,0 +1,62 @@
+"""ONNX Runtime / OpenVINO backends: errors (fast) and agreement with the torch model (real, packaged MiniLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from textguide.backends import BACKENDS, backend_available, check_backend
+from textguide.encoder import load_encoder
+from textguide.guide import Guide, build_index
+from textguide.catalog import sample_catalog_path
+
+
+def test_unknown_backend_is_an_error_listing_the_choices() -> None:
+    with pytest.raises(ValueError, match="backend must be one of torch, onnx, onnx-int8"):
+        check_backend("tensorrt")
+    assert check_backend("onnx") == "onnx"
+
+
+def test_backend_needs_a_sentence_transformers_encoder() -> None:
+    with pytest.raises(ValueError, match="needs a sentence-transformers encoder"):
+        load_encoder("hashing:16", backend="onnx")
+
+
+def test_bf16_is_a_torch_only_precision() -> None:
+    with pytest.raises(ValueError, match="applies to backend='torch' only"):
+        load_encoder(None, precision="bf16", backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def torch_vectors() -> tuple[list[str], np.ndarray]:
+    texts = [f"cotton jersey top {i}, short sleeves, colour {c}" for i, c in enumerate(["black", "white", "red"] * 5)]
+    texts += ["x", "long description " * 300]  # a one-token text and one past max_seq_length
+    return texts, load_encoder().encode(texts)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_backend_matches_torch_and_has_its_own_fingerprint(backend: str, torch_vectors, tmp_path: Path) -> None:
+    if not backend_available(backend):
+        pytest.skip(f"{backend} packages not installed")
+    texts, ref = torch_vectors
+    enc = load_encoder(backend=backend)
+    assert enc.fingerprint != load_encoder().fingerprint and backend in enc.fingerprint
+    vecs = enc.encode(texts, batch_size=4)  # several length-sorted batches, back in input order
+    cos = (vecs * ref).sum(1)
+    assert vecs.shape == ref.shape and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    assert cos.min() > (0.999 if not backend.endswith("int8") else 0.95), cos.min()
+    assert list(tmp_path.iterdir()) == []  # nothing exported outside the cache
+
+
+@pytest.mark.real
+def test_build_index_records_the_backend_and_reloads_with_it(tmp_path: Path) -> None:
+    if not backend_available("onnx"):
+        pytest.skip("onnxruntime not installed")
+    guide = build_index(sample_catalog_path(), tmp_path / "g", backend="onnx")
+    assert guide.manifest["encoder"]["backend"] == "onnx"
+    loaded = Guide.load(tmp_path / "g")
+    assert loaded.encoder.backend == "onnx" and loaded.encoder.fingerprint == guide.manifest["encoder"]["fingerprint"]
+    assert loaded.search("linen shirt", k=3).ids == guide.search("linen shirt", k=3).ids
