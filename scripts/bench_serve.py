@@ -278,7 +278,7 @@ def main() -> None:
 
 
 def print_table(out: dict[str, Any]) -> None:
-    print(f"\n| endpoint | in-process p50 / p99 ms | HTTP 1 client p50 / p99 ms | HTTP / in-process (p50) | "
+    print("\n| endpoint | in-process p50 / p99 ms | HTTP 1 client p50 / p99 ms | HTTP / in-process (p50) | "
           + " | ".join(f"HTTP {c} clients req/s, p50 / p99 ms, errors" for c in out["http_n"]) + " |")
     print("|---|---|---|---|" + "---|" * len(out["http_n"]))
     for op in ("similar", "search", "recommend"):

@@ -17,6 +17,7 @@ import torch
 
 from textguide.catalog import Catalog
 from textguide.encoder import HashingEncoder
+from textguide.guide import Guide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,16 @@ def catalog_csv(tmp_path: Path, products: list[dict]) -> Path:
     path = tmp_path / "catalog.csv"
     pd.DataFrame(products).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def guide(catalog: Catalog, enc: HashingEncoder) -> Guide:
+    return Guide.build(catalog, enc)
+
+
+@pytest.fixture
+def saved(guide: Guide, tmp_path: Path) -> Path:
+    return guide.save(tmp_path / "guide")
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -30,16 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HINT = "textguide build-index"
 
 
-@pytest.fixture
-def guide(catalog: Catalog, enc: HashingEncoder) -> Guide:
-    return Guide.build(catalog, enc)
-
-
-@pytest.fixture
-def saved(guide: Guide, tmp_path: Path) -> Path:
-    return guide.save(tmp_path / "guide")
-
-
 def _brute(enc: HashingEncoder, catalog: Catalog, query: str, k: int, keep=None, skip=()) -> list[str]:
     """Reference answer computed without the index: encode everything, score, sort."""
     x = enc.encode(catalog.texts)

@@ -24,16 +24,6 @@ from textguide.storage import ArtifactError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def guide(catalog: Catalog, enc: HashingEncoder) -> Guide:
-    return Guide.build(catalog, enc)
-
-
-@pytest.fixture
-def saved(guide: Guide, tmp_path: Path) -> Path:
-    return guide.save(tmp_path / "guide")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # 1. build-index never deletes a directory that is not a guide
 # ---------------------------------------------------------------------------------------------------------

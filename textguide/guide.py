@@ -577,18 +577,6 @@ class Guide:
                 f"`textguide train`, or use the text-similarity fallback (method='text')"
             )
 
-    def _use_adapter(self, task: str, method: str) -> bool:
-        """Whether a query uses the trained adapter: ``auto`` follows the guide's recorded preference
-        (``adapter_meta["methods"][task]``, set when the text baseline validated better) and otherwise uses
-        the adapter when one is trained for the task."""
-        if method not in ("auto", "adapter", "text"):
-            raise ValueError(f"method must be 'auto', 'adapter' or 'text', got {method!r}")
-        if method != "auto":
-            return method == "adapter"
-        has = self.adapter is not None and task in self.adapter.config.tasks
-        return has and self.adapter_meta.get("methods", {}).get(task, "adapter") == "adapter"
-
-    # ------------------------------------------------------------------ per-category serving decisions
     def _adapter_weight(self, task: str, method: str, categories: Sequence[str] | None, rows: Sequence[int],
                         field: str = "category") -> float:
         """The adapter's share in a query's scores: 1 adapter, 0 text, between a blend. ``auto`` follows the

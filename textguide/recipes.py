@@ -443,8 +443,6 @@ def prepare_uci_coupon(encoder: TextEncoder, cache: EmbeddingCache | None = None
 
 def uci_baseline_gbt(bench: ContextCouponBench, seed: int = 0) -> dict[str, float]:
     """The usual tabular baseline: gradient-boosted trees on one-hot raw columns."""
-    import lightgbm
-
     p_sel, p_rep = _uci_gbt(bench, seed)
     y = bench.frame["label"].to_numpy()
     return _binary_metrics(y[bench.parts == "select"], p_sel, y[bench.parts == "report"], p_rep)

@@ -38,7 +38,7 @@ from .guide import Guide, Hits
 
 try:
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 except ImportError as e:  # pragma: no cover - exercised only without the extra
