@@ -26,7 +26,8 @@ from textguide.adapters import MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.train import TrainConfig, train
-from textguide.workflows import choose_text_blend, coupon_baselines, evaluate_model, guide_meta, md_table, new_model, plot_curves, preferred_method
+from textguide.workflows import (SELECT_METRIC, choose_text_blend, coupon_baselines, evaluate_model, guide_meta, md_table,
+                                 new_model, plot_curves, serving_choice)
 
 logger = logging.getLogger("textguide")
 
@@ -94,7 +95,7 @@ def main() -> None:
         res = train(model, {t_: benches[t_].task for t_ in run_tasks}, cfg)
         timing[name] = time.time() - t
         curves[name] = res.history
-        blend_select = {t_: choose_text_blend(benches[t_], t_, model) for t_ in run_tasks}
+        blend_select = {t_: choose_text_blend(benches[t_], t_, model) for t_ in run_tasks if t_ in SELECT_METRIC}
         ev = evaluate_model(benches, model, run_tasks)
         if run_tasks == ("coupon",):  # the adapter's own score, before the hybrid adds the priors
             b = benches["coupon"]
@@ -102,7 +103,7 @@ def main() -> None:
                 b, recipes.coupon_logits(b, "adapter", b.report, model))
         for t_ in run_tasks:
             results[t_][name] = ev[t_]
-        select = {**res.best_metrics, **{t_: max(v.values()) for t_, v in blend_select.items() if v}}
+        select = {**res.best_metrics, **{t_: v["selection"]["adapter"] for t_, v in blend_select.items()}}
         models[name] = (model, {"best_step": res.best_step, "select": select, "seconds": timing[name],
                                 "text_blend": dict(model.config.text_blend)})
         logger.info("%s: %.0fs, best step %d, %s", name, timing[name], res.best_step, ev)
@@ -175,7 +176,7 @@ def main() -> None:
         cands = [(n, m) for n, m in models.items() if t_ in m[0].config.tasks]
         best_name, (best_model, meta) = max(cands, key=lambda nm: nm[1][1]["select"].get(t_, -1.0))
         b = benches[t_]
-        b.guide.set_adapter(best_model, {**guide_meta(t_, b, best_model), **preferred_method(b, t_, best_model), "trained_as": best_name, "report_metrics": results[t_][best_name],
+        b.guide.set_adapter(best_model, {**guide_meta(t_, b, best_model), **serving_choice(b, t_, best_model, args.seed), "trained_as": best_name, "report_metrics": results[t_][best_name],
                                          "train": meta})
         path = Path(args.out) / DATASET[t_]
         b.guide.save(path)

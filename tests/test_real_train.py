@@ -46,3 +46,19 @@ def test_scientific_end_to_end(tmp_path: Path) -> None:
     scores = recipes.sequence_scores(bench, "adapter", model)([row])[0]
     scores[row] = -np.inf
     assert hits.ids == [guide.index.ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
+
+    # the serving guard: an adapter that ranks worse than text similarity (here: its weights scrambled) is never
+    # served in its place; its blend weight is picked on one half of the selection users, and it must beat text
+    # significantly on the other half
+    import torch
+
+    from textguide.workflows import choose_text_blend
+
+    scrambled = new_model(("recommend",), seed=1)
+    with torch.no_grad():
+        for p in scrambled.parameters():
+            p.normal_(0.0, 1.0)
+    choice = choose_text_blend(bench, "recommend", scrambled, grid=(0.0, 0.5))
+    assert choice["methods"] == {"recommend": "text"}, choice["selection"]["guard"]
+    assert choice["selection"]["guard"]["switched"] is False
+    assert scrambled.config.text_blend["recommend"] == choice["selection"]["text_blend"]

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import recipes
+from . import decisions, recipes
 from .adapters import AdapterConfig, MultiTaskAdapter
 from .coupon_hybrid import CouponHybrid
 from .encoder import EmbeddingCache, TextEncoder, load_encoder
-from .evaluate import best_f1_threshold
+from .evaluate import best_f1_threshold, rank_of_target
 from .guide import Guide
 from .train import TrainConfig, train
 
@@ -97,41 +97,68 @@ def coupon_hybrid_selection_auc(bench: Any, model: MultiTaskAdapter) -> float:
     return roc_auc(y, scores)
 
 
-def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> float:
-    """The task's headline metric on its *selection* split for the adapter (or text similarity if None)."""
+def selection_per_example(bench: Any, task: str, model: MultiTaskAdapter | None) -> np.ndarray:
+    """Each selection example's headline metric, 0/1 (recommend: the target in the top 10 of the full
+    ranking; outfit: the FITB answer strictly above its distractors), for the adapter (text if None)."""
     method = "text" if model is None else "adapter"
     if task == "recommend":
         sel = recipes.SequenceBench(bench.name, bench.guide, bench.task, bench.task.valid_histories,
                                     np.asarray(bench.task.valid_targets), bench.popularity)
-        return recipes.evaluate_sequences(sel, recipes.sequence_scores(sel, method, model), ks=(10,))["Recall@10"]
+        scorer = recipes.sequence_scores(sel, method, model)
+        hs, ts = sel.report_histories, sel.report_targets
+        ranks = np.concatenate([rank_of_target(scorer(hs[s:s + 512]), ts[s:s + 512], hs[s:s + 512])
+                                for s in range(0, len(hs), 512)])
+        return (ranks < 10).astype(np.float64)
     if task == "outfit":
         sel = recipes.OutfitBench(bench.name, bench.guide, bench.task, bench.task.valid_outfits, bench.slots)
-        return recipes.evaluate_outfits(sel, recipes.outfit_scorer(sel, method, model))["FITB"]
+        partials, slots, cands = sel.task.fitb_questions(sel.report_outfits, seed=0)
+        q, vecs = recipes.outfit_scorer(sel, method, model)(partials, slots)
+        ranks = rank_of_target(np.einsum("qd,qcd->qc", q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
+        return (ranks < 1).astype(np.float64)
+    raise ValueError(f"per-example selection metrics exist for recommend and outfit, not {task!r}")
+
+
+def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> float:
+    """The task's headline metric on its *selection* split for the adapter (or text similarity if None)."""
+    if task in ("recommend", "outfit"):
+        return float(selection_per_example(bench, task, model).mean())
     if model is not None:
         return coupon_hybrid_selection_auc(bench, model)
     t = bench.task
     frame = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
     from .evaluate import roc_auc
 
-    return roc_auc(frame["label"].to_numpy(), recipes.coupon_logits(bench, method, frame, model))
+    return roc_auc(frame["label"].to_numpy(), recipes.coupon_logits(bench, "text", frame, model))
 
 
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+SELECT_METRIC = {"recommend": "Recall@10", "outfit": "FITB"}
 
 
-def choose_text_blend(bench: Any, task: str, model: MultiTaskAdapter, grid: tuple[float, ...] = BLEND_GRID
-                      ) -> dict[str, float]:
-    """Set ``model.config.text_blend[task]`` (score = adapter + w * text cosine) to the ``w`` of ``grid`` with
-    the best selection metric (recommend, outfit; a no-op for coupons); return {w: metric}."""
-    if task not in ("recommend", "outfit"):
-        return {}
-    scores = {}
+def choose_text_blend(bench: Any, task: str, model: MultiTaskAdapter, grid: tuple[float, ...] = BLEND_GRID,
+                      seed: int = 0) -> dict[str, Any]:
+    """Pick the text blend (score = adapter + w * text cosine) and whether ``method='auto'`` serves it.
+
+    The selection examples are split in two halves: ``w`` is the grid value with the best metric on the first;
+    the blended adapter then replaces text similarity only when its gain on the *second* half is significant
+    (:func:`textguide.decisions.decide`: 95 % paired-bootstrap interval above 0). Sets
+    ``model.config.text_blend[task]`` and returns the ``methods`` / ``selection`` entries for the guide.
+    """
+    text = selection_per_example(bench, task, None)
+    per_w = {}
     for w in grid:
         model.config.text_blend[task] = w
-        scores[w] = selection_metrics(bench, task, model)
-    model.config.text_blend[task] = max(scores, key=lambda w: (scores[w], -w))
-    logger.info("%s: text blend weight %g (selection %s)", task, model.config.text_blend[task], scores)
-    return scores
+        per_w[w] = selection_per_example(bench, task, model)
+    first = decisions.split_users(len(text), 0.5, seed)
+    best = max(grid, key=lambda w: (per_w[w][first].mean(), -w))
+    model.config.text_blend[task] = best
+    decision = decisions.decide({0.0: text, 1.0: per_w[best]}, 0.0, first, metric=SELECT_METRIC[task])
+    choice = "adapter" if decision.weight == 1.0 else "text"
+    logger.info("%s: text blend weight %g; serving %s (%s)", task, best, choice, decision.evidence["verdict"])
+    return {"methods": {task: choice},
+            "selection": {"adapter": float(per_w[best].mean()), "text": float(text.mean()), "text_blend": best,
+                          "blend_grid_first_half": {str(w): round(float(per_w[w][first].mean()), 6) for w in grid},
+                          "guard": decision.evidence}}
 
 
 def preferred_method(bench: Any, task: str, model: MultiTaskAdapter) -> dict[str, Any]:
@@ -143,6 +170,14 @@ def preferred_method(bench: Any, task: str, model: MultiTaskAdapter) -> dict[str
         logger.warning("%s: the adapter validates below text similarity (%.4f < %.4f); the guide will default "
                        "to text similarity for this task", task, adapter, text)
     return {"methods": {task: choice}, "selection": {"adapter": adapter, "text": text}}
+
+
+def serving_choice(bench: Any, task: str, model: MultiTaskAdapter, seed: int = 0) -> dict[str, Any]:
+    """What ``method='auto'`` serves for a task and why: the guarded text blend (recommend, outfit) or the
+    adapter-vs-text comparison (coupons)."""
+    if task in SELECT_METRIC:
+        return choose_text_blend(bench, task, model, seed=seed)
+    return preferred_method(bench, task, model)
 
 
 def guide_meta(task: str, bench: Any = None, model: MultiTaskAdapter | None = None) -> dict[str, Any]:
@@ -235,8 +270,7 @@ def train_recipe(
     t0 = time.time()
     result = train(model, {t: benches[t].task for t in tasks}, cfg)
     seconds = time.time() - t0
-    for t in tasks:
-        choose_text_blend(benches[t], t, model)
+    chosen = {t: serving_choice(benches[t], t, model, seed) for t in tasks}
     metrics = evaluate_model(benches, model, tasks)
     results = {t: {f"{'hybrid: priors + ' if t == 'coupon' else ''}adapter ({sharing}/{weighting})": metrics[t]}
                for t in tasks}
@@ -245,7 +279,7 @@ def train_recipe(
     for t in tasks:
         path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
         g: Guide = benches[t].guide
-        g.set_adapter(model, {**guide_meta(t, benches[t], model), **preferred_method(benches[t], t, model),
+        g.set_adapter(model, {**guide_meta(t, benches[t], model), **chosen[t],
                               "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
                               "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step})
         g.save(path)
