@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -117,11 +118,16 @@ class CompiledBody:
 
             core = ov.Core()
             self._compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+            self._local = threading.local()  # one infer request per thread: a request is not thread-safe
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Thread-safe: ONNX Runtime sessions are; OpenVINO gets one infer request per calling thread."""
         if self.runtime == "onnx":
             return self._session.run(None, feeds)[0]
-        return next(iter(self._compiled(feeds).values()))
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return next(iter(request.infer(feeds).values())).copy()  # the request reuses its output buffer
 
 
 def backend_dir(cache_dir: Path, base_fingerprint: str) -> Path:
