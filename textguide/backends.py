@@ -118,16 +118,16 @@ class CompiledBody:
 
             core = ov.Core()
             self._compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
-            self._local = threading.local()  # one infer request per thread: a request is not thread-safe
+            # One call at a time: the compiled model's own infer request is not thread-safe, and separate
+            # requests per thread deadlocked in a server when two first calls reshaped them at once.
+            self._lock = threading.Lock()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Thread-safe: ONNX Runtime sessions are; OpenVINO gets one infer request per calling thread."""
+        """Thread-safe: ONNX Runtime sessions are; OpenVINO calls take turns (each uses all its threads)."""
         if self.runtime == "onnx":
             return self._session.run(None, feeds)[0]
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
-        return next(iter(request.infer(feeds).values())).copy()  # the request reuses its output buffer
+        with self._lock:
+            return next(iter(self._compiled(feeds).values())).copy()  # the request reuses its output buffer
 
 
 def backend_dir(cache_dir: Path, base_fingerprint: str) -> Path:
