@@ -5,10 +5,12 @@ Starts ``textguide serve`` (a subprocess: uvicorn, with httptools + uvloop when 
 request bytes prepared in advance, so the load generator itself needs little of the 2 CPU cores):
 
 1. in-process: ``guide.similar`` / ``search`` / ``recommend`` one call at a time (the baseline);
-2. HTTP, 1 client: the same calls one at a time; HTTP / in-process p50 is the HTTP overhead as a ratio;
+2. HTTP, 1 client: the same calls one at a time; HTTP / in-process p50, and the server's CPU per request /
+   the in-process CPU per call, are the HTTP overhead as ratios;
 3. HTTP, N closed-loop clients (--clients, each sends its next request when the answer came) per endpoint:
    --seconds at the first N, --seconds-more at the others: throughput, p50, p99, errors (any non-200 answer,
-   refused connection or timeout), and the CPU the server and the load generator used per request;
+   refused connection or timeout), and the CPU the server and the load generator used per request; with
+   --paced RATE ..., also ``similar`` from the first N clients on a fixed schedule (open loop) at those rates;
 4. the first N clients (a mix of the three endpoints) while a --onboard-product onboarding (Amazon Toys & Games
    titles, nothing cached: every title is embedded) runs through ``POST /guides/{name}/onboard`` as a background
    job. Every 10th request of each client is a probe: ``similar`` for one of the new ids. Before the swap it
@@ -22,9 +24,9 @@ The H&M guide (105,542 articles) is built when --guide does not exist (--build-b
 fastest validated encoder backend; queries are then encoded with it too), through an embedding cache in
 --build-cache so a stopped build resumes. Run the build with ``nice -n 10`` on a shared machine.
 
-Example (docs/benchmarks.md section 5 has our numbers):
-    PYTHONUNBUFFERED=1 python scripts/bench_serve.py --guide /work/hm-guide --clients 8 16 32 --seconds 60 \\
-        --seconds-more 20 --json /tmp/bench_serve.json
+Example (docs/benchmarks.md section 5 has our numbers; about 16 minutes after the build):
+    nice -n 10 python scripts/bench_serve.py --guide ../hm-guide --clients 8 16 32 --seconds 60 --seconds-more 20 \\
+        --paced 100 300 --json /tmp/bench_serve.json
 """
 
 from __future__ import annotations
@@ -121,14 +123,15 @@ class Workload:
 
 def in_process(guide: Guide, work: Workload, op: str, seconds: float) -> dict[str, Any]:
     """One caller, one call at a time, for ``seconds``."""
-    lat, i, t_start = [], 0, time.perf_counter()
+    lat, i, t_start, cpu0 = [], 0, time.perf_counter(), self_cpu_s()
     while time.perf_counter() - t_start < seconds:
         t = time.perf_counter()
         work.call(guide, op, i)
         lat.append(time.perf_counter() - t)
         i += 1
     elapsed = time.perf_counter() - t_start
-    return {"n": len(lat), "rps": len(lat) / elapsed, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "load1": load1()}
+    return {"n": len(lat), "rps": len(lat) / elapsed, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "cpu_ms_per_call": 1000 * (self_cpu_s() - cpu0) / max(len(lat), 1), "load1": load1()}
 
 
 # ------------------------------------------------------------------------------------------ the client
@@ -342,8 +345,9 @@ def onboarding_phase(port: int, server_pid: int, name: str, requests: dict[str, 
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--guide", type=Path, default=ROOT / "indexes" / "hm",
-                   help="guide directory (default indexes/hm; the H&M guide is built there when missing)")
+    p.add_argument("--guide", type=Path, default=ROOT.parent / "hm-guide",
+                   help="guide directory (default ../hm-guide, outside the repository; the H&M guide is built there "
+                        "when missing)")
     p.add_argument("--build-backend", default="openvino", help="encoder backend of a guide built here")
     p.add_argument("--build-cache", type=Path, default=None, help="embedding cache of the build (default: textguide's)")
     p.add_argument("--clients", type=int, nargs="+", default=[8, 16, 32], help="concurrent clients (1-64)")
@@ -439,12 +443,16 @@ def table(out: dict[str, Any]) -> str:
              f"{out['cpus']} CPUs; 1-min load average {out['load1_start']} at the start, {out['load1_end']} at the end",
              "",
              "| endpoint | in-process p50 / p99 ms (calls/s) | HTTP 1 client p50 / p99 ms (req/s) "
-             "| HTTP / in-process p50 |",
-             "|---|---|---|---|"]
+             "| HTTP / in-process p50 | CPU ms per call: in-process, server (HTTP / in-process) |",
+             "|---|---|---|---|---|"]
     for op in OPS:
         a, b = out["in_process"][op], out["http_1"][op]
+        cpu = a.get("cpu_ms_per_call")
+        cpu_cell = (f"{cpu:.2f}, {b['server_cpu_ms_per_req']:.2f} ({b['server_cpu_ms_per_req'] / cpu:.2f}x)"
+                    if cpu else f"-, {b['server_cpu_ms_per_req']:.2f}")
         lines.append(f"| {op} | {f(a['p50_ms'], a['p99_ms'])} ({a['rps']:.0f}) | {f(b['p50_ms'], b['p99_ms'])} "
-                     f"({b['rps']:.0f}) | {b['p50_ms'] / a['p50_ms']:.2f}x (+{b['p50_ms'] - a['p50_ms']:.2f} ms) |")
+                     f"({b['rps']:.0f}) | {b['p50_ms'] / a['p50_ms']:.2f}x (+{b['p50_ms'] - a['p50_ms']:.2f} ms) | "
+                     f"{cpu_cell} |")
     lines += ["", "| clients | endpoint | seconds | requests | errors | req/s | p50 / p99 ms "
                   "| server / client CPU ms per request | load average before, after |",
               "|---|---|---|---|---|---|---|---|---|"]
