@@ -60,3 +60,34 @@ def test_build_index_records_the_backend_and_reloads_with_it(tmp_path: Path) -> 
     loaded = Guide.load(tmp_path / "g")
     assert loaded.encoder.backend == "onnx" and loaded.encoder.fingerprint == guide.manifest["encoder"]["fingerprint"]
     assert loaded.search("linen shirt", k=3).ids == guide.search("linen shirt", k=3).ids
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_backend_encodes_from_several_threads_at_once(backend: str, torch_vectors) -> None:
+    """A server encodes queries from a thread pool: concurrent calls must each get their own text's vector."""
+    if not backend_available(backend):
+        pytest.skip(f"{backend} packages not installed")
+    import threading
+
+    texts, ref = torch_vectors
+    enc = load_encoder(backend=backend)
+    got: dict[int, list[np.ndarray]] = {i: [] for i in range(len(texts))}
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for r in range(3 * len(texts)):
+                i = (offset + r) % len(texts)
+                got[i].append(enc.encode([texts[i]])[0])
+        except BaseException as e:  # noqa: BLE001 - collected and re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    for i, vecs in got.items():
+        assert len(vecs) == 18 and min(float(v @ ref[i]) for v in vecs) > 0.999, texts[i][:40]

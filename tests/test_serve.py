@@ -227,6 +227,32 @@ def test_transport_level_errors(client, guides) -> None:
     assert [disk_state(p) for p in guides] == before
 
 
+def test_hot_reads_answer_exactly_as_the_fastapi_routes(guides) -> None:
+    """search / similar / recommend take a shortcut past FastAPI's request machinery (``FastReads``): with and
+    without it every answer, good or bad, is the same bytes and status."""
+    from textguide.serve import BodyGuard
+
+    app = create_app([guides[0]], TOKEN, encoder=HashingEncoder(dim=32),
+                     config=ServeConfig(max_body_bytes=MAX_BODY, max_k=50, refresh_seconds=0, niceness=0))
+    asks = [("similar", {"item_id": "p03", "k": 4}), ("similar", {"item_id": "p03", "k": 4, "category": "Shoes"}),
+            ("search", {"query": "leather shoes", "k": 5}), ("recommend", {"history": ["p01", "p09"], "k": 3}),
+            ("recommend", {"history": ["p01", "ghost"], "on_unknown": "skip", "exclude_history": False}),
+            ("recommend", {"history": ["p02"], "method": "text"})]
+    asks += [(e, b) for e, b, _, _ in BAD if e in ("search", "similar", "recommend")]
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        guard = app.middleware_stack
+        while not isinstance(guard, BodyGuard):
+            guard = guard.app
+        assert guard.fast is not None
+        fast = [http.post(f"/guides/shop/{e}", json=b) for e, b in asks]
+        guard.fast = None
+        slow = [http.post(f"/guides/shop/{e}", json=b) for e, b in asks]
+    for (e, b), a, z in zip(asks, fast, slow):
+        assert (a.status_code, a.content) == (z.status_code, z.content), (e, b)
+        assert a.headers["content-type"] == z.headers["content-type"] == "application/json"
+    assert sum(a.status_code == 200 for a in fast) == 6
+
+
 # ------------------------------------------------------------------------------------------ writes
 def csv_body(rows: list[dict]) -> bytes:
     return pd.DataFrame(rows).to_csv(index=False).encode()

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -117,11 +118,16 @@ class CompiledBody:
 
             core = ov.Core()
             self._compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+            # One call at a time: the compiled model's own infer request is not thread-safe, and separate
+            # requests per thread deadlocked in a server when two first calls reshaped them at once.
+            self._lock = threading.Lock()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Thread-safe: ONNX Runtime sessions are; OpenVINO calls take turns (each uses all its threads)."""
         if self.runtime == "onnx":
             return self._session.run(None, feeds)[0]
-        return next(iter(self._compiled(feeds).values()))
+        with self._lock:
+            return next(iter(self._compiled(feeds).values())).copy()  # the request reuses its output buffer
 
 
 def backend_dir(cache_dir: Path, base_fingerprint: str) -> Path:

@@ -38,6 +38,7 @@ from .guide import Guide, Hits
 
 try:
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -346,9 +347,10 @@ class BodyGuard:
     touching any guide.
     """
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, max_body_bytes: int, fast: Optional["FastReads"] = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.fast = fast
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -385,6 +387,8 @@ class BodyGuard:
                                              f"split the upload")
                 return
         body, replayed = b"".join(chunks), False
+        if self.fast is not None and await self.fast(path, body, send):
+            return
 
         async def replay() -> dict:
             nonlocal replayed
@@ -394,6 +398,53 @@ class BodyGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class FastReads:
+    """The hot read endpoints (search, similar, recommend) answered without FastAPI's per-request machinery.
+
+    Only a request that validates against the endpoint's own model, names a served guide, has a valid ``k`` and
+    gets an answer from the guide is answered here, with the bytes FastAPI would send (the same response model,
+    serialised by pydantic); everything else returns False and goes through the FastAPI route as before, which
+    produces its usual 4xx answer. The routes stay the documented API (and the OpenAPI page).
+    """
+
+    def __init__(self, service: "Service") -> None:
+        self.service = service
+        self._calls: dict[str, tuple[type[BaseModel], Callable[[Guide, Any, int], Hits], bool]] = {
+            "search": (SearchRequest, lambda g, r, k: g.search(r.query, k=k, category=r.category), True),
+            "similar": (SimilarRequest, lambda g, r, k: g.similar(r.item_id, k=k, category=r.category), False),
+            "recommend": (RecommendRequest, lambda g, r, k: g.recommend(
+                r.history, k=k, category=r.category, exclude_history=r.exclude_history, on_unknown=r.on_unknown,
+                method=r.method), False),
+        }
+        self._serialize = HitsResponse.__pydantic_serializer__.to_json
+
+    async def __call__(self, path: str, body: bytes, send: Callable) -> bool:
+        parts = path.split("/")  # '', 'guides', name, op
+        if len(parts) != 4 or parts[1] != "guides" or parts[3] not in self._calls:
+            return False
+        model, call, threaded = self._calls[parts[3]]
+        slot = self.service.slots.get(parts[2])
+        try:
+            req = model.model_validate_json(body)
+        except ValueError:  # pydantic's ValidationError: FastAPI answers it in its own format
+            return False
+        if slot is None or not 1 <= getattr(req, "k", 1) <= self.service.config.max_k:
+            return False
+        g = slot.guide
+        try:
+            if threaded:  # it encodes text: off the event loop
+                hits = await run_in_threadpool(call, g, req, getattr(req, "k", 0))
+            else:
+                hits = call(g, req, getattr(req, "k", 0))
+        except Exception:  # noqa: BLE001 - the route runs it again and answers the error as it always does
+            return False
+        payload = self._serialize(_hits_response(parts[2], hits))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+        return True
 
 
 async def _send_error(send: Callable, status: int, detail: str) -> None:
@@ -406,9 +457,10 @@ async def _send_error(send: Callable, status: int, detail: str) -> None:
 
 # ------------------------------------------------------------------------------------------ the app
 def load_guides(guide_dirs: Sequence[str | os.PathLike[str]], encoder: TextEncoder | None = None) -> dict[str, GuideSlot]:
-    """Load each directory (named by its last path part); guides built with the same encoder share one."""
+    """Load each directory (named by its last path part); guides built with the same encoder (name, precision,
+    backend) share one."""
     slots: dict[str, GuideSlot] = {}
-    encoders: dict[tuple[str, str], TextEncoder] = {}
+    encoders: dict[tuple[str, str, str], TextEncoder] = {}
     for d in guide_dirs:
         path = Path(d)
         name = path.resolve().name
@@ -421,9 +473,9 @@ def load_guides(guide_dirs: Sequence[str | os.PathLike[str]], encoder: TextEncod
             except (OSError, ValueError):
                 spec = {}  # Guide.load below says what is wrong with the directory
             if spec.get("name"):
-                key = (str(spec["name"]), str(spec.get("precision", "fp32")))
+                key = (str(spec["name"]), str(spec.get("precision", "fp32")), str(spec.get("backend", "torch")))
                 if key not in encoders:
-                    encoders[key] = load_encoder(key[0], precision=key[1])  # type: ignore[arg-type]
+                    encoders[key] = load_encoder(key[0], precision=key[1], backend=key[2])  # type: ignore[arg-type]
                 enc = encoders[key]
         slots[name] = GuideSlot(name, Guide.load(path, enc))
     return slots
@@ -457,7 +509,7 @@ def create_app(
 
     app = FastAPI(title="textguide", summary="Text-driven shopping guidance over HTTP", lifespan=lifespan)
     app.state.service = service
-    app.add_middleware(BodyGuard, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(BodyGuard, max_body_bytes=config.max_body_bytes, fast=FastReads(service))
 
     def writer(request: Request) -> None:
         if service.token is None:
@@ -502,33 +554,37 @@ def create_app(
         return json.loads(json.dumps(out, default=str))
 
     # -- reads
+    # similar and recommend answer inline on the event loop (a vector lookup and one index search: cheaper than
+    # the two thread-pool hops a sync endpoint costs, one for the call and one for the response model);
+    # calls that encode text or may score many candidates run in the thread pool, so the loop keeps answering.
     @app.post("/guides/{name}/search", response_model=HitsResponse)
-    def search(name: str, req: SearchRequest) -> HitsResponse:
+    async def search(name: str, req: SearchRequest) -> HitsResponse:
         g, k = service.slot(name).guide, service.check_k(req.k)
-        return _hits_response(name, _call(lambda: g.search(req.query, k=k, category=req.category)))
+        return _hits_response(name, await run_in_threadpool(_call, lambda: g.search(req.query, k=k,
+                                                                                      category=req.category)))
 
     @app.post("/guides/{name}/similar", response_model=HitsResponse)
-    def similar(name: str, req: SimilarRequest) -> HitsResponse:
+    async def similar(name: str, req: SimilarRequest) -> HitsResponse:
         g, k = service.slot(name).guide, service.check_k(req.k)
         return _hits_response(name, _call(lambda: g.similar(req.item_id, k=k, category=req.category)))
 
     @app.post("/guides/{name}/recommend", response_model=HitsResponse)
-    def recommend(name: str, req: RecommendRequest) -> HitsResponse:
+    async def recommend(name: str, req: RecommendRequest) -> HitsResponse:
         g, k = service.slot(name).guide, service.check_k(req.k)
         return _hits_response(name, _call(lambda: g.recommend(
             req.history, k=k, category=req.category, exclude_history=req.exclude_history,
             on_unknown=req.on_unknown, method=req.method)))
 
     @app.post("/guides/{name}/complete_outfit", response_model=HitsResponse)
-    def complete_outfit(name: str, req: OutfitRequest) -> HitsResponse:
+    async def complete_outfit(name: str, req: OutfitRequest) -> HitsResponse:
         g, k = service.slot(name).guide, service.check_k(req.k)
-        return _hits_response(name, _call(lambda: g.complete_outfit(
+        return _hits_response(name, await run_in_threadpool(_call, lambda: g.complete_outfit(
             req.items, k=k, slot=req.slot, candidates=req.candidates, on_unknown=req.on_unknown, method=req.method)))
 
     @app.post("/guides/{name}/rank_coupons", response_model=HitsResponse)
-    def rank_coupons(name: str, req: CouponRequest) -> HitsResponse:
+    async def rank_coupons(name: str, req: CouponRequest) -> HitsResponse:
         g = service.slot(name).guide
-        return _hits_response(name, _call(lambda: g.rank_coupons(
+        return _hits_response(name, await run_in_threadpool(_call, lambda: g.rank_coupons(
             req.history, req.coupons, profile=req.profile, on_unknown=req.on_unknown, method=req.method)))
 
     # -- writes
