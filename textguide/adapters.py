@@ -49,12 +49,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
+from .inputs import as_embeddings, gather
 from .storage import ArtifactError, atomic_directory
 
 __all__ = [
@@ -65,6 +67,8 @@ __all__ = [
     "MultiTaskAdapter",
     "TASKS",
     "WEIGHTS_FILE",
+    "blend_text",
+    "encode_items",
     "load_adapter",
     "save_adapter",
 ]
@@ -543,6 +547,33 @@ def _require(batch: dict[str, torch.Tensor], keys: tuple[str, ...], task: str) -
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"{task} batch is missing {missing}; it needs {list(keys)} (see textguide.adapters)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# item vectors for an index
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def encode_items(model: MultiTaskAdapter, item_emb: Any, task: str, batch_size: int = 4096) -> np.ndarray:
+    """Adapted item vectors (N, dim) float32, L2-normalised, for ``task`` (index these with FAISS)."""
+    model.eval()
+    emb = as_embeddings(item_emb, "item_emb", model.config.input_dim)
+    model.check_task(task)
+    out = [model.item_vectors(gather(emb, slice(i, i + batch_size)), task) for i in range(0, len(emb), batch_size)]
+    vecs = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    return blend_text(model, task, vecs, emb)
+
+
+def blend_text(model: MultiTaskAdapter, task: str, vectors: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """With ``config.text_blend[task] = w > 0``: append ``sqrt(w) *`` the unit text vectors, so that the inner
+    product of a blended query and item is ``adapter cosine + w * text cosine`` (items and queries alike)."""
+    w = model.config.text_blend.get(task, 0.0)
+    if not w:
+        return vectors
+    text = np.asarray(text, dtype=np.float32)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([vectors, np.sqrt(w, dtype=np.float32) * text], axis=1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
