@@ -325,7 +325,8 @@ class Outfit:
 
     def toy_data(self, toy: Toy, item_emb: np.ndarray) -> OutfitTask:
         slots = np.array([toy.meta["slots"].index(s) for s in toy.items["slot"]], dtype=np.int64)
-        by_slot = [np.random.default_rng(toy.seed).permutation(np.flatnonzero(slots == s)) for s in range(3)]
+        rng = np.random.default_rng(toy.seed)
+        by_slot = [rng.permutation(np.flatnonzero(slots == s)) for s in range(3)]
         looks = [[int(by_slot[s][j]) for s in range(3)] for j in range(len(by_slot[0]))]
         return OutfitTask(item_emb, looks * 20, slots, looks)
 
@@ -338,7 +339,8 @@ class Outfit:
     def ask(self, guide: Guide, data: OutfitTask, example: int, k: int) -> list[int]:
         part, slot, cands = self._question(data, example)
         ids = guide.index.ids
-        hits = guide.complete_outfit([ids[r] for r in part], k=k, slot=guide.adapter_meta["slots"][slot],
+        names = guide.adapter_meta.get("slots")
+        hits = guide.complete_outfit([ids[r] for r in part], k=k, slot=names[slot] if names else None,
                                      candidates=[ids[r] for r in cands], method="adapter")
         return [guide.index.row_of[i] for i in hits.ids]
 
