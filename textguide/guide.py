@@ -393,6 +393,11 @@ class Guide:
         logger.info("onboarded: %s", report)
         return report
 
+    def use_onboard_encoder(self, encoder: TextEncoder, precision: str, backend: str = "torch") -> None:
+        """Use ``encoder`` (this guide's model at ``precision`` / ``backend``) when :meth:`onboard` asks for that
+        precision, instead of loading it then."""
+        self._twins[precision if backend == "torch" else f"{precision}-{backend}"] = encoder
+
     def _onboard_encoder(self, precision: str | None, backend: str | None = None) -> TextEncoder:
         """The guide's encoder, or its model at another precision or backend (loaded once, kept for later)."""
         own = getattr(self.encoder, "precision", "fp32")

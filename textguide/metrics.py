@@ -649,14 +649,19 @@ def full_ranking_ranks(
     histories: Sequence[Sequence[int]],
     targets: ArrayLike,
     chunk: int = 512,
+    exclude: Sequence[Iterable[int]] | None = None,
 ) -> np.ndarray:
-    """0-based rank of each target among all items, its history excluded (:func:`rank_of_target`), with
-    ``scorer(histories) -> (n, items)`` called on ``chunk`` histories at a time."""
+    """0-based rank of each target among all items (:func:`rank_of_target`), with ``scorer(histories) ->
+    (n, items)`` called on ``chunk`` histories at a time; each history's own items are excluded (or those of
+    ``exclude``, one list per history, when the scored columns are not the history's item rows)."""
     targets = np.asarray(targets)
     if len(histories) != len(targets):
         raise ValueError(f"{len(histories)} histories but {len(targets)} targets; give one target per history")
+    if exclude is not None and len(exclude) != len(histories):
+        raise ValueError(f"{len(exclude)} exclude lists but {len(histories)} histories; give one per history")
     chunk = _check_k(chunk, "chunk")
-    ranks = [rank_of_target(scorer(list(histories[s:s + chunk])), targets[s:s + chunk], histories[s:s + chunk])
+    skip = histories if exclude is None else exclude
+    ranks = [rank_of_target(scorer(list(histories[s:s + chunk])), targets[s:s + chunk], skip[s:s + chunk])
              for s in range(0, len(histories), chunk)]
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
 
