@@ -65,7 +65,7 @@ import torch
 
 from .adapters import MultiTaskAdapter, encode_items
 from .inputs import gather, pad
-from .metrics import fitb_accuracy, full_ranking_ranks, metrics_from_ranks, relative_gain
+from .metrics import fitb_accuracy, full_ranking_ranks, metrics_from_ranks, relative_gain, text_queries
 from .tasks import TASKS
 from .tasks.outfit import OutfitTask, fitb_scores
 from .tasks.recommend import SequenceTask, history_scorer
@@ -535,21 +535,7 @@ def _joint_task(source: Any, target: Any, source_weights: np.ndarray | None,
 
 def _example_embeddings(task: SequenceTask | OutfitTask) -> np.ndarray:
     """One text vector per example: the normalised mean of its items (history + target, or the basket)."""
-    emb = task.item_emb
-    if isinstance(task, OutfitTask):
-        out = np.stack([emb[o].mean(0) for o in task.outfits])
-    else:
-        out = np.stack([emb[h + [t]].mean(0) for h, t in zip(task.histories, task.targets.tolist())])
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def _queries(model: MultiTaskAdapter, task: SequenceTask | OutfitTask, rows: np.ndarray) -> torch.Tensor:
-    """Query vectors of some training examples: users' histories, or whole baskets (unknown slot)."""
-    lists = task.outfits if isinstance(task, OutfitTask) else task.histories
-    h, mask = pad([lists[i] for i in rows], model.config.max_history)
-    if isinstance(task, OutfitTask):
-        return model.outfit_query(gather(task.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1))
-    return model.recommend_query(gather(task.item_emb, h), torch.from_numpy(mask))
+    return text_queries(task.item_emb, task.example_items())
 
 
 def _feature_regularizer(source: Any, target: Any, config: TransferConfig
@@ -568,8 +554,8 @@ def _feature_regularizer(source: Any, target: Any, config: TransferConfig
         xt = model.item_vectors(gather(target.item_emb, rng.integers(len(target.item_emb), size=m)), head)
         d = distance(xs, xt)
         if users:
-            us = _queries(model, source, rng.integers(len(source), size=m))
-            ut = _queries(model, target, rng.integers(len(target), size=m))
+            us = source.training_queries(model, rng.integers(len(source), size=m))
+            ut = target.training_queries(model, rng.integers(len(target), size=m))
             d = d + distance(us, ut)
         return config.alpha * d
 

@@ -132,6 +132,15 @@ class OutfitTask:
             "targets": torch.arange(batch_size),
         }
 
+    def example_items(self) -> list[list[int]]:
+        """Each training example's items: the outfit."""
+        return self.outfits
+
+    def training_queries(self, model: MultiTaskAdapter, rows: np.ndarray) -> torch.Tensor:
+        """The model's queries (with gradients) for training outfits ``rows``: each whole outfit, unknown slot."""
+        h, mask = pad([self.outfits[i] for i in rows], model.config.max_history)
+        return model.outfit_query(gather(self.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1))
+
     def fitb_questions(self, outfits: list[list[int]], n_distractors: int = 3, seed: int = 0) -> Questions:
         """Fixed FITB questions: (partials, slots, candidates (Q, 1 + n) with the answer in column 0)."""
         rng = np.random.default_rng(seed)

@@ -108,6 +108,15 @@ class SequenceTask:
             "targets": torch.from_numpy(np.asarray(target_cols, dtype=np.int64)),
         }
 
+    def example_items(self) -> list[list[int]]:
+        """Each training example's items: its history and its target."""
+        return [h + [t] for h, t in zip(self.histories, self.targets.tolist())]
+
+    def training_queries(self, model: MultiTaskAdapter, rows: np.ndarray) -> torch.Tensor:
+        """The model's queries (with gradients) for training examples ``rows``: their histories."""
+        h, mask = pad([self.histories[i] for i in rows], model.config.max_history)
+        return model.recommend_query(gather(self.item_emb, h), torch.from_numpy(mask))
+
     def valid_ranks(self, model: MultiTaskAdapter | None) -> np.ndarray | None:
         """0-based full-ranking rank of each validation target (history excluded) for the adapter, or for text
         similarity when ``model`` is None; None without validation sequences."""
