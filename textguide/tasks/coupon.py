@@ -17,10 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import math
+
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from ..adapters import MultiTaskAdapter
+from ..adapters import AdapterConfig, AttentionPool, MultiTaskAdapter, require_keys
 from ..coupon_hybrid import CouponHybrid, activity_features
 from ..decisions import blend_scores, category_of_items, hits_label
 from ..inputs import as_embeddings, binary_labels, gather, index_array, index_lists, pad
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
     from ..index import ItemIndex
     from ..train import TrainConfig
 
-__all__ = ["COUPON", "Coupon", "CouponTask", "coupon_inputs", "coupon_logits", "coupon_logits_indexed",
+__all__ = ["COUPON", "Coupon", "CouponHead", "CouponTask", "coupon_inputs", "coupon_logits", "coupon_logits_indexed",
            "coupon_probabilities", "text_cosines", "verbalise_profile"]
 
 logger = logging.getLogger("textguide")
@@ -127,6 +131,51 @@ class CouponTask:
         return roc_auc(self.valid_labels, self.valid_scores(model))
 
 
+# ------------------------------------------------------------------------------------------ the head
+class CouponHead(nn.Module):
+    """User (pooled history + profile MLP) and coupon (pooled products) -> MLP on [u, c, u*c, |u-c|] -> logit."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        d = config.dim
+        self.scale = math.sqrt(d)
+        self.profile_dim = config.profile_dim
+        self.user_pool = AttentionPool(d)
+        self.coupon_pool = AttentionPool(d)
+        self.profile = (
+            nn.Sequential(nn.Linear(config.profile_dim, d), nn.GELU(), nn.Linear(d, d)) if config.profile_dim else None
+        )
+        self.mlp = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1))
+
+    def forward(
+        self,
+        user_vectors: torch.Tensor,
+        user_mask: torch.Tensor,
+        coupon_vectors: torch.Tensor,
+        coupon_mask: torch.Tensor,
+        profile: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return self.score(self.encode_user(user_vectors, user_mask, profile), self.encode_coupon(coupon_vectors, coupon_mask))
+
+    def encode_user(self, user_vectors: torch.Tensor, user_mask: torch.Tensor, profile: torch.Tensor | None) -> torch.Tensor:
+        """User representation (B, dim): pooled adapted purchases + profile MLP."""
+        u = self.user_pool(user_vectors, user_mask) * self.scale
+        if self.profile is not None:
+            if profile is None:  # unknown profile: all-zero (standardised) features
+                profile = u.new_zeros(u.shape[0], self.profile_dim)
+            u = u + self.profile(profile.to(u.dtype))
+        return u
+
+    def encode_coupon(self, coupon_vectors: torch.Tensor, coupon_mask: torch.Tensor) -> torch.Tensor:
+        """Coupon representation (B, dim): pooled adapted vectors of the products it covers."""
+        return self.coupon_pool(coupon_vectors, coupon_mask) * self.scale
+
+    def score(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Redemption logits (B,) for paired user and coupon representations."""
+        return self.mlp(torch.cat([u, c, u * c, (u - c).abs()], dim=-1)).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------ inputs and scores
 def coupon_inputs(
     item_emb: np.ndarray,
     histories: list[list[int]],
@@ -269,6 +318,25 @@ class Coupon:
     name = "coupon"
     data_type = CouponTask
     select_metric = "AUC"
+    head_name = "coupon"  # MultiTaskAdapter.coupon
+
+    def head(self, config: AdapterConfig) -> nn.Module:
+        """The task's part of the model."""
+        return CouponHead(config)
+
+    def forward(self, model: MultiTaskAdapter, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``MultiTaskAdapter.forward(batch, "coupon")``: logits, and with ``labels`` the weighted binary
+        cross-entropy (``pos_weight``)."""
+        require_keys(batch, ("user_history", "user_mask", "coupon_items", "coupon_mask"), self.name)
+        logits = model.coupon_logit(batch["user_history"], batch["user_mask"], batch["coupon_items"],
+                                    batch["coupon_mask"], batch.get("profile"))
+        if "labels" not in batch:
+            return logits, None
+        loss = F.binary_cross_entropy_with_logits(
+            logits, batch["labels"].to(logits.dtype), pos_weight=batch.get("pos_weight")
+        )
+        return logits, loss
 
     def check(self, model: MultiTaskAdapter, data: CouponTask) -> None:
         """Raise ValueError unless ``data`` fits ``model`` (embedding dimension, profile features)."""

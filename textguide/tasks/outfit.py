@@ -14,10 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import math
+
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from ..adapters import MultiTaskAdapter, blend_text, encode_items
+from ..adapters import AdapterConfig, AttentionPool, MultiTaskAdapter, blend_text, encode_items, require_keys
 from ..decisions import blend_scores, blend_search, hits_label
 from ..inputs import as_embeddings, check_weights, gather, index_lists, pad, sample_rows
 from ..metrics import fitb_accuracy, rank_of_target, text_queries
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..train import TrainConfig
 
-__all__ = ["OUTFIT", "Outfit", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer"]
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer"]
 
 Questions = tuple[list[list[int]], list[int], np.ndarray]
 OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
@@ -190,6 +194,35 @@ class OutfitTask:
         return ranks
 
 
+# ------------------------------------------------------------------------------------------ the head
+class OutfitHead(nn.Module):
+    """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim)."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.n_slots = config.n_slots
+        self.scale = math.sqrt(config.dim)
+        self.pool = AttentionPool(config.dim)
+        self.slot = nn.Embedding(config.n_slots + 1, config.dim)  # the last row is "unknown slot"
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.dim, 2 * config.dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(2 * config.dim, config.dim),
+        )
+        # residual: the untrained query is the pooled outfit itself (text similarity), training learns the
+        # complementary correction -- small outfit datasets then start from, not below, the text baseline
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(vectors, mask)
+        slot = torch.where(slot < 0, torch.full_like(slot, self.n_slots), slot)
+        correction = self.mlp(torch.cat([pooled * self.scale, self.slot(slot)], dim=-1))
+        return F.normalize(F.normalize(pooled, dim=-1) + correction, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------ queries and scores
 def fitb_scores(queries: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
     """(Q, C) scores of each question's candidates: ``queries`` (Q, d) against ``candidate_vectors`` (Q, C, d)."""
     return np.einsum("qd,qcd->qc", queries, candidate_vectors)
@@ -241,6 +274,18 @@ class Outfit:
     name = "outfit"
     data_type = OutfitTask
     select_metric = "FITB"
+    head_name = "outfit"  # MultiTaskAdapter.outfit
+
+    def head(self, config: AdapterConfig) -> nn.Module:
+        """The task's part of the model."""
+        return OutfitHead(config)
+
+    def forward(self, model: MultiTaskAdapter, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``MultiTaskAdapter.forward(batch, "outfit")``: queries, or logits and softmax cross-entropy."""
+        require_keys(batch, ("items", "items_mask", "slot"), self.name)
+        query = model.outfit_query(batch["items"], batch["items_mask"], batch["slot"])
+        return model.retrieval_output(query, batch, self.name)
 
     def check(self, model: MultiTaskAdapter, data: OutfitTask) -> None:
         """Raise ValueError unless ``data`` fits ``model`` (embedding dimension, slot vocabulary)."""

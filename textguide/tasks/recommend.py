@@ -14,10 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+import math
+
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from ..adapters import MultiTaskAdapter, blend_text, encode_items
+from ..adapters import AdapterConfig, MultiTaskAdapter, blend_text, encode_items, require_keys
 from ..decisions import blend_search, hits_label
 from ..inputs import as_embeddings, check_weights, gather, index_array, index_lists, pad, sample_rows
 from ..metrics import full_ranking_ranks, text_queries
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from ..index import Where
     from ..train import TrainConfig
 
-__all__ = ["RECOMMEND", "Recommend", "SequenceTask", "history_scorer", "next_item_examples", "recommend_queries"]
+__all__ = ["RECOMMEND", "Recommend", "SequenceEncoder", "SequenceTask", "positions_from_end", "history_scorer", "next_item_examples", "recommend_queries"]
 
 T = TypeVar("T")
 Scorer = Callable[[list[list[int]]], np.ndarray]
@@ -131,6 +135,48 @@ class SequenceTask:
         return None if ranks is None else float((ranks < 10).mean())
 
 
+# ------------------------------------------------------------------------------------------ the head
+def positions_from_end(mask: torch.Tensor) -> torch.Tensor:
+    """0 for the last valid element of each row, 1 for the one before, ... (any mask layout)."""
+    return mask.flip(1).long().cumsum(1).flip(1) - 1
+
+
+class SequenceEncoder(nn.Module):
+    """Transformer over adapted history vectors; returns the most recent item's vector + a learned correction."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.max_history = config.max_history
+        self.scale = math.sqrt(config.dim)
+        self.position = nn.Embedding(config.max_history, config.dim)  # 0 = most recent
+        nn.init.normal_(self.position.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            config.dim,
+            config.seq_heads,
+            dim_feedforward=4 * config.dim,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(
+            layer, config.seq_layers, norm=nn.LayerNorm(config.dim), enable_nested_tensor=False
+        )
+        self.out = nn.Linear(config.dim, config.dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos = positions_from_end(mask)
+        keep = mask & (pos < self.max_history)  # only the most recent max_history items are read
+        x = vectors * self.scale + self.position(pos.clamp(0, self.max_history - 1))
+        h = self.blocks(x, src_key_padding_mask=~keep)
+        last = (keep & (pos == 0)).long().argmax(dim=1)
+        rows = torch.arange(len(last), device=last.device)
+        return F.normalize(vectors[rows, last] + self.out(h[rows, last]), dim=-1)
+
+
+# ------------------------------------------------------------------------------------------ queries and scores
 @torch.inference_mode()
 def recommend_queries(
     model: MultiTaskAdapter, item_emb: np.ndarray, histories: Sequence[Sequence[int]], batch_size: int = 1024
@@ -175,6 +221,17 @@ class Recommend:
     name = "recommend"
     data_type = SequenceTask
     select_metric = "Recall@10"
+    head_name = "sequence"  # MultiTaskAdapter.sequence
+
+    def head(self, config: AdapterConfig) -> nn.Module:
+        """The task's part of the model."""
+        return SequenceEncoder(config)
+
+    def forward(self, model: MultiTaskAdapter, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``MultiTaskAdapter.forward(batch, "recommend")``: queries, or logits and softmax cross-entropy."""
+        require_keys(batch, ("history", "history_mask"), self.name)
+        return model.retrieval_output(model.recommend_query(batch["history"], batch["history_mask"]), batch, self.name)
 
     def check(self, model: MultiTaskAdapter, data: SequenceTask) -> None:
         """Raise ValueError unless ``data`` fits ``model``."""
