@@ -4,8 +4,8 @@ need to know about a task, in one place per task.
 A task module (``recommend.py``, ``outfit.py``, ``coupon.py``) holds, for its task only: the training data
 class (examples as rows of an item text-embedding matrix, ``batch`` for the loop, ``valid_metric`` for early
 stopping), the query functions of a trained adapter, the text-similarity baseline, the selection metric, the
-serving body behind the ``Guide`` method, and a toy problem with a planted answer for the shared tests. The
-model parts (heads, losses) are in :mod:`textguide.adapters`, under the task's name.
+serving body behind the ``Guide`` method, its head and loss (held by :class:`~textguide.adapters.MultiTaskAdapter`
+under ``head_name``), and a toy problem with a planted answer for the shared tests.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..adapters import MultiTaskAdapter
+    import torch.nn as nn
+
+    from ..adapters import AdapterConfig, MultiTaskAdapter
     from ..guide import Guide
 
 
@@ -40,6 +42,13 @@ class Task(Protocol):
     name: str  # the head's name in MultiTaskAdapter and the key in TASKS
     data_type: type  # the training data class, e.g. SequenceTask
     select_metric: str  # what early stopping, the transfer guard and the benchmark reports select on
+    head_name: str  # the attribute of MultiTaskAdapter that holds the head
+
+    def head(self, config: "AdapterConfig") -> "nn.Module":
+        """The task's part of the model, built from the adapter's config."""
+
+    def forward(self, model: "MultiTaskAdapter", batch: dict[str, Any]) -> tuple[Any, Any]:
+        """``MultiTaskAdapter.forward(batch, name)``: (output, loss); loss is None without targets / labels."""
 
     def check(self, model: "MultiTaskAdapter", data: Any) -> None:
         """Raise ValueError unless ``data`` fits ``model`` (embedding dim, slots, profile features)."""
