@@ -36,7 +36,7 @@ import torch
 from textguide import decisions as dec
 from textguide.adapters import AdapterConfig, MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
-from textguide.evaluate import rank_of_target
+from textguide.metrics import rank_of_target, text_queries
 from textguide.train import SequenceTask, TrainConfig, encode_items, recommend_queries, train
 from textguide.transfer import l2sp_penalty
 
@@ -108,8 +108,7 @@ def scores_fn(d: Domain, model: MultiTaskAdapter):
     items = encode_items(model, d.emb, "recommend")
 
     def run(hs: list[list[int]]) -> dict[float, np.ndarray]:
-        qt = np.stack([d.emb[h].mean(0) for h in hs])
-        qt /= np.linalg.norm(qt, axis=1, keepdims=True)
+        qt = text_queries(d.emb, hs)
         qa = recommend_queries(model, d.emb, hs)
         qa /= np.maximum(np.linalg.norm(qa, axis=1, keepdims=True), 1e-12)
         text, adapted = qt @ d.emb.T, qa @ items.T

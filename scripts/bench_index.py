@@ -68,14 +68,14 @@ COLD_FILE = "bench_index_cold.json"
 
 # ---------------------------------------------------------------------------------------------- data
 def default_hm_path() -> Path:
-    from textguide.datasets._common import data_root
+    from textguide.datasets import data_root
 
     return data_root() / "hm" / "articles.csv.gz"
 
 
 def read_articles(path: Path, limit: int | None = None) -> pd.DataFrame:
     """H&M articles with the raw text columns and the composed ``text`` (as textguide.datasets.hm does)."""
-    from textguide.datasets._common import compose_column
+    from textguide.datasets import compose_column
     from textguide.datasets.hm import ARTICLE_COLUMNS, PREFIX, TEXT_COLUMNS
 
     if path.is_dir():
@@ -106,7 +106,7 @@ def metadata_of(frame: pd.DataFrame) -> pd.DataFrame:
 
 def edit_titles(frame: pd.DataFrame, rows: np.ndarray) -> list[str]:
     """Texts after appending " (new)" to the titles of ``rows``."""
-    from textguide.datasets._common import compose_column
+    from textguide.datasets import compose_column
     from textguide.datasets.hm import TEXT_COLUMNS
 
     edited = frame.loc[rows].copy()

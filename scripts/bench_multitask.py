@@ -100,7 +100,7 @@ def main() -> None:
         if run_tasks == ("coupon",):  # the adapter's own score, before the hybrid adds the priors
             b = benches["coupon"]
             results["coupon"]["single-task adapter alone (no priors)"] = recipes.evaluate_coupons(
-                b, recipes.coupon_logits(b, "adapter", b.report, model))
+                b, recipes.coupon_scores(b, "adapter", b.report, model))
         for t_ in run_tasks:
             results[t_][name] = ev[t_]
         select = {**res.best_metrics, **{t_: v["selection"]["adapter"] for t_, v in blend_select.items()}}

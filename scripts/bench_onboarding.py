@@ -95,10 +95,10 @@ class TimedEncoder:
         self.precision = getattr(inner, "precision", "fp32")
         self.seconds = 0.0
         self.texts = 0
-        self._owner = threading.get_ident()
+        self.owner = threading.get_ident()
 
     def encode(self, texts, batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
-        onboarding = threading.get_ident() == self._owner or threading.current_thread().name == "textguide-low-priority"
+        onboarding = threading.get_ident() == self.owner or threading.current_thread().name == "textguide-low-priority"
         if not onboarding:  # a reader's query
             return self.inner.encode(texts, batch_size=batch_size, show_progress=show_progress)
         t0 = time.perf_counter()
@@ -202,8 +202,8 @@ def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str
 
 def score_hm(guide: Guide, hist: list[list[str]], targ: list[str], method: str, group_ids: set[str]) -> dict[str, float]:
     """Recall@12 / NDCG@12 over the whole catalog and within the held-out group (history excluded)."""
-    from textguide.evaluate import metrics_from_ranks, rank_of_target
-    from textguide.train import encode_items, recommend_queries
+    from textguide.metrics import full_ranking_ranks, metrics_from_ranks
+    from textguide.tasks.recommend import history_scorer
 
     idx = guide.index
     emb = idx.embeddings
@@ -211,29 +211,15 @@ def score_hm(guide: Guide, hist: list[list[str]], targ: list[str], method: str, 
     assert len(live) == len(idx.ids), "scoring assumes no removed rows"
     h_rows = [[idx.row_of[i] for i in h] for h in hist]
     t_rows = np.array([idx.row_of[i] for i in targ])
-    if method == "text":
-        vectors = emb
-    else:
-        vectors = encode_items(guide.adapter, emb, "recommend")
+    scorer = history_scorer(emb, method, guide.adapter if method != "text" else None)
     g_cols = np.array(sorted(idx.row_of[i] for i in group_ids))
     g_pos = {int(c): j for j, c in enumerate(g_cols)}
-    ranks_all, ranks_group = [], []
-    for s in range(0, len(h_rows), 512):
-        hs, ts = h_rows[s:s + 512], t_rows[s:s + 512]
-        if method == "text":
-            q = np.stack([emb[h].mean(0) for h in hs])
-            q /= np.linalg.norm(q, axis=1, keepdims=True)
-        else:
-            q = recommend_queries(guide.adapter, emb, hs)
-        scores = q @ vectors.T
-        ranks_all.append(rank_of_target(scores, ts, hs))
-        if all(int(t) in g_pos for t in ts):
-            ranks_group.append(rank_of_target(scores[:, g_cols], [g_pos[int(t)] for t in ts],
-                                              [[g_pos[r] for r in h if r in g_pos] for h in hs]))
-    out = {f"all/{k}": v for k, v in metrics_from_ranks(np.concatenate(ranks_all), (12,)).items()
-           if k in ("Recall@12", "NDCG@12")}
-    if ranks_group:
-        out |= {f"group/{k}": v for k, v in metrics_from_ranks(np.concatenate(ranks_group), (12,)).items()
+    ranks_all = full_ranking_ranks(scorer, h_rows, t_rows)
+    out = {f"all/{k}": v for k, v in metrics_from_ranks(ranks_all, (12,)).items() if k in ("Recall@12", "NDCG@12")}
+    if all(int(t) in g_pos for t in t_rows):  # the group's own catalog: its columns only
+        ranks_group = full_ranking_ranks(lambda hs: scorer(hs)[:, g_cols], h_rows, [g_pos[int(t)] for t in t_rows],
+                                         exclude=[[g_pos[r] for r in h if r in g_pos] for h in h_rows])
+        out |= {f"group/{k}": v for k, v in metrics_from_ranks(ranks_group, (12,)).items()
                 if k in ("Recall@12", "NDCG@12")}
     return out
 
@@ -484,7 +470,7 @@ def onboard_in_background(guide: Guide, catalog: Catalog, cache: Any, enc: Timed
     encoder's OpenMP workers, created by that thread, inherit it), as a server would; returns the report."""
 
     def work() -> Any:
-        enc._owner = threading.get_ident()
+        enc.owner = threading.get_ident()
         return guide.onboard(catalog, category="Toys & Games", cache=cache, batch_size=batch_size,
                              precision=precision, low_priority=low_priority)
 
@@ -512,7 +498,7 @@ def cmd_speed(args) -> dict[str, Any]:
     onboard_enc = enc
     if args.onboard_precision not in (None, args.precision):  # Guide.onboard(precision=...) loads a twin encoder
         onboard_enc = TimedEncoder(load_encoder(precision=args.onboard_precision))  # the guide's MiniLM, other precision
-        guide._twins[args.onboard_precision] = onboard_enc  # timed, and loaded before the clock starts
+        guide.use_onboard_encoder(onboard_enc, args.onboard_precision)  # timed, and loaded before the clock starts
     base_ids = guide.index.live_ids()
     guide.search("warm up", k=10)
     guide.similar(base_ids[0], k=10)

@@ -305,12 +305,11 @@ def render_transfer(out: dict) -> str:
 def command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The command line that reproduces this run (options that differ from their defaults)."""
     parts = ["python scripts/bench_transfer.py"]
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if not action.option_strings or action.dest == "help" or value == action.default:
+    for dest, value in vars(args).items():
+        if value == parser.get_default(dest):
             continue
-        flag = action.option_strings[-1]
-        parts.append(flag if isinstance(action, argparse._StoreTrueAction) else f"{flag} {value}")
+        flag = "--" + dest.replace("_", "-")  # every option here is spelled as its dest
+        parts.append(flag if value is True else f"{flag} {value}")
     return " ".join(parts)
 
 

@@ -156,12 +156,12 @@ def test_recommend_serves_onboarded_items(adapted: Guide, enc: HashingEncoder) -
 
 
 def test_adapted_item_vectors_are_cached_per_index_object(adapted: Guide, enc: HashingEncoder) -> None:
-    first = adapted._task_vectors("recommend")
-    assert adapted._task_vectors("recommend") is first  # cached while the index is the same
+    first = adapted.task_vectors("recommend")
+    assert adapted.task_vectors("recommend") is first  # cached while the index is the same
     new = adapted.index.copy()
     new.add(enc.encode(["Copper garden sprinkler"]), ["z1"], pd.DataFrame({"title": ["Copper garden sprinkler"]}))
     adapted.index = new  # a swap whose cache reset a racing reader undid: the cache must not serve the old index
-    again = adapted._task_vectors("recommend")
+    again = adapted.task_vectors("recommend")
     assert again is not first and "z1" in again and "z1" not in first
     assert adapted.recommend(["p01"], k=50, method="adapter").ids.count("z1") == 1
 

@@ -515,7 +515,7 @@ def test_joint_outfit_batches_stay_in_their_domain():
     assert joint.item_slots[:n_s].min() >= K and (joint.item_slots[n_s:] == target.item_slots).all()
     cfg = TrainConfig(slot_negatives=4, slot_dropout=0.0)
     rng = np.random.default_rng(0)
-    positives, _ = joint._draw(np.random.default_rng(0), 200)
+    positives, _ = joint.draw(np.random.default_rng(0), 200)
     batch = joint.batch(rng, 200, 4, cfg)
     src = positives < n_s
     assert 0.35 < src.mean() < 0.65

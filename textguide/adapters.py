@@ -12,6 +12,9 @@ Parts:
   similarity. ``sharing`` decides how tasks share it: ``"hard"`` (one adapter), ``"soft"`` (one tower per task,
   pulled together by an L2 penalty, :meth:`MultiTaskAdapter.sharing_penalty`) or ``"experts"`` (MMoE:
   ``n_experts`` shared adapters mixed by one softmax gate per task, conditioned on the input embedding).
+Each task's head and loss live in its module (:mod:`textguide.tasks.recommend`, ``.outfit``, ``.coupon``);
+the model holds them under ``sequence``, ``outfit`` and ``coupon``:
+
 * recommend: a small transformer over the adapted history (positions counted from the most recent item);
   the query is the most recent item's vector plus a learned (zero-initialised) correction.
 * outfit: the attention-pooled partial outfit plus the wanted slot's embedding, through an MLP, into a
@@ -49,23 +52,29 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
+from .inputs import as_embeddings, gather
 from .storage import ArtifactError, atomic_directory
 
 __all__ = [
     "AdapterConfig",
+    "AttentionPool",
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "ItemAdapter",
     "MultiTaskAdapter",
     "TASKS",
     "WEIGHTS_FILE",
+    "blend_text",
+    "encode_items",
     "load_adapter",
+    "require_keys",
     "save_adapter",
 ]
 
@@ -219,116 +228,6 @@ class AttentionPool(nn.Module):
         return (weights.unsqueeze(-1) * x).sum(dim=1)
 
 
-def _positions_from_end(mask: torch.Tensor) -> torch.Tensor:
-    """0 for the last valid element of each row, 1 for the one before, ... (any mask layout)."""
-    return mask.flip(1).long().cumsum(1).flip(1) - 1
-
-
-class SequenceEncoder(nn.Module):
-    """Transformer over adapted history vectors; returns the most recent item's vector + a learned correction."""
-
-    def __init__(self, config: AdapterConfig) -> None:
-        super().__init__()
-        self.max_history = config.max_history
-        self.scale = math.sqrt(config.dim)
-        self.position = nn.Embedding(config.max_history, config.dim)  # 0 = most recent
-        nn.init.normal_(self.position.weight, std=0.02)
-        layer = nn.TransformerEncoderLayer(
-            config.dim,
-            config.seq_heads,
-            dim_feedforward=4 * config.dim,
-            dropout=config.dropout,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerEncoder(
-            layer, config.seq_layers, norm=nn.LayerNorm(config.dim), enable_nested_tensor=False
-        )
-        self.out = nn.Linear(config.dim, config.dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pos = _positions_from_end(mask)
-        keep = mask & (pos < self.max_history)  # only the most recent max_history items are read
-        x = vectors * self.scale + self.position(pos.clamp(0, self.max_history - 1))
-        h = self.blocks(x, src_key_padding_mask=~keep)
-        last = (keep & (pos == 0)).long().argmax(dim=1)
-        rows = torch.arange(len(last), device=last.device)
-        return F.normalize(vectors[rows, last] + self.out(h[rows, last]), dim=-1)
-
-
-class OutfitHead(nn.Module):
-    """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim)."""
-
-    def __init__(self, config: AdapterConfig) -> None:
-        super().__init__()
-        self.n_slots = config.n_slots
-        self.scale = math.sqrt(config.dim)
-        self.pool = AttentionPool(config.dim)
-        self.slot = nn.Embedding(config.n_slots + 1, config.dim)  # the last row is "unknown slot"
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * config.dim, 2 * config.dim),
-            nn.GELU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(2 * config.dim, config.dim),
-        )
-        # residual: the untrained query is the pooled outfit itself (text similarity), training learns the
-        # complementary correction -- small outfit datasets then start from, not below, the text baseline
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
-
-    def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(vectors, mask)
-        slot = torch.where(slot < 0, torch.full_like(slot, self.n_slots), slot)
-        correction = self.mlp(torch.cat([pooled * self.scale, self.slot(slot)], dim=-1))
-        return F.normalize(F.normalize(pooled, dim=-1) + correction, dim=-1)
-
-
-class CouponHead(nn.Module):
-    """User (pooled history + profile MLP) and coupon (pooled products) -> MLP on [u, c, u*c, |u-c|] -> logit."""
-
-    def __init__(self, config: AdapterConfig) -> None:
-        super().__init__()
-        d = config.dim
-        self.scale = math.sqrt(d)
-        self.profile_dim = config.profile_dim
-        self.user_pool = AttentionPool(d)
-        self.coupon_pool = AttentionPool(d)
-        self.profile = (
-            nn.Sequential(nn.Linear(config.profile_dim, d), nn.GELU(), nn.Linear(d, d)) if config.profile_dim else None
-        )
-        self.mlp = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1))
-
-    def forward(
-        self,
-        user_vectors: torch.Tensor,
-        user_mask: torch.Tensor,
-        coupon_vectors: torch.Tensor,
-        coupon_mask: torch.Tensor,
-        profile: torch.Tensor | None,
-    ) -> torch.Tensor:
-        return self.score(self.encode_user(user_vectors, user_mask, profile), self.encode_coupon(coupon_vectors, coupon_mask))
-
-    def encode_user(self, user_vectors: torch.Tensor, user_mask: torch.Tensor, profile: torch.Tensor | None) -> torch.Tensor:
-        """User representation (B, dim): pooled adapted purchases + profile MLP."""
-        u = self.user_pool(user_vectors, user_mask) * self.scale
-        if self.profile is not None:
-            if profile is None:  # unknown profile: all-zero (standardised) features
-                profile = u.new_zeros(u.shape[0], self.profile_dim)
-            u = u + self.profile(profile.to(u.dtype))
-        return u
-
-    def encode_coupon(self, coupon_vectors: torch.Tensor, coupon_mask: torch.Tensor) -> torch.Tensor:
-        """Coupon representation (B, dim): pooled adapted vectors of the products it covers."""
-        return self.coupon_pool(coupon_vectors, coupon_mask) * self.scale
-
-    def score(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Redemption logits (B,) for paired user and coupon representations."""
-        return self.mlp(torch.cat([u, c, u * c, (u - c).abs()], dim=-1)).squeeze(-1)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------------------------------
@@ -363,12 +262,11 @@ class MultiTaskAdapter(nn.Module):
         self.logit_scale = nn.ParameterDict(
             {t: nn.Parameter(torch.tensor(init_scale)) for t in c.tasks if t in ("recommend", "outfit")}
         )
-        if "recommend" in c.tasks:
-            self.sequence = SequenceEncoder(c)
-        if "outfit" in c.tasks:
-            self.outfit = OutfitHead(c)
-        if "coupon" in c.tasks:
-            self.coupon = CouponHead(c)
+        from .tasks import TASKS  # each head is defined in its task's module
+
+        for name, task in TASKS.items():  # registry order: parameters are created (and seeded) in a fixed order
+            if name in c.tasks:
+                self.add_module(task.head_name, task.head(c))
 
     # -- checks ------------------------------------------------------------------------------------------
 
@@ -473,35 +371,21 @@ class MultiTaskAdapter(nn.Module):
         return self.logit_scale[task].exp().clamp(max=_MAX_LOGIT_SCALE)
 
     def forward(self, batch: dict[str, torch.Tensor], task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One path for training and evaluation: ``(output, loss)``; loss is None without targets/labels."""
-        self.check_task(task)
-        if task == "coupon":
-            _require(batch, ("user_history", "user_mask", "coupon_items", "coupon_mask"), task)
-            logits = self.coupon_logit(
-                batch["user_history"],
-                batch["user_mask"],
-                batch["coupon_items"],
-                batch["coupon_mask"],
-                batch.get("profile"),
-            )
-            if "labels" not in batch:
-                return logits, None
-            loss = F.binary_cross_entropy_with_logits(
-                logits, batch["labels"].to(logits.dtype), pos_weight=batch.get("pos_weight")
-            )
-            return logits, loss
+        """One path for training and evaluation: ``(output, loss)``; loss is None without targets/labels.
+        The task's module says what its batch holds and which loss it trains with."""
+        from .tasks import TASKS
 
-        if task == "recommend":
-            _require(batch, ("history", "history_mask"), task)
-            query = self.recommend_query(batch["history"], batch["history_mask"])
-        else:
-            _require(batch, ("items", "items_mask", "slot"), task)
-            query = self.outfit_query(batch["items"], batch["items_mask"], batch["slot"])
+        self.check_task(task)
+        return TASKS[task].forward(self, batch)
+
+    def retrieval_output(self, query: torch.Tensor, batch: dict[str, torch.Tensor], task: str
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For retrieval tasks: the queries alone, or the scaled logits against ``candidates`` /
+        ``row_candidates`` (``exclude`` masked out) and, with ``targets``, their softmax cross-entropy."""
         if "candidates" not in batch and "row_candidates" not in batch:
             if "targets" in batch:
                 raise ValueError(f"{task} batch has 'targets' but no 'candidates'/'row_candidates' to score")
             return query, None
-
         parts = []
         if "candidates" in batch:
             parts.append(query @ self.item_vectors(batch["candidates"], task).T)
@@ -539,10 +423,38 @@ class MultiTaskAdapter(nn.Module):
         return [expert.last_layer.weight for expert in self.experts]
 
 
-def _require(batch: dict[str, torch.Tensor], keys: tuple[str, ...], task: str) -> None:
+def require_keys(batch: dict[str, torch.Tensor], keys: tuple[str, ...], task: str) -> None:
+    """Raise ValueError naming the missing keys of a ``task`` batch."""
     missing = [k for k in keys if k not in batch]
     if missing:
         raise ValueError(f"{task} batch is missing {missing}; it needs {list(keys)} (see textguide.adapters)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# item vectors for an index
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def encode_items(model: MultiTaskAdapter, item_emb: Any, task: str, batch_size: int = 4096) -> np.ndarray:
+    """Adapted item vectors (N, dim) float32, L2-normalised, for ``task`` (index these with FAISS)."""
+    model.eval()
+    emb = as_embeddings(item_emb, "item_emb", model.config.input_dim)
+    model.check_task(task)
+    out = [model.item_vectors(gather(emb, slice(i, i + batch_size)), task) for i in range(0, len(emb), batch_size)]
+    vecs = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    return blend_text(model, task, vecs, emb)
+
+
+def blend_text(model: MultiTaskAdapter, task: str, vectors: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """With ``config.text_blend[task] = w > 0``: append ``sqrt(w) *`` the unit text vectors, so that the inner
+    product of a blended query and item is ``adapter cosine + w * text cosine`` (items and queries alike)."""
+    w = model.config.text_blend.get(task, 0.0)
+    if not w:
+        return vectors
+    text = np.asarray(text, dtype=np.float32)
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([vectors, np.sqrt(w, dtype=np.float32) * text], axis=1).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def ranks_by_weight(
     ``text_q`` (n, d) and ``text_items`` (C, d) are unit text vectors; ``adapter_q`` (n, d') and ``adapter_items``
     (C, d') the adapter's queries and item vectors (queries are L2-normalised here). ``targets[i]`` and
     ``exclude[i]`` are column indices into the C candidates (ties count against the target)."""
-    from .evaluate import rank_of_target
+    from .metrics import rank_of_target
 
     text = np.asarray(text_q, np.float32) @ np.asarray(text_items, np.float32).T
     adapted = None

@@ -40,10 +40,10 @@ import numpy as np
 import pandas as pd
 
 from .encoder import EmbeddingCache, TextEncoder
-from .evaluate import rank_of_target
 from .guide import Guide
+from .metrics import multi_relevant_metrics, rank_of_target
 from .recipes import items_catalog
-from .train import SequenceTask
+from .tasks.recommend import SequenceTask, history_scorer
 
 __all__ = [
     "DomainBench",
@@ -274,9 +274,7 @@ def subsample(bench: DomainBench, fraction: float, seed: int = 0) -> SequenceTas
 # ------------------------------------------------------------------------------------------ scoring
 def domain_scorer(bench: DomainBench, method: str, model: Any = None) -> Scorer:
     """``histories -> scores (n, items)`` for ``popularity``, ``text`` (mean history cosine) or ``adapter``."""
-    from .recipes import history_scorer
-
-    return history_scorer(bench.item_emb, bench.popularity, method, model)
+    return history_scorer(bench.item_emb, method, model, bench.popularity)
 
 
 def evaluate_domain(bench: DomainBench, scorer: Scorer, ks: tuple[int, ...] | None = None,
@@ -290,23 +288,12 @@ def evaluate_domain(bench: DomainBench, scorer: Scorer, ks: tuple[int, ...] | No
     rel = bench.report_relevant if relevant is None else relevant
     if len(hs) != len(rel) or not hs:
         raise ValueError(f"{len(hs)} histories but {len(rel)} relevant sets; give one non-empty set per history")
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("Recall", "NDCG", "MAP")}
+    per_user = []
     for s in range(0, len(hs), chunk):
         h_chunk, r_chunk = hs[s:s + chunk], rel[s:s + chunk]
         scores = scorer(h_chunk)
         rows = np.repeat(np.arange(len(h_chunk)), [len(r) for r in r_chunk])
         targets = np.array([t for r in r_chunk for t in r], dtype=np.int64)
-        exclude = [h_chunk[u] for u in rows]
-        ranks = rank_of_target(scores[rows], targets, exclude)
-        start = 0
-        for r in r_chunk:
-            rk = np.sort(ranks[start:start + len(r)])
-            start += len(r)
-            for k in ks:
-                inside = rk < k
-                sums[f"Recall@{k}"] += inside.sum() / len(r)
-                idcg = (1.0 / np.log2(np.arange(min(len(r), k)) + 2)).sum()
-                sums[f"NDCG@{k}"] += (1.0 / np.log2(rk[inside] + 2)).sum() / idcg
-                # other relevant items rank ahead of this one: precision at its position = hits so far / (rank + 1)
-                sums[f"MAP@{k}"] += (np.arange(1, inside.sum() + 1) / (rk[inside] + 1)).sum() / min(len(r), k)
-    return {key: v / len(hs) for key, v in sums.items()}
+        ranks = rank_of_target(scores[rows], targets, [h_chunk[u] for u in rows])
+        per_user += np.split(ranks, np.cumsum([len(r) for r in r_chunk])[:-1])
+    return multi_relevant_metrics(per_user, ks)

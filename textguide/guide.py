@@ -15,9 +15,10 @@ import numpy as np
 from . import __version__
 from .catalog import Catalog, ColumnMap, load_catalog
 from . import decisions as dec
-from .decisions import blend_scores, blend_search, category_of_items, combine, hits_label
+from .decisions import category_of_items, combine
 from .encoder import EmbeddingCache, SentenceTransformerEncoder, TextEncoder, encode_texts, load_encoder
 from .index import INDEX_FILES, IndexConfig, ItemIndex, Where
+from .metrics import text_queries
 from .storage import (ArtifactError, ConcurrentWriteError, Snapshot, check_replaceable, read_snapshot,
                       write_artifact)
 
@@ -258,7 +259,8 @@ class Guide:
         return guide
 
     # ------------------------------------------------------------------ queries
-    def _hits(self, ids: list[str], scores: np.ndarray) -> Hits:
+    def to_hits(self, ids: list[str], scores: np.ndarray) -> Hits:
+        """Hits for item ids (best first) and their scores, with each item's metadata."""
         return Hits(ids, scores[: len(ids)].astype(np.float32), self.index.items(ids))
 
     @overload
@@ -281,7 +283,7 @@ class Guide:
                                  f"to search for")
         vecs = self.encoder.encode(list(queries), show_progress=False)
         ids, scores = self.index.search(vecs, k, where=_where(category, where))
-        hits = [self._hits(i, s) for i, s in zip(ids, scores)]
+        hits = [self.to_hits(i, s) for i, s in zip(ids, scores)]
         return hits[0] if single else hits
 
     @overload
@@ -301,7 +303,7 @@ class Guide:
                 raise ValueError(f"item ids must be strings, got {type(i).__name__} {i!r}")
         vecs = self.index.vectors(ids)  # KeyError names an unknown id
         found, scores = self.index.search(vecs, k, where=_where(category, where), exclude=[[i] for i in ids])
-        hits = [self._hits(f, s) for f, s in zip(found, scores)]
+        hits = [self.to_hits(f, s) for f, s in zip(found, scores)]
         return hits[0] if single else hits
 
     # ------------------------------------------------------------------ onboarding
@@ -391,6 +393,11 @@ class Guide:
         logger.info("onboarded: %s", report)
         return report
 
+    def use_onboard_encoder(self, encoder: TextEncoder, precision: str, backend: str = "torch") -> None:
+        """Use ``encoder`` (this guide's model at ``precision`` / ``backend``) when :meth:`onboard` asks for that
+        precision, instead of loading it then."""
+        self._twins[precision if backend == "torch" else f"{precision}-{backend}"] = encoder
+
     def _onboard_encoder(self, precision: str | None, backend: str | None = None) -> TextEncoder:
         """The guide's encoder, or its model at another precision or backend (loaded once, kept for later)."""
         own = getattr(self.encoder, "precision", "fp32")
@@ -432,10 +439,10 @@ class Guide:
         :meth:`onboard`; the report (returned, and saved as ``reports/fine_tune.json`` when the guide has a
         directory) has every candidate's numbers and what was refused.
         """
-        from .train import SequenceTask, next_item_examples
+        from .tasks.recommend import SequenceTask, next_item_examples
         from .transfer import few_shot, save_transfer_report
 
-        self._require_task("recommend")
+        self.require_task("recommend")
         if not 0.0 < valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
         if isinstance(sequences, str) or not len(sequences):
@@ -569,7 +576,8 @@ class Guide:
         self.adapter_meta.setdefault("trained_categories", self._live_values("category"))  # see dec.py
         self._task_index = {}
 
-    def _require_task(self, task: str) -> None:
+    def require_task(self, task: str) -> None:
+        """Raise ValueError unless this guide has a trained adapter for ``task``."""
         if self.adapter is None or task not in self.adapter.config.tasks:
             have = list(self.adapter.config.tasks) if self.adapter is not None else []
             raise ValueError(
@@ -577,8 +585,8 @@ class Guide:
                 f"`textguide train`, or use the text-similarity fallback (method='text')"
             )
 
-    def _adapter_weight(self, task: str, method: str, categories: Sequence[str] | None, rows: Sequence[int],
-                        field: str = "category") -> float:
+    def adapter_weight(self, task: str, method: str, categories: Sequence[str] | None, rows: Sequence[int],
+                       field: str = "category") -> float:
         """The adapter's share in a query's scores: 1 adapter, 0 text, between a blend. ``auto`` follows the
         decisions of ``categories`` (default: the values of ``field`` of ``rows``), see :mod:`textguide.decisions`."""
         if method not in ("auto", "adapter", "text", "blend"):
@@ -591,16 +599,9 @@ class Guide:
             categories = [] if col is None else category_of_items(col.iloc[list(rows)].tolist())
         weight = combine(self.adapter_meta, task, categories, has)
         if method == "blend":
-            self._require_task(task)
+            self.require_task(task)
             return weight if 0.0 < weight < 1.0 else 0.5
         return weight
-
-    def _family(self, rows: Sequence[int]) -> str | None:
-        """A coupon's family: the most common category of its products (None without categories)."""
-        if "category" not in self.index.metadata.columns:
-            return None
-        values = [c for c in category_of_items(self.index.metadata["category"].iloc[list(rows)].tolist()) if c]
-        return max(dict.fromkeys(values), key=values.count) if values else None
 
     def _live_values(self, field: str, index: ItemIndex | None = None) -> list[str]:
         index = self.index if index is None else index
@@ -610,7 +611,9 @@ class Guide:
         return sorted({v for v in values if v is not None})
 
     def _task_field(self, task: str) -> str:
-        return self.adapter_meta.get("slot_field", "category") if task == "outfit" else "category"
+        from .tasks import TASKS
+
+        return TASKS[task].category_field(self.adapter_meta)
 
     def _onboarded_decisions(self, new_index: ItemIndex) -> dict[str, Any]:
         """The adapter section with a text-similarity decision for every category ``new_index`` adds."""
@@ -646,7 +649,7 @@ class Guide:
                      note: str | None = None, save: bool = True) -> None:
         """Override how ``category`` of ``task`` is served: ``"adapter"``, ``"text"``, ``"blend"`` (with
         ``weight``, the adapter's share) or ``"auto"`` (forget the recorded decision). Written atomically."""
-        self._require_task(task)
+        self.require_task(task)
         if method == "auto":
             table = {t: dict(v) for t, v in self.adapter_meta.get(dec.KEY, {}).items()}
             table.get(task, {}).pop(category, None)
@@ -694,12 +697,13 @@ class Guide:
         of the users first goes to :meth:`fine_tune` (its own guard decides whether the adapter changes) and
         the evaluation uses the others. Returns the report (also ``reports/observe.json``).
         """
-        from .train import encode_items, outfit_queries, recommend_queries
+        from .adapters import encode_items
+        from .tasks import TASKS
 
         if task not in ("recommend", "outfit"):
             raise ValueError(f"observe supports task 'recommend' or 'outfit', got {task!r}; set a coupon family's "
                              f"method with guide.set_decision(family, method, task='coupon')")
-        self._require_task(task)
+        self.require_task(task)
         k = _check_k(k)
         if not isinstance(category, str) or not category:
             raise ValueError(f"category must be a non-empty string, got {category!r}")
@@ -718,13 +722,13 @@ class Guide:
             sequences = [sequences[i] for i in np.flatnonzero(~tune)]
         hist, targets = [], []
         for n, seq in enumerate(sequences):
-            rows, _ = self._rows(seq, f"sequence {n}", "error")
+            rows, _ = self.rows(seq, f"sequence {n}", "error")
             rows = list(dict.fromkeys(rows))
             pos = [j for j, r in enumerate(rows) if in_cat[r]]
             if not pos:
                 continue
             j = pos[-1]
-            context = rows[:j] if task == "recommend" else rows[:j] + rows[j + 1:]
+            context = TASKS[task].observe_context(rows, j)
             if context:
                 hist.append(context[-50:])
                 targets.append(rows[j])
@@ -734,14 +738,8 @@ class Guide:
         cand = np.flatnonzero(in_cat)
         col = {int(r): i for i, r in enumerate(cand)}
         emb = self.index.embeddings
-        text_q = np.stack([emb[h].mean(0) for h in hist])
-        text_q /= np.maximum(np.linalg.norm(text_q, axis=1, keepdims=True), 1e-12)
-        if task == "recommend":
-            adapter_q = recommend_queries(self.adapter, emb, hist)
-        else:
-            slots = list(self.adapter_meta.get("slots", []))
-            adapter_q = outfit_queries(self.adapter, emb, hist, [slots.index(category) if category in slots else -1]
-                                       * len(hist))
+        text_q = text_queries(emb, hist)
+        adapter_q = TASKS[task].observe_queries(self, hist, category)
         current = dec.resolve(self.adapter_meta, task, category, True)
         weights = sorted({*dec.candidate_weights(True), current.weight})
         ranks = dec.ranks_by_weight(text_q, emb[cand], adapter_q, encode_items(self.adapter, emb[cand], task),
@@ -761,7 +759,7 @@ class Guide:
         logger.info("observe %s/%s: %s", task, category, report["summary"])
         return report
 
-    def _task_vectors(self, task: str) -> ItemIndex:
+    def task_vectors(self, task: str) -> ItemIndex:
         """Exact inner-product index over the adapted item vectors of ``task`` (live items only).
 
         Cached per (index object, adapter): a reader that computes it while an onboarding swaps the index
@@ -769,7 +767,7 @@ class Guide:
         index, adapter = self.index, self.adapter
         cached = self._task_index.get(task)
         if cached is None or cached[0] is not index or cached[1] is not adapter:
-            from .train import encode_items
+            from .adapters import encode_items
 
             live = np.flatnonzero(~index.deleted)
             vecs = encode_items(adapter, index.embeddings[live], task)
@@ -779,7 +777,9 @@ class Guide:
             self._task_index[task] = cached
         return cached[2]
 
-    def _rows(self, item_ids: Sequence[str], what: str, on_unknown: str) -> tuple[list[int], list[str]]:
+    def rows(self, item_ids: Sequence[str], what: str, on_unknown: str) -> tuple[list[int], list[str]]:
+        """Index rows of known ``item_ids`` and the unknown ids (``on_unknown``: "error" raises KeyError,
+        "skip" drops them unless all are unknown); ``what`` names the argument in errors."""
         if isinstance(item_ids, str):
             raise ValueError(f"{what} must be a list of item ids, got a single string; wrap it as [{item_ids!r}]")
         if on_unknown not in ("error", "skip"):
@@ -812,35 +812,11 @@ class Guide:
         cosine to the mean history embedding. History items are excluded unless ``exclude_history=False``.
         Unknown ids raise ``KeyError`` (``on_unknown='skip'`` drops them and lists them in ``hits.skipped``).
         """
-        k = _check_k(k)
-        history = _id_list(history, "history")
-        if not history:
-            raise ValueError("history must be a non-empty list of item ids (oldest first)")
-        rows, unknown = self._rows(history, "history", on_unknown)
-        known = [self.index.ids[r] for r in rows]
-        exclude = [known] if exclude_history else None
-        # the serving decision of the filtered categories, else of the history's (the conservative one if several)
-        served = [category] if isinstance(category, str) else category if category is not None else None
-        weight = self._adapter_weight("recommend", method, served, rows)
-        use_adapter = weight >= 1.0
-        if weight > 0:
-            self._require_task("recommend")
-            from .train import recommend_queries
+        from .tasks import TASKS
 
-            qa = recommend_queries(self.adapter, self.index.embeddings, [rows])
-        if weight < 1.0:
-            q = self.index.embeddings[rows].mean(0, keepdims=True)
-            q /= max(float(np.linalg.norm(q)), 1e-12)
-        if use_adapter:
-            ids, scores = self._task_vectors("recommend").search(qa, k, where=_where(category, where), exclude=exclude)
-        elif weight <= 0:
-            ids, scores = self.index.search(q, k, where=_where(category, where), exclude=exclude)
-        else:
-            ids, scores = blend_search(self.index, q, self._task_vectors("recommend"), qa, weight, k,
-                                       where=_where(category, where), exclude=exclude)
-        hits = self._hits(ids[0], scores[0])
-        hits.method, hits.skipped = hits_label(weight), unknown
-        return hits
+        return TASKS["recommend"].serve(self, _id_list(history, "history"), _check_k(k), category=category,
+                                        where=_where(category, where), exclude_history=exclude_history,
+                                        on_unknown=on_unknown, method=method)
 
     def complete_outfit(
         self,
@@ -859,61 +835,10 @@ class Guide:
         catalog of that slot is searched. A category onboarded after the adapter was trained works too: the
         adapter's "unknown slot" query, searched within that category. The input items are never returned.
         """
-        k = _check_k(k)
-        items = _id_list(items, "items")
-        if not items:
-            raise ValueError("items must be a non-empty list of item ids")
-        rows, unknown = self._rows(items, "items", on_unknown)
-        known = [self.index.ids[r] for r in rows]
-        slot_field = self.adapter_meta.get("slot_field", "category")
-        where = None
-        if slot is not None:
-            if slot_field not in self.index.metadata.columns:
-                raise ValueError(f"cannot filter on slot: this guide's items have no {slot_field!r} field")
-            where = {slot_field: slot}
-        slots = list(self.adapter_meta.get("slots", []))
-        if slot is not None and slot not in slots and slots and not self.index.mask(where).any():
-            raise ValueError(
-                f"unknown slot {slot!r}: not a slot of the adapter ({slot_field}: {slots}) and no item has "
-                f"{slot_field}={slot!r}"
-            )
-        # the decision of the wanted slot, else of the candidates' (or the input items') slots
-        served_rows = rows
-        if slot is None and candidates is not None and not isinstance(candidates, str) and len(candidates):
-            served_rows = self._rows(candidates, "candidates", "error")[0]
-        weight = self._adapter_weight("outfit", method, None if slot is None else [slot], served_rows, slot_field)
-        use_adapter = weight > 0
-        if use_adapter:
-            self._require_task("outfit")
-            from .train import outfit_queries
+        from .tasks import TASKS
 
-            # a category onboarded after training: the adapter's "unknown slot" query, searched within it
-            slot_idx = slots.index(slot) if slot in slots else -1
-            qa = outfit_queries(self.adapter, self.index.embeddings, [rows], [slot_idx])
-        qt = self.index.embeddings[rows].mean(0, keepdims=True)
-        qt /= max(float(np.linalg.norm(qt)), 1e-12)
-        q, space = (qa, self._task_vectors("outfit")) if weight >= 1.0 else (qt, self.index)
-        if candidates is not None:
-            if isinstance(candidates, str) or not len(candidates):
-                raise ValueError("candidates must be a non-empty list of item ids")
-            cand_rows, _ = self._rows(candidates, "candidates", "error")
-            cand = [self.index.ids[r] for r in cand_rows if self.index.ids[r] not in set(known)]
-            scores = (space.vectors(cand) @ q[0]).astype(np.float32)
-            if 0 < weight < 1:
-                qn = qa[0] / max(float(np.linalg.norm(qa[0])), 1e-12)
-                scores = blend_scores(self.index.vectors(cand) @ qt[0], self._task_vectors("outfit").vectors(cand) @ qn,
-                                      weight)
-            order = np.argsort(-scores, kind="stable")[:k]
-            hits = self._hits([cand[i] for i in order], scores[order])
-        elif 0 < weight < 1:
-            ids, scores = blend_search(self.index, qt, self._task_vectors("outfit"), qa, weight, k, where=where,
-                                       exclude=[known])
-            hits = self._hits(ids[0], scores[0])
-        else:
-            ids, scores = space.search(q, k, where=where, exclude=[known])
-            hits = self._hits(ids[0], scores[0])
-        hits.method, hits.skipped = hits_label(weight), unknown
-        return hits
+        return TASKS["outfit"].serve(self, _id_list(items, "items"), _check_k(k), slot=slot, candidates=candidates,
+                                     on_unknown=on_unknown, method=method)
 
     def add_coupons(self, coupons: dict[str, Sequence[str]], *, replace: bool = False, save: bool = True) -> None:
         """Register coupons (coupon id -> ids of the products it covers); new coupons need no retraining."""
@@ -961,99 +886,10 @@ class Guide:
         whose products were partly removed is ranked on those left; one with none left is skipped, listed in
         ``hits.skipped`` (after any unknown history ids) with a warning.
         """
-        history = _id_list(history, "history")
-        rows, unknown = self._rows(history, "history", on_unknown) if len(history) else ([], [])
-        if coupons is None:
-            coupons = list(self.coupons)
-        if isinstance(coupons, dict):
-            spec = {c: list(v) for c, v in coupons.items()}
-        else:
-            missing = [c for c in coupons if c not in self.coupons]
-            if missing:
-                raise KeyError(
-                    f"unknown coupon ids {missing[:5]}; register them with guide.add_coupons({{id: [product ids]}}) "
-                    f"or pass a mapping coupon id -> product ids"
-                )
-            spec = {c: self.coupons[c] for c in coupons}
-        if not spec:
-            raise ValueError("no coupons to rank: pass coupon ids or a mapping, or register coupons first")
-        coupon_rows, gone = [], []
-        for cid, items in list(spec.items()):
-            if not items:
-                raise ValueError(f"coupon {cid!r} covers no products; give the product ids it applies to")
-            if isinstance(coupons, dict):  # a caller's mapping: unknown products are the caller's error
-                coupon_rows.append(self._rows(items, f"coupon {cid!r}", "error")[0])
-                continue
-            left = [self.index.row_of[i] for i in items if i in self.index]  # products removed since registration
-            if left:
-                coupon_rows.append(left)
-            else:
-                gone.append(cid)
-                del spec[cid]
-        if gone:
-            logger.warning("skipping coupons with no products left in the guide (all removed): %s", gone[:5])
-            if not spec:
-                raise ValueError(f"no coupons to rank: every product of coupons {gone[:5]} was removed from the guide; "
-                                 f"register coupons covering live products with guide.add_coupons(..., replace=True)")
-        # the decision of the coupons' families (each coupon's most common product category; the conservative one)
-        weight = self._adapter_weight("coupon", method, [self._family(r) for r in coupon_rows], [])
-        use_adapter = weight > 0
-        if use_adapter:
-            self._require_task("coupon")
-            from .train import coupon_probabilities
+        from .tasks import TASKS
 
-            prof = self._profile_vector(profile)
-            if not rows and prof is None:
-                raise ValueError("empty history and no profile: give at least one purchased item or a profile")
-            probs = coupon_probabilities(self.adapter, self.index.embeddings, rows, coupon_rows, prof)
-            if "coupon_hybrid" in self.adapter_meta:
-                probs = self._coupon_hybrid(list(spec), rows, coupon_rows, prof, activity)
-        if weight < 1.0:
-            if not rows:
-                raise ValueError("history is empty: the text method needs at least one purchased item")
-            u = self.index.embeddings[rows].mean(0)
-            u /= max(float(np.linalg.norm(u)), 1e-12)
-            c = np.stack([self.index.embeddings[r].mean(0) for r in coupon_rows])
-            c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-            text_probs = ((c @ u + 1) / 2).astype(np.float32)
-            probs = blend_scores(text_probs, probs if use_adapter else None, weight)
-        order = np.argsort(-probs, kind="stable")
-        ids = list(spec)
-        hits = Hits([ids[i] for i in order], probs[order].astype(np.float32),
-                    [{"id": ids[i], "items": len(coupon_rows[i])} for i in order])
-        hits.method, hits.skipped = hits_label(weight), unknown + gone
-        return hits
-
-    def _coupon_hybrid(self, coupon_ids: list[str], rows: list[int], coupon_rows: list[list[int]],
-                       profile: np.ndarray | None, activity: dict[str, float] | None) -> np.ndarray:
-        """The saved coupon hybrid's probabilities (features in :data:`textguide.coupon_hybrid.FEATURES`)."""
-        from .coupon_hybrid import CouponHybrid, activity_features
-        from .train import coupon_logits
-
-        hybrid = CouponHybrid.from_dict(self.adapter_meta["coupon_hybrid"])
-        emb = self.index.embeddings
-        u = emb[rows].mean(0) if rows else np.zeros(emb.shape[1], np.float32)
-        u = u / max(float(np.linalg.norm(u)), 1e-12)
-        c = np.stack([emb[r].mean(0) for r in coupon_rows])
-        c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-        profiles = None if profile is None else np.repeat(profile.reshape(1, -1), len(coupon_rows), axis=0)
-        adapter = coupon_logits(self.adapter, emb, [list(rows)] * len(coupon_rows), coupon_rows, profiles)
-        cols = {"prior_logit": hybrid.prior_logit(coupon_ids), "adapter_logit": adapter,
-                "text_cosine": c @ u, **activity_features(activity, hybrid.defaults())}
-        x = np.column_stack([np.broadcast_to(cols[f], len(coupon_ids)) for f in hybrid.features])
-        return (1 / (1 + np.exp(-hybrid.logits(x)))).astype(np.float32)
-
-    def _profile_vector(self, profile: dict[str, Any] | None) -> np.ndarray | None:
-        if not self.adapter.config.profile_dim:
-            return None
-        if profile is None:
-            return np.zeros(self.adapter.config.profile_dim, np.float32)
-        if not isinstance(profile, dict):
-            raise ValueError(f"profile must be a dict of user fields, got {type(profile).__name__}")
-        vec = self.encoder.encode([verbalise_profile(profile)], show_progress=False)[0]
-        if len(vec) != self.adapter.config.profile_dim:
-            raise ValueError(f"profile vector has dimension {len(vec)}, adapter expects {self.adapter.config.profile_dim}")
-        return vec
+        return TASKS["coupon"].serve(self, _id_list(history, "history"), coupons, profile=profile, activity=activity,
+                                     on_unknown=on_unknown, method=method)
 
     def info(self) -> dict[str, Any]:
         """What this guide holds: counts, encoder, index type, path."""
@@ -1118,13 +954,10 @@ def _check_manifest(snap: Snapshot) -> None:
 
 
 def verbalise_profile(profile: dict[str, Any]) -> str:
-    """A user profile as text, e.g. ``{"age": "45-54", "kids_count": 2}`` -> "age: 45-54. kids count: 2"."""
-    parts = []
-    for key, value in profile.items():
-        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
-            continue
-        parts.append(f"{str(key).replace('_', ' ')}: {value}")
-    return ". ".join(parts) if parts else "unknown customer"
+    """A user profile as text (:func:`textguide.tasks.coupon.verbalise_profile`)."""
+    from .tasks.coupon import verbalise_profile as verbalise
+
+    return verbalise(profile)
 
 
 @contextlib.contextmanager

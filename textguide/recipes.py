@@ -16,28 +16,23 @@ import pandas as pd
 
 from .catalog import Catalog
 from .encoder import EmbeddingCache, TextEncoder
-from .evaluate import (
+from .metrics import (
     best_f1_threshold,
     fitb_accuracy,
+    full_ranking_ranks,
     grouped_auc,
     metrics_from_ranks,
     near_duplicate_rate,
     precision_recall_f1,
-    rank_of_target,
     roc_auc,
 )
 from .coupon_hybrid import ACTIVITY, FEATURES, CouponHybrid, household_activity, smoothed_rates
 from .guide import Guide, verbalise_profile
 from .index import ItemIndex
-from .train import (
-    CouponTask,
-    OutfitTask,
-    SequenceTask,
-    coupon_logits_indexed,
-    encode_items,
-    outfit_queries,
-    recommend_queries,
-)
+from .tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
+from .tasks.outfit import OutfitTask, OutfitScorer, fitb_scores
+from .tasks.outfit import outfit_scorer as task_outfit_scorer
+from .tasks.recommend import SequenceTask, history_scorer
 
 logger = logging.getLogger("textguide")
 
@@ -90,39 +85,15 @@ def prepare_scientific(encoder: TextEncoder, cache: EmbeddingCache | None = None
                          {"items": len(row), "train_rows": len(hist), "select_users": len(sel), "report_users": len(rep)})
 
 
-def history_scorer(emb: np.ndarray, popularity: np.ndarray, method: str,
-                   model: Any = None) -> Callable[[list[list[int]]], np.ndarray]:
-    """``histories -> scores (n, items)`` for ``popularity``, ``text`` (mean history cosine) or ``adapter``."""
-    if method == "popularity":
-        return lambda hs: np.repeat(popularity[None, :], len(hs), 0)
-    if method == "text":
-        def text(hs: list[list[int]]) -> np.ndarray:
-            q = np.stack([emb[h].mean(0) for h in hs])
-            q /= np.linalg.norm(q, axis=1, keepdims=True)
-            return q @ emb.T
-        return text
-    if method == "adapter":
-        if model is None:
-            raise ValueError("method='adapter' needs model=")
-        vectors = encode_items(model, emb, "recommend")
-        return lambda hs: recommend_queries(model, emb, hs) @ vectors.T
-    raise ValueError(f"unknown method {method!r}: use popularity, text or adapter")
-
-
 def sequence_scores(bench: SequenceBench, method: str, model: Any = None) -> Callable[[list[list[int]]], np.ndarray]:
-    """:func:`history_scorer` on a benchmark's catalog and popularity."""
-    return history_scorer(bench.guide.index.embeddings, bench.popularity, method, model)
+    """:func:`textguide.tasks.recommend.history_scorer` on a benchmark's catalog and popularity."""
+    return history_scorer(bench.guide.index.embeddings, method, model, bench.popularity)
 
 
 def evaluate_sequences(bench: SequenceBench, scorer: Callable[[list[list[int]]], np.ndarray],
                        ks: tuple[int, ...] = (10, 50)) -> dict[str, float]:
     """Full-ranking Recall@k / NDCG@k on the report split, history items excluded."""
-    ranks = []
-    hs, ts = bench.report_histories, bench.report_targets
-    for s in range(0, len(hs), 512):
-        scores = scorer(hs[s:s + 512])
-        ranks.append(rank_of_target(scores, ts[s:s + 512], hs[s:s + 512]))
-    m = metrics_from_ranks(np.concatenate(ranks), ks)
+    m = metrics_from_ranks(full_ranking_ranks(scorer, bench.report_histories, bench.report_targets), ks)
     return {key: m[key] for key in m if key.split("@")[0] in ("Recall", "NDCG")}
 
 
@@ -162,18 +133,9 @@ def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, 
                         "report_outfits": len(rep)})
 
 
-def outfit_scorer(bench: OutfitBench, method: str, model: Any = None):
-    """``(partials, slots) -> (queries, item_vectors)`` for ``text`` or ``adapter`` scoring."""
-    emb = bench.guide.index.embeddings
-    if method == "text":
-        def text(partials, slots):
-            q = np.stack([emb[p].mean(0) for p in partials])
-            return q / np.linalg.norm(q, axis=1, keepdims=True), emb
-        return text
-    if method == "adapter":
-        vectors = encode_items(model, emb, "outfit")
-        return lambda partials, slots: (outfit_queries(model, emb, partials, slots), vectors)
-    raise ValueError(f"unknown method {method!r}: use text or adapter")
+def outfit_scorer(bench: OutfitBench, method: str, model: Any = None) -> OutfitScorer:
+    """:func:`textguide.tasks.outfit.outfit_scorer` on a benchmark's catalog."""
+    return task_outfit_scorer(bench.guide.index.embeddings, method, model)
 
 
 def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, float]:
@@ -183,11 +145,11 @@ def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, flo
     emb = bench.guide.index.embeddings
     partials, slots, cands = task.fitb_questions(bench.report_outfits, seed=seed)
     q, vecs = scorer(partials, slots)
-    fitb = fitb_accuracy(np.einsum("qd,qcd->qc", q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
+    fitb = fitb_accuracy(fitb_scores(q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
 
     # compatibility: an outfit's score = mean over its items of score(item | the rest, its slot)
     rng = np.random.default_rng(seed + 1)
-    pools = task._pools
+    pools = task.slot_pools
 
     def outfit_score(outfits: list[list[int]]) -> np.ndarray:
         parts, sl, ans, owner = [], [], [], []
@@ -330,20 +292,10 @@ def hybrid_features(bench: CouponBench, frame: pd.DataFrame, model: Any, prior: 
     u, c = frame["u"].to_numpy(), frame["c"].to_numpy()
     prior_logit = CouponHybrid([], 0.0, [], [], prior, global_rate).prior_logit([bench.coupon_ids[i] for i in c])
     cols = {"prior_logit": prior_logit,
-            "adapter_logit": np.zeros(len(u)) if model is None else coupon_logits(bench, "adapter", frame, model),
+            "adapter_logit": np.zeros(len(u)) if model is None else coupon_scores(bench, "adapter", frame, model),
             "text_cosine": text_cosines(emb, task.user_histories, task.coupon_items)[u, c]}
     cols.update({k: frame[k].to_numpy(np.float64) for k in ACTIVITY.values()})
     return np.column_stack([cols[f] for f in FEATURES])
-
-
-def text_cosines(emb: np.ndarray, histories: list[list[int]], coupon_items: list[list[int]]) -> np.ndarray:
-    """(users, coupons) cosine between the mean history vector and the coupon's mean product vector (0 for an
-    empty history)."""
-    u = np.stack([emb[h].mean(0) if len(h) else np.zeros(emb.shape[1], np.float32) for h in histories])
-    c = np.stack([emb[items].mean(0) for items in coupon_items])
-    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-    c /= np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-    return u @ c.T
 
 
 def fit_coupon_hybrid(bench: CouponBench, model: Any) -> CouponHybrid:
@@ -355,9 +307,10 @@ def fit_coupon_hybrid(bench: CouponBench, model: Any) -> CouponHybrid:
     return CouponHybrid.fit(x, bench.select_frame["label"].to_numpy(), prior, g)
 
 
-def coupon_logits(bench: CouponBench, method: str, frame: pd.DataFrame, model: Any = None,
+def coupon_scores(bench: CouponBench, method: str, frame: pd.DataFrame, model: Any = None,
                   gbt: Any = None) -> np.ndarray:
-    """Scores for ``frame`` rows by ``popularity``, ``text``, ``gbt`` or ``adapter``."""
+    """Scores for ``frame`` rows by ``popularity``, ``text`` (the GBT features' history-coupon text dot
+    product), ``gbt`` or ``adapter`` (the adapter's logits, :func:`textguide.tasks.coupon.coupon_logits_indexed`)."""
     task, emb = bench.task, bench.guide.index.embeddings
     u, c = frame["u"].to_numpy(), frame["c"].to_numpy()
     if method == "popularity":

@@ -26,7 +26,7 @@ spares a full source pre-training per run; ``init="scratch"`` starts from a fres
 ``method="auto"`` is the negative-transfer guard: it trains target-only and every enabled method
 (``candidates``), scores them on the target's validation split, keeps the best and *refuses* every transfer
 that does not beat target-only on ``select_metric`` (by more than ``min_gain``, relative), with the numbers
-in the report. Gains are relative changes vs target-only, per metric (:func:`textguide.evaluate.relative_gain`).
+in the report. Gains are relative changes vs target-only, per metric (:func:`textguide.metrics.relative_gain`).
 
 With no target training examples (0 %), target-only is the untrained adapter (text similarity through a
 random orthogonal projection), model-based transfer is the source model applied as is, and feature- and
@@ -63,19 +63,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .adapters import MultiTaskAdapter
-from .evaluate import metrics_from_ranks, rank_of_target, relative_gain
-from .evaluate import fitb_accuracy
-from .train import (
-    OutfitTask,
-    SequenceTask,
-    TrainConfig,
-    _gather,
-    _pad,
-    encode_items,
-    recommend_queries,
-    train,
-)
+from .adapters import MultiTaskAdapter, encode_items
+from .inputs import gather, pad
+from .metrics import fitb_accuracy, full_ranking_ranks, metrics_from_ranks, relative_gain, text_queries
+from .tasks import TASKS
+from .tasks.outfit import OutfitTask, fitb_scores
+from .tasks.recommend import SequenceTask, history_scorer
+from .train import TrainConfig, train
 
 __all__ = [
     "CANDIDATES",
@@ -134,8 +128,8 @@ class TransferConfig:
             variants) or explicit variants "model:finetune", "model:freeze-shared", "model:l2sp",
             "feature:mmd", "feature:coral"; a feature variant may set its own alpha: "feature:coral@1e6".
         select_metric: the validation metric that picks the winner: "Recall@k", "NDCG@k", "MAP@k" (k in ``ks``)
-            for recommendation, "FITB" or "Recall@k" for complements; None (default) = "Recall@<ks[0]>" for
-            recommendation, "FITB" for complements.
+            for recommendation, "FITB" or "Recall@k" for complements; None (default) = the task's selection
+            metric, the one early stopping watches (``TASKS[kind].select_metric``: Recall@10, FITB).
         ks: cut-offs of the validation metrics (Recall@k, NDCG@k, MAP@k).
         min_gain: a transfer is kept only if its relative gain on ``select_metric`` exceeds this (0 = any gain).
         seed: seeds model initialisation, sampling and the domain classifier.
@@ -429,7 +423,7 @@ class _JointTask(SequenceTask):
 
     def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
         rows = self.sample_rows(rng, batch_size)
-        hist, mask = _pad([self.histories[r] for r in rows], max_history)
+        hist, mask = pad([self.histories[r] for r in rows], max_history)
         targets = self.targets[rows]
         parts = [targets]
         for lo, hi in ((0, self.n_source), (self.n_source, len(self.item_emb))):
@@ -443,9 +437,9 @@ class _JointTask(SequenceTask):
         exclude |= (cand[None, :] >= self.n_source) != (targets[:, None] >= self.n_source)  # other domain
         exclude[np.arange(batch_size), np.arange(batch_size)] = False
         return {
-            "history": _gather(self.item_emb, hist),
+            "history": gather(self.item_emb, hist),
             "history_mask": torch.from_numpy(mask),
-            "candidates": _gather(self.item_emb, cand),
+            "candidates": gather(self.item_emb, cand),
             "exclude": torch.from_numpy(exclude),
             "targets": torch.arange(batch_size),
         }
@@ -466,8 +460,8 @@ class _JointOutfitTask(OutfitTask):
     target: OutfitTask | None = None
 
     def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
-        positives, visible = self._draw(rng, batch_size)
-        out = self._assemble(rng, positives, visible, max_history, config)
+        positives, visible = self.draw(rng, batch_size)
+        out = self.assemble(rng, positives, visible, max_history, config)
         source = positives < self.n_source
         out["exclude"][:, :batch_size] |= torch.from_numpy(source[:, None] != source[None, :])
         out["slot"][torch.from_numpy(source)] = -1
@@ -541,21 +535,7 @@ def _joint_task(source: Any, target: Any, source_weights: np.ndarray | None,
 
 def _example_embeddings(task: SequenceTask | OutfitTask) -> np.ndarray:
     """One text vector per example: the normalised mean of its items (history + target, or the basket)."""
-    emb = task.item_emb
-    if isinstance(task, OutfitTask):
-        out = np.stack([emb[o].mean(0) for o in task.outfits])
-    else:
-        out = np.stack([emb[h + [t]].mean(0) for h, t in zip(task.histories, task.targets.tolist())])
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def _queries(model: MultiTaskAdapter, task: SequenceTask | OutfitTask, rows: np.ndarray) -> torch.Tensor:
-    """Query vectors of some training examples: users' histories, or whole baskets (unknown slot)."""
-    lists = task.outfits if isinstance(task, OutfitTask) else task.histories
-    h, mask = _pad([lists[i] for i in rows], model.config.max_history)
-    if isinstance(task, OutfitTask):
-        return model.outfit_query(_gather(task.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1))
-    return model.recommend_query(_gather(task.item_emb, h), torch.from_numpy(mask))
+    return text_queries(task.item_emb, task.example_items())
 
 
 def _feature_regularizer(source: Any, target: Any, config: TransferConfig
@@ -570,12 +550,12 @@ def _feature_regularizer(source: Any, target: Any, config: TransferConfig
         return dist(a, b, config.bandwidths) if dist is mmd else dist(a, b)
 
     def regularizer(model: MultiTaskAdapter) -> torch.Tensor:
-        xs = model.item_vectors(_gather(source.item_emb, rng.integers(len(source.item_emb), size=m)), head)
-        xt = model.item_vectors(_gather(target.item_emb, rng.integers(len(target.item_emb), size=m)), head)
+        xs = model.item_vectors(gather(source.item_emb, rng.integers(len(source.item_emb), size=m)), head)
+        xt = model.item_vectors(gather(target.item_emb, rng.integers(len(target.item_emb), size=m)), head)
         d = distance(xs, xt)
         if users:
-            us = _queries(model, source, rng.integers(len(source), size=m))
-            ut = _queries(model, target, rng.integers(len(target), size=m))
+            us = source.training_queries(model, rng.integers(len(source), size=m))
+            ut = target.training_queries(model, rng.integers(len(target), size=m))
             d = d + distance(us, ut)
         return config.alpha * d
 
@@ -599,7 +579,8 @@ def _item_distances(model: MultiTaskAdapter, source: Any, target: Any, config: T
 
 def validation_metrics(model: MultiTaskAdapter, task: SequenceTask | OutfitTask,
                        ks: Sequence[int] = (10,)) -> dict[str, float] | None:
-    """Validation metrics of ``task``; None without a validation split.
+    """Validation metrics of ``task``; None without a validation split. Always includes the task's selection
+    metric (:attr:`textguide.tasks.base.Task.select_metric`, what early stopping watches).
 
     Recommendation: Recall@k, NDCG@k, MAP@k (full ranking, history excluded). Complements: FITB (the hidden item
     against 3 random items of its slot, :meth:`OutfitTask.fitb_questions`) and Recall@k of complete-the-look
@@ -609,13 +590,10 @@ def validation_metrics(model: MultiTaskAdapter, task: SequenceTask | OutfitTask,
         return _outfit_metrics(model, task, ks)
     if not task.valid_histories:
         return None
-    vectors = encode_items(model, task.item_emb, "recommend")
-    ranks = []
-    for s in range(0, len(task.valid_histories), 1024):
-        hists = task.valid_histories[s:s + 1024]
-        scores = recommend_queries(model, task.item_emb, hists) @ vectors.T
-        ranks.append(rank_of_target(scores, task.valid_targets[s:s + 1024], hists))
-    m = metrics_from_ranks(np.concatenate(ranks), tuple(ks))
+    ranks = full_ranking_ranks(history_scorer(task.item_emb, "adapter", model), task.valid_histories,
+                               task.valid_targets, chunk=1024)
+    cut = tuple(dict.fromkeys((*ks, int(TASKS[task.kind].select_metric.partition("@")[2]))))
+    m = metrics_from_ranks(ranks, cut)
     return {k: v for k, v in m.items() if k.split("@")[0] in ("Recall", "NDCG", "MAP")}
 
 
@@ -625,13 +603,8 @@ def _outfit_metrics(model: MultiTaskAdapter, task: OutfitTask, ks: Sequence[int]
         return None
     partials, slots, cands, queries = questions
     vectors = encode_items(model, task.item_emb, "outfit")
-    out = {"FITB": fitb_accuracy(np.einsum("qd,qcd->qc", queries, vectors[cands]), np.zeros(len(cands), np.int64))}
-    ranks = np.empty(len(partials), dtype=np.int64)
-    for q, (part, slot, cand) in enumerate(zip(partials, slots, cands)):
-        pool = task._pools[slot]
-        scores = vectors[pool] @ queries[q]
-        answer = float(vectors[cand[0]] @ queries[q])
-        ranks[q] = int(((scores > answer) & ~np.isin(pool, part) & (pool != cand[0])).sum())
+    out = {"FITB": fitb_accuracy(fitb_scores(queries, vectors[cands]), np.zeros(len(cands), np.int64))}
+    ranks = task.ctl_ranks(queries, vectors, (partials, slots, cands))
     out.update({f"Recall@{k}": float((ranks < k).mean()) for k in ks})
     return out
 
@@ -755,7 +728,7 @@ def _run(name: str, source_model: MultiTaskAdapter, source: Any, target: Any,
 
 def _train_metric(task: Any) -> str:
     """What the training loop's early stopping watches (``task.valid_metric``)."""
-    return "FITB" if isinstance(task, OutfitTask) else "Recall@10"
+    return TASKS[task.kind].select_metric
 
 
 def transfer(
@@ -780,8 +753,8 @@ def transfer(
     config = config or TransferConfig()
     _check_inputs(source_model, source_task, target_task)
     complements = isinstance(target_task, OutfitTask)
-    if config.select_metric is None:
-        config = replace(config, select_metric="FITB" if complements else f"Recall@{config.ks[0]}")
+    if config.select_metric is None:  # what early stopping watched
+        config = replace(config, select_metric=TASKS[target_task.kind].select_metric)
     allowed = ("FITB", "Recall") if complements else ("Recall", "NDCG", "MAP")
     if config.select_metric.partition("@")[0] not in allowed:
         raise ValueError(
@@ -906,8 +879,8 @@ def few_shot(model: MultiTaskAdapter, task: SequenceTask, config: TransferConfig
         raise ValueError(f"task must be a SequenceTask of next-item examples, got {type(task).__name__}")
     if not len(task) or not task.valid_histories:
         raise ValueError("few-shot fine-tuning needs training examples and a validation split (valid_histories)")
-    if config.select_metric is None:
-        config = replace(config, select_metric=f"Recall@{config.ks[0]}")
+    if config.select_metric is None:  # what early stopping watched
+        config = replace(config, select_metric=TASKS[task.kind].select_metric)
     names = config.expanded_candidates()
     others = [n for n in names if not n.startswith("model:")]
     if others:

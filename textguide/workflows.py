@@ -15,8 +15,9 @@ from . import decisions, recipes
 from .adapters import AdapterConfig, MultiTaskAdapter
 from .coupon_hybrid import CouponHybrid
 from .encoder import EmbeddingCache, TextEncoder, load_encoder
-from .evaluate import best_f1_threshold, rank_of_target
 from .guide import Guide
+from .metrics import best_f1_threshold, roc_auc
+from .tasks import TASKS
 from .train import TrainConfig, train
 
 logger = logging.getLogger("textguide")
@@ -34,13 +35,13 @@ def _tasks_of(recipe: str) -> tuple[str, ...]:
     return (RECIPE_TASK[recipe],)
 
 
+PREPARE = {"recommend": recipes.prepare_scientific, "outfit": recipes.prepare_polyvore,
+           "coupon": recipes.prepare_completejourney}
+
+
 def prepare(task: str, encoder: TextEncoder, cache: EmbeddingCache | None) -> Any:
     """The benchmark of one task (guide + training task + report split)."""
-    if task == "recommend":
-        return recipes.prepare_scientific(encoder, cache)
-    if task == "outfit":
-        return recipes.prepare_polyvore(encoder, cache)
-    return recipes.prepare_completejourney(encoder, cache)
+    return PREPARE[task](encoder, cache)
 
 
 def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0) -> MultiTaskAdapter:
@@ -85,8 +86,6 @@ def evaluate_coupon_hybrid(bench: Any, model: MultiTaskAdapter, hybrid: CouponHy
 
 def coupon_hybrid_selection_auc(bench: Any, model: MultiTaskAdapter) -> float:
     """Selection-split AUC of the hybrid without fitting and scoring on the same rows: 2-fold by household."""
-    from .evaluate import roc_auc
-
     sel = bench.select_frame
     prior, g = recipes.coupon_prior(bench)
     x, y = recipes.hybrid_features(bench, sel, model, prior, g), sel["label"].to_numpy()
@@ -100,39 +99,25 @@ def coupon_hybrid_selection_auc(bench: Any, model: MultiTaskAdapter) -> float:
 def selection_per_example(bench: Any, task: str, model: MultiTaskAdapter | None) -> np.ndarray:
     """Each selection example's headline metric, 0/1 (recommend: the target in the top 10 of the full
     ranking; outfit: the FITB answer strictly above its distractors), for the adapter (text if None)."""
-    method = "text" if model is None else "adapter"
-    if task == "recommend":
-        sel = recipes.SequenceBench(bench.name, bench.guide, bench.task, bench.task.valid_histories,
-                                    np.asarray(bench.task.valid_targets), bench.popularity)
-        scorer = recipes.sequence_scores(sel, method, model)
-        hs, ts = sel.report_histories, sel.report_targets
-        ranks = np.concatenate([rank_of_target(scorer(hs[s:s + 512]), ts[s:s + 512], hs[s:s + 512])
-                                for s in range(0, len(hs), 512)])
-        return (ranks < 10).astype(np.float64)
-    if task == "outfit":
-        sel = recipes.OutfitBench(bench.name, bench.guide, bench.task, bench.task.valid_outfits, bench.slots)
-        partials, slots, cands = sel.task.fitb_questions(sel.report_outfits, seed=0)
-        q, vecs = recipes.outfit_scorer(sel, method, model)(partials, slots)
-        ranks = rank_of_target(np.einsum("qd,qcd->qc", q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
-        return (ranks < 1).astype(np.float64)
-    raise ValueError(f"per-example selection metrics exist for recommend and outfit, not {task!r}")
+    if task not in SELECT_METRIC:
+        raise ValueError(f"per-example selection metrics exist for recommend and outfit, not {task!r}")
+    return TASKS[task].per_example(bench.task, model)
 
 
 def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> float:
     """The task's headline metric on its *selection* split for the adapter (or text similarity if None)."""
-    if task in ("recommend", "outfit"):
+    if task in SELECT_METRIC:
         return float(selection_per_example(bench, task, model).mean())
     if model is not None:
         return coupon_hybrid_selection_auc(bench, model)
     t = bench.task
     frame = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
-    from .evaluate import roc_auc
-
-    return roc_auc(frame["label"].to_numpy(), recipes.coupon_logits(bench, "text", frame, model))
+    return roc_auc(frame["label"].to_numpy(), recipes.coupon_scores(bench, "text", frame, model))
 
 
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-SELECT_METRIC = {"recommend": "Recall@10", "outfit": "FITB"}
+#: the tasks whose served score may blend in text similarity, and the metric their guard selects on
+SELECT_METRIC = {t: TASKS[t].select_metric for t in ("recommend", "outfit")}
 
 
 def choose_text_blend(bench: Any, task: str, model: MultiTaskAdapter, grid: tuple[float, ...] = BLEND_GRID,
@@ -349,7 +334,7 @@ def coupon_baselines(bench: Any, seed: int = 0) -> dict[str, dict[str, float]]:
     on the training households."""
     import lightgbm
 
-    rows = {m: recipes.evaluate_coupons(bench, recipes.coupon_logits(bench, m, bench.report))
+    rows = {m: recipes.evaluate_coupons(bench, recipes.coupon_scores(bench, m, bench.report))
             for m in ("popularity", "text")}
     rows["text similarity"] = rows.pop("text")
     prior, g = recipes.coupon_prior(bench)

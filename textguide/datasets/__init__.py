@@ -10,6 +10,7 @@ from ._common import (
     OutfitDataset,
     SeqExample,
     SequenceDataset,
+    compose_column,
     compose_text,
     data_root,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "OutfitDataset",
     "SeqExample",
     "SequenceDataset",
+    "compose_column",
     "compose_text",
     "coupon_examples",
     "data_root",

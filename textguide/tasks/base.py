@@ -1,0 +1,94 @@
+"""The Task protocol: what the training loop, transfer, benchmarks, tests and :class:`~textguide.guide.Guide`
+need to know about a task, in one place per task.
+
+A task module (``recommend.py``, ``outfit.py``, ``coupon.py``) holds, for its task only: the training data
+class (examples as rows of an item text-embedding matrix, ``batch`` for the loop, ``valid_metric`` for early
+stopping), the query functions of a trained adapter, the text-similarity baseline, the selection metric, the
+serving body behind the ``Guide`` method, its head and loss (held by :class:`~textguide.adapters.MultiTaskAdapter`
+under ``head_name``), and a toy problem with a planted answer for the shared tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    import torch.nn as nn
+
+    from ..adapters import AdapterConfig, MultiTaskAdapter
+    from ..guide import Guide
+
+
+@dataclass
+class Toy:
+    """A small problem with a planted answer: a catalog (``id``, ``text``, ``category`` and the task's own
+    columns), the guide metadata the task serves with, the model's slot count and the seed of the answer.
+    ``Task.toy_data`` builds the training data on the embedded catalog's rows."""
+
+    items: "pd.DataFrame"
+    meta: dict[str, Any] = field(default_factory=dict)
+    n_slots: int = 0
+    seed: int = 0
+
+
+class Task(Protocol):
+    """One task. Instances are stateless; :data:`textguide.tasks.TASKS` maps each name to its instance."""
+
+    name: str  # the head's name in MultiTaskAdapter and the key in TASKS
+    data_type: type  # the training data class, e.g. SequenceTask
+    select_metric: str  # what early stopping, the transfer guard and the benchmark reports select on
+    head_name: str  # the attribute of MultiTaskAdapter that holds the head
+
+    def head(self, config: "AdapterConfig") -> "nn.Module":
+        """The task's part of the model, built from the adapter's config."""
+
+    def forward(self, model: "MultiTaskAdapter", batch: dict[str, Any]) -> tuple[Any, Any]:
+        """``MultiTaskAdapter.forward(batch, name)``: (output, loss); loss is None without targets / labels."""
+
+    def check(self, model: "MultiTaskAdapter", data: Any) -> None:
+        """Raise ValueError unless ``data`` fits ``model`` (embedding dim, slots, profile features)."""
+
+    def validate(self, data: Any, model: "MultiTaskAdapter | None" = None) -> float:
+        """``select_metric`` on ``data``'s validation split: the adapter's, or the text baseline's (None)."""
+
+    def toy(self, seed: int = 0) -> Toy:
+        """A toy catalog with a planted answer (for the shared behavioural tests and examples)."""
+
+    def toy_data(self, toy: Toy, item_emb: np.ndarray) -> Any:
+        """The toy's training data (with a validation split) on its embedded catalog's rows."""
+
+    def category_field(self, meta: dict[str, Any]) -> str:
+        """The item metadata field whose values the serving decisions are kept per (e.g. ``category``)."""
+
+    def rank(self, data: Any, example: int, model: "MultiTaskAdapter", k: int) -> list[int]:
+        """The task's own scorer: the top ``k`` item (or coupon) rows of validation example ``example``."""
+
+    def ask(self, guide: "Guide", data: Any, example: int, k: int) -> list[int]:
+        """The same validation example through the public ``Guide`` method (served by the adapter), as rows."""
+
+
+def check_dim(model: "MultiTaskAdapter", data: Any, name: str) -> None:
+    """Raise ValueError unless ``data.item_emb`` has the model's input dimension."""
+    if data.item_emb.shape[1] != model.config.input_dim:
+        raise ValueError(
+            f"tasks[{name!r}].item_emb has wrong embedding dimension: expected {model.config.input_dim}, "
+            f"got {data.item_emb.shape[1]}"
+        )
+
+
+def toy_items(n: int, seed: int, categories: tuple[str, ...] = ("alpha", "beta", "gamma")) -> "pd.DataFrame":
+    """``n`` toy products (``id``, ``text``, ``category``) with distinct texts, for the toy problems."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    words = ["red", "blue", "wool", "steel", "linen", "oak", "glass", "silk", "cotton", "brass", "clay", "jade"]
+    return pd.DataFrame({
+        "id": [f"t{i:03d}" for i in range(n)],
+        "text": [" ".join(rng.choice(words, size=3, replace=False)) + f" model {i}" for i in range(n)],
+        "category": [categories[i % len(categories)] for i in range(n)],
+    })

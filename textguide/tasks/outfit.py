@@ -1,0 +1,417 @@
+"""Complementary items (outfits, baskets): everything about the ``outfit`` task.
+
+Data: :class:`OutfitTask`, outfits as lists of item rows plus each item's slot. The model part is
+``MultiTaskAdapter.outfit`` (attention-pooled partial outfit + the wanted slot, :mod:`textguide.adapters`),
+trained by hiding one item per outfit against in-batch answers, same-slot items and the visible items.
+Queries: :func:`outfit_queries`. Text baseline: cosine to the mean embedding of the partial outfit
+(:func:`textguide.metrics.text_queries`). Selection metric: fill-in-the-blank accuracy (the hidden item against
+3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..adapters import AdapterConfig, AttentionPool, MultiTaskAdapter, blend_text, encode_items, require_keys
+from ..decisions import blend_scores, blend_search, hits_label
+from ..inputs import as_embeddings, check_weights, gather, index_lists, pad, sample_rows
+from ..metrics import fitb_accuracy, rank_of_target, text_queries
+from .base import Toy, check_dim, toy_items
+
+if TYPE_CHECKING:
+    from ..guide import Guide, Hits
+    from ..train import TrainConfig
+
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer"]
+
+Questions = tuple[list[list[int]], list[int], np.ndarray]
+OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class OutfitTask:
+    """Complementary items: hide one item of an outfit, query with the rest + the hidden item's slot.
+
+    A fraction ``slot_dropout`` of the queries does not name the slot (-1). Negatives are the other in-batch
+    answers, ``slot_negatives`` sampled items of the answer's slot (so the model learns compatibility rather
+    than slot prediction) and the visible items themselves (a query must not just return what the outfit
+    already has, nor its near-duplicates). Candidates whose text is a near-duplicate of
+    the answer (cosine > ``duplicate_threshold``) are left out of the softmax. Validation: fill-in-the-blank
+    accuracy (hidden item against 3 random items of its slot). ``weights`` (optional, one non-negative number
+    per outfit) samples outfits proportionally to them (instance re-weighting, textguide.transfer).
+    ``slot_pools`` maps each slot to its items' rows.
+    """
+
+    item_emb: np.ndarray
+    outfits: list[list[int]]
+    item_slots: np.ndarray
+    valid_outfits: list[list[int]] | None = None
+    weights: np.ndarray | None = None
+    kind: ClassVar[str] = "outfit"
+
+    def __post_init__(self) -> None:
+        self.item_emb = as_embeddings(self.item_emb, "item_emb")
+        n = len(self.item_emb)
+        self.outfits = index_lists(self.outfits, n, "outfits", min_len=2)
+        if self.valid_outfits is not None:
+            self.valid_outfits = index_lists(self.valid_outfits, n, "valid_outfits", min_len=2)
+        slots = np.asarray(self.item_slots)
+        if slots.shape != (n,) or not np.issubdtype(slots.dtype, np.integer):
+            raise ValueError(
+                f"item_slots must be integers of shape ({n},) (one slot per item_emb row), got {slots.shape}"
+            )
+        if len(slots) and slots.min() < -1:
+            raise ValueError(f"item_slots must be >= 0 (or -1 for unknown), found {int(slots.min())}")
+        self.item_slots = slots.astype(np.int64)
+        order = np.argsort(self.item_slots, kind="stable")
+        values, starts = np.unique(self.item_slots[order], return_index=True)
+        self.slot_pools = {int(v): pool for v, pool in zip(values, np.split(order, starts[1:]))}  # slot -> items
+        self.weights = check_weights(self.weights, len(self.outfits), "outfit")
+
+    def __len__(self) -> int:
+        return len(self.outfits)
+
+    @property
+    def n_query_slots(self) -> int:
+        """How many slots the model must know: queries name slots ``0 .. n_query_slots - 1`` (or -1)."""
+        return int(self.item_slots.max()) + 1 if len(self.item_slots) else 0
+
+    def sample_rows(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` outfit rows: uniform, or proportional to ``weights`` when given."""
+        return sample_rows(rng, len(self.outfits), size, self.weights)
+
+    def batch(self, rng: np.random.Generator, batch_size: int, max_history: int, config: TrainConfig) -> dict:
+        """A training batch for ``MultiTaskAdapter.forward(batch, "outfit")``."""
+        positives, visible = self.draw(rng, batch_size)
+        return self.assemble(rng, positives, visible, max_history, config)
+
+    def draw(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+        """Sample outfits and hide one item of each: (hidden items, the visible rest)."""
+        positives, visible = np.empty(batch_size, dtype=np.int64), []
+        for b, r in enumerate(self.sample_rows(rng, batch_size)):
+            outfit = self.outfits[r]
+            hidden = int(rng.integers(len(outfit)))
+            positives[b] = outfit[hidden]
+            visible.append(outfit[:hidden] + outfit[hidden + 1 :])
+        return positives, visible
+
+    def assemble(self, rng: np.random.Generator, positives: np.ndarray, visible: list[list[int]], max_history: int,
+                 config: TrainConfig) -> dict:
+        """The batch for hidden items ``positives`` and the visible rest of their outfits."""
+        pools = self.slot_pools
+        batch_size = len(positives)
+        slots = self.item_slots[positives]
+        negatives = np.stack([rng.choice(pools[int(s)], size=config.slot_negatives) for s in slots])
+        vis, vis_mask = pad(visible, max_history)
+        row_ids = np.concatenate([negatives, vis], axis=1)
+        row_valid = np.concatenate([np.ones(negatives.shape, dtype=bool), vis_mask], axis=1)
+
+        # the answer at column b; any other candidate that is (a near-duplicate of) the answer is left out
+        answer = self.item_emb[positives]
+        near_in_batch = answer @ answer.T > config.duplicate_threshold
+        near_in_batch[np.arange(batch_size), np.arange(batch_size)] = False
+        near_in_row = np.einsum("bd,bmd->bm", answer, self.item_emb[row_ids]) > config.duplicate_threshold
+        left_out = near_in_row | ~row_valid
+        if not config.outfit_visible_negatives:  # the outfit's own items are not pushed away
+            left_out[:, negatives.shape[1]:] = True
+        exclude = np.concatenate([near_in_batch, left_out], axis=1)
+
+        query_slots = np.where(rng.random(batch_size) < config.slot_dropout, -1, slots)  # -1: "any slot"
+        return {
+            "items": gather(self.item_emb, vis),
+            "items_mask": torch.from_numpy(vis_mask),
+            "slot": torch.from_numpy(query_slots),
+            "candidates": gather(self.item_emb, positives),
+            "row_candidates": gather(self.item_emb, row_ids),
+            "exclude": torch.from_numpy(exclude),
+            "targets": torch.arange(batch_size),
+        }
+
+    def example_items(self) -> list[list[int]]:
+        """Each training example's items: the outfit."""
+        return self.outfits
+
+    def training_queries(self, model: MultiTaskAdapter, rows: np.ndarray) -> torch.Tensor:
+        """The model's queries (with gradients) for training outfits ``rows``: each whole outfit, unknown slot."""
+        h, mask = pad([self.outfits[i] for i in rows], model.config.max_history)
+        return model.outfit_query(gather(self.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1))
+
+    def fitb_questions(self, outfits: list[list[int]], n_distractors: int = 3, seed: int = 0) -> Questions:
+        """Fixed FITB questions: (partials, slots, candidates (Q, 1 + n) with the answer in column 0)."""
+        rng = np.random.default_rng(seed)
+        pools = self.slot_pools
+        partials, slots, candidates = [], [], []
+        for outfit in outfits:
+            hidden = int(rng.integers(len(outfit)))
+            answer, rest = outfit[hidden], outfit[:hidden] + outfit[hidden + 1 :]
+            pool = np.setdiff1d(pools[int(self.item_slots[answer])], [answer, *rest])
+            if len(pool) < n_distractors:
+                continue
+            partials.append(rest)
+            slots.append(int(self.item_slots[answer]))
+            candidates.append([answer, *rng.choice(pool, size=n_distractors, replace=False)])
+        return partials, slots, np.asarray(candidates, dtype=np.int64).reshape(-1, 1 + n_distractors)
+
+    def valid_questions(self, model: MultiTaskAdapter):
+        """The fixed validation FITB questions with the model's queries: (partials, slots, candidates, queries),
+        or None without validation outfits."""
+        if not self.valid_outfits:
+            return None
+        partials, slots, candidates = self.fitb_questions(self.valid_outfits)
+        if not partials:
+            return None
+        return partials, slots, candidates, outfit_queries(model, self.item_emb, partials, slots)
+
+    def valid_metric(self, model: MultiTaskAdapter) -> float | None:
+        """FITB accuracy (the hidden item must beat 3 random items of its slot); None without validation."""
+        questions = self.valid_questions(model)
+        if questions is None:
+            return None
+        _, _, candidates, queries = questions
+        ids, inverse = np.unique(candidates, return_inverse=True)
+        vectors = encode_items(model, self.item_emb[ids], "outfit")[inverse.reshape(candidates.shape)]
+        return fitb_accuracy(fitb_scores(queries, vectors), np.zeros(len(candidates), dtype=np.int64))
+
+    def ctl_ranks(self, queries: np.ndarray, vectors: np.ndarray, questions: Questions) -> np.ndarray:
+        """Complete the look: each hidden item's 0-based rank among all items of its slot (the partial
+        outfit's own items left out; ties count against it)."""
+        partials, slots, cands = questions
+        ranks = np.empty(len(partials), dtype=np.int64)
+        for q, (part, slot, cand) in enumerate(zip(partials, slots, cands)):
+            pool = self.slot_pools[slot]
+            scores = vectors[pool] @ queries[q]
+            answer = float(vectors[cand[0]] @ queries[q])
+            ranks[q] = int(((scores > answer) & ~np.isin(pool, part) & (pool != cand[0])).sum())
+        return ranks
+
+
+# ------------------------------------------------------------------------------------------ the head
+class OutfitHead(nn.Module):
+    """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim)."""
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__()
+        self.n_slots = config.n_slots
+        self.scale = math.sqrt(config.dim)
+        self.pool = AttentionPool(config.dim)
+        self.slot = nn.Embedding(config.n_slots + 1, config.dim)  # the last row is "unknown slot"
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.dim, 2 * config.dim),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(2 * config.dim, config.dim),
+        )
+        # residual: the untrained query is the pooled outfit itself (text similarity), training learns the
+        # complementary correction -- small outfit datasets then start from, not below, the text baseline
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(vectors, mask)
+        slot = torch.where(slot < 0, torch.full_like(slot, self.n_slots), slot)
+        correction = self.mlp(torch.cat([pooled * self.scale, self.slot(slot)], dim=-1))
+        return F.normalize(F.normalize(pooled, dim=-1) + correction, dim=-1)
+
+
+# ------------------------------------------------------------------------------------------ queries and scores
+def fitb_scores(queries: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+    """(Q, C) scores of each question's candidates: ``queries`` (Q, d) against ``candidate_vectors`` (Q, C, d)."""
+    return np.einsum("qd,qcd->qc", queries, candidate_vectors)
+
+
+@torch.inference_mode()
+def outfit_queries(
+    model: MultiTaskAdapter,
+    item_emb: np.ndarray,
+    partials: Sequence[Sequence[int]],
+    slots: Sequence[int],
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Complementary-item queries (B, dim) float32 for partial outfits and wanted slots (-1 = unknown)."""
+    model.eval()
+    emb = as_embeddings(item_emb, "item_emb", model.config.input_dim, check_values=False)
+    partials = index_lists(partials, len(emb), "partials")
+    slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+    if len(slots) != len(partials):
+        raise ValueError(f"{len(partials)} partial outfits but {len(slots)} slots; give one slot per outfit")
+    out = []
+    for start in range(0, len(partials), batch_size):
+        idx, mask = pad(partials[start : start + batch_size], model.config.max_history)
+        slot = torch.from_numpy(slots[start : start + batch_size])
+        out.append(model.outfit_query(gather(emb, idx), torch.from_numpy(mask), slot))
+    q = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    if not model.config.text_blend:
+        return q
+    mean = np.stack([emb[list(s)].mean(0) for s in partials]) if partials else np.zeros((0, emb.shape[1]), np.float32)
+    return blend_text(model, "outfit", q, mean)
+
+
+def outfit_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None = None) -> OutfitScorer:
+    """``(partials, slots) -> (queries, item_vectors)`` for ``text`` (the baseline: the unit mean of the partial
+    outfit against the text embeddings) or ``adapter``."""
+    if method == "text":
+        return lambda partials, slots: (text_queries(emb, partials), emb)
+    if method == "adapter":
+        if model is None:
+            raise ValueError("method='adapter' needs model=")
+        vectors = encode_items(model, emb, "outfit")
+        return lambda partials, slots: (outfit_queries(model, emb, partials, slots), vectors)
+    raise ValueError(f"unknown method {method!r}: use text or adapter")
+
+
+class Outfit:
+    """The ``outfit`` task (see the module docstring)."""
+
+    name = "outfit"
+    data_type = OutfitTask
+    select_metric = "FITB"
+    head_name = "outfit"  # MultiTaskAdapter.outfit
+
+    def head(self, config: AdapterConfig) -> nn.Module:
+        """The task's part of the model."""
+        return OutfitHead(config)
+
+    def forward(self, model: MultiTaskAdapter, batch: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``MultiTaskAdapter.forward(batch, "outfit")``: queries, or logits and softmax cross-entropy."""
+        require_keys(batch, ("items", "items_mask", "slot"), self.name)
+        query = model.outfit_query(batch["items"], batch["items_mask"], batch["slot"])
+        return model.retrieval_output(query, batch, self.name)
+
+    def check(self, model: MultiTaskAdapter, data: OutfitTask) -> None:
+        """Raise ValueError unless ``data`` fits ``model`` (embedding dimension, slot vocabulary)."""
+        check_dim(model, data, self.name)
+        if data.n_query_slots > model.config.n_slots:
+            raise ValueError(
+                f"tasks['outfit'].item_slots has slot {data.n_query_slots - 1} but the model has "
+                f"n_slots={model.config.n_slots}; build AdapterConfig(n_slots={data.n_query_slots})"
+            )
+
+    def validate(self, data: OutfitTask, model: MultiTaskAdapter | None = None) -> float:
+        """FITB accuracy on the validation outfits (text similarity when ``model`` is None)."""
+        return float(self.per_example(data, model).mean())
+
+    def per_example(self, data: OutfitTask, model: MultiTaskAdapter | None = None,
+                    outfits: list[list[int]] | None = None) -> np.ndarray:
+        """Each FITB question's selection metric, 0/1: the answer strictly above its distractors (questions
+        from ``outfits``, default the validation outfits)."""
+        outfits = data.valid_outfits if outfits is None else outfits
+        if not outfits:
+            raise ValueError("this OutfitTask has no validation outfits (valid_outfits)")
+        partials, slots, cands = data.fitb_questions(outfits, seed=0)
+        q, vecs = outfit_scorer(data.item_emb, "text" if model is None else "adapter", model)(partials, slots)
+        ranks = rank_of_target(fitb_scores(q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
+        return (ranks < 1).astype(np.float64)
+
+    def serve(self, guide: Guide, items: list[str], k: int, *, slot: str | None,
+              candidates: Sequence[str] | None, on_unknown: str, method: str) -> Hits:
+        """The body of ``Guide.complete_outfit``."""
+        if not items:
+            raise ValueError("items must be a non-empty list of item ids")
+        rows, unknown = guide.rows(items, "items", on_unknown)
+        known = [guide.index.ids[r] for r in rows]
+        slot_field = self.category_field(guide.adapter_meta)
+        where = None
+        if slot is not None:
+            if slot_field not in guide.index.metadata.columns:
+                raise ValueError(f"cannot filter on slot: this guide's items have no {slot_field!r} field")
+            where = {slot_field: slot}
+        slots = list(guide.adapter_meta.get("slots", []))
+        if slot is not None and slot not in slots and slots and not guide.index.mask(where).any():
+            raise ValueError(
+                f"unknown slot {slot!r}: not a slot of the adapter ({slot_field}: {slots}) and no item has "
+                f"{slot_field}={slot!r}"
+            )
+        # the decision of the wanted slot, else of the candidates' (or the input items') slots
+        served_rows = rows
+        if slot is None and candidates is not None and not isinstance(candidates, str) and len(candidates):
+            served_rows = guide.rows(candidates, "candidates", "error")[0]
+        weight = guide.adapter_weight(self.name, method, None if slot is None else [slot], served_rows, slot_field)
+        emb = guide.index.embeddings
+        if weight > 0:
+            guide.require_task(self.name)
+            # a category onboarded after training: the adapter's "unknown slot" query, searched within it
+            slot_idx = slots.index(slot) if slot in slots else -1
+            qa = outfit_queries(guide.adapter, emb, [rows], [slot_idx])
+        qt = text_queries(emb, [rows])
+        q, space = (qa, guide.task_vectors(self.name)) if weight >= 1.0 else (qt, guide.index)
+        if candidates is not None:
+            if isinstance(candidates, str) or not len(candidates):
+                raise ValueError("candidates must be a non-empty list of item ids")
+            cand_rows, _ = guide.rows(candidates, "candidates", "error")
+            cand = [guide.index.ids[r] for r in cand_rows if guide.index.ids[r] not in set(known)]
+            scores = (space.vectors(cand) @ q[0]).astype(np.float32)
+            if 0 < weight < 1:
+                qn = qa[0] / max(float(np.linalg.norm(qa[0])), 1e-12)
+                scores = blend_scores(guide.index.vectors(cand) @ qt[0],
+                                      guide.task_vectors(self.name).vectors(cand) @ qn, weight)
+            order = np.argsort(-scores, kind="stable")[:k]
+            hits = guide.to_hits([cand[i] for i in order], scores[order])
+        elif 0 < weight < 1:
+            ids, scores = blend_search(guide.index, qt, guide.task_vectors(self.name), qa, weight, k, where=where,
+                                       exclude=[known])
+            hits = guide.to_hits(ids[0], scores[0])
+        else:
+            ids, scores = space.search(q, k, where=where, exclude=[known])
+            hits = guide.to_hits(ids[0], scores[0])
+        hits.method, hits.skipped = hits_label(weight), unknown
+        return hits
+
+    @staticmethod
+    def category_field(meta: dict[str, Any]) -> str:
+        """The metadata field whose values the outfit decisions are kept per: the guide's slot field."""
+        return meta.get("slot_field", "category")
+
+    # -- the toy problem of the shared tests: 3 slots, looks of one item per slot that belong together
+    def toy(self, seed: int = 0) -> Toy:
+        items = toy_items(24, seed)
+        items["slot"] = items["category"]
+        return Toy(items, {"slot_field": "slot", "slots": ["alpha", "beta", "gamma"]}, n_slots=3, seed=seed)
+
+    def toy_data(self, toy: Toy, item_emb: np.ndarray) -> OutfitTask:
+        slots = np.array([toy.meta["slots"].index(s) for s in toy.items["slot"]], dtype=np.int64)
+        rng = np.random.default_rng(toy.seed)
+        by_slot = [rng.permutation(np.flatnonzero(slots == s)) for s in range(3)]
+        looks = [[int(by_slot[s][j]) for s in range(3)] for j in range(len(by_slot[0]))]
+        return OutfitTask(item_emb, looks * 20, slots, looks)
+
+    def rank(self, data: OutfitTask, example: int, model: MultiTaskAdapter, k: int) -> list[int]:
+        part, slot, cands = self._question(data, example)
+        q, vecs = outfit_scorer(data.item_emb, "adapter", model)([part], [slot])
+        scores = vecs[cands] @ q[0]
+        return [int(cands[i]) for i in np.argsort(-scores, kind="stable")[:k]]
+
+    def ask(self, guide: Guide, data: OutfitTask, example: int, k: int) -> list[int]:
+        part, slot, cands = self._question(data, example)
+        ids = guide.index.ids
+        names = guide.adapter_meta.get("slots")
+        hits = guide.complete_outfit([ids[r] for r in part], k=k, slot=names[slot] if names else None,
+                                     candidates=[ids[r] for r in cands], method="adapter")
+        return [guide.index.row_of[i] for i in hits.ids]
+
+    def observe_context(self, rows: list[int], j: int) -> list[int]:
+        """What ``Guide.observe`` queries with when row ``j`` is the target: the rest of the outfit."""
+        return rows[:j] + rows[j + 1:]
+
+    def observe_queries(self, guide: Guide, contexts: list[list[int]], category: str) -> np.ndarray:
+        """The adapter's queries for ``Guide.observe``: the partial outfits asking for slot ``category``."""
+        slots = list(guide.adapter_meta.get("slots", []))
+        slot = slots.index(category) if category in slots else -1
+        return outfit_queries(guide.adapter, guide.index.embeddings, contexts, [slot] * len(contexts))
+
+    @staticmethod
+    def _question(data: OutfitTask, example: int) -> tuple[list[int], int, list[int]]:
+        partials, slots, cands = data.fitb_questions(data.valid_outfits)
+        return partials[example], slots[example], cands[example].tolist()
+
+
+OUTFIT = Outfit()
