@@ -102,6 +102,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dp-epsilon", type=float, default=None, help="attack an adapter trained with DP-SGD")
+    ap.add_argument("--dp-noise", type=float, default=None,
+                    help="instead of --dp-epsilon: this noise multiplier (0: the DP pipeline without noise)")
     ap.add_argument("--price", choices=["amazon-scientific", "completejourney"], default=None,
                     help="measure the validation metric with and without DP instead of the attack")
     ap.add_argument("--epsilons", default="1,4,8", help="with --price: the target epsilons")
@@ -158,7 +160,7 @@ def main() -> None:
     model = new_model(("recommend",), seed=args.seed)
     rows = [attack(None, "text similarity (no training)"), attack(model, "adapter, untrained")]
     t0 = time.time()
-    if args.dp_epsilon is None:
+    if args.dp_epsilon is None and args.dp_noise is None:
         cfg = TrainConfig(steps=args.steps, batch_size=128, eval_every=100, patience=6, seed=args.seed,
                           max_seconds=args.seconds)
         result = train(model, {"recommend": task}, cfg)
@@ -168,7 +170,8 @@ def main() -> None:
 
         cfg = TrainConfig(steps=args.steps, batch_size=128, eval_every=args.steps, seed=args.seed)
         tr_users = np.array([uid[ex.user] for ex in ds.train if member[uid[ex.user]]])
-        _, rec = train_private(model, {"recommend": task}, cfg, DPConfig(epsilon=args.dp_epsilon), tr_users)
+        dp = DPConfig(epsilon=args.dp_epsilon, noise_multiplier=args.dp_noise)
+        _, rec = train_private(model, {"recommend": task}, cfg, dp, tr_users)
         label = (f"adapter, DP-SGD epsilon {rec.epsilon:.2f} (delta {rec.delta:.2g}, noise {rec.noise_multiplier:.2f}), "
                  f"{rec.steps} steps, {time.time() - t0:.0f}s")
     rows.append(attack(model, label))

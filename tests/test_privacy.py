@@ -258,3 +258,15 @@ def test_a_dp_guide_records_its_guarantee_saves_loads_and_serves(fake_scientific
         hits = loaded.recommend(ids, k=5, method=method)
         assert len(hits.ids) == 5 and not set(hits.ids) & set(ids)
     assert loaded.recommend(ids, k=5, method="adapter").method == "adapter"
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_both_accountants_calibrate_within_the_target(accountant):
+    dp = DPConfig(epsilon=4.0, accountant=accountant)
+    noise = privacy.noise_for(dp, 0.05, 50, 1e-4)
+    spent = privacy.spent_epsilon(accountant, noise, 0.05, 50, 1e-4)
+    assert 3.0 < spent <= 4.0
+    assert privacy.spent_epsilon(accountant, 0.0, 0.05, 50, 1e-4) == math.inf
+    assert "NOT private" in privacy.describe(PrivacyRecord(
+        epsilon=math.inf, delta=1e-4, target_epsilon=None, noise_multiplier=0.0, max_grad_norm=1.0,
+        accountant=accountant, steps=50, sample_rate=0.05, expected_batch_size=5.0, users=100, examples=100))
