@@ -199,6 +199,8 @@ def test_command_line_refusals_exit_2_with_the_option_and_the_fix(tmp_path, caps
     cases = [
         (["--dp-epsilon", "0"], "--dp-epsilon must be a finite number > 0"),
         (["--dp-delta", "1e-6"], "--dp-delta needs --dp-epsilon"),
+        (["--dp-epsilon", "4", "--max-seconds", "60"], "--max-seconds cannot bound DP training"),
+        (["--dp-epsilon", "4", "--checkpoint-dir", "c"], "drop --checkpoint-dir / --resume"),
     ]
     for extra, match in cases:
         assert main(["train", "amazon-scientific", str(tmp_path / "g"), *extra]) == 2

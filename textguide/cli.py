@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .privacy import describe, dp_from_args
     from .workflows import train_recipe
 
-    dp = dp_from_args(args.dp_epsilon, args.dp_delta, args.dp_max_grad_norm, args.dp_accountant, args.recipe)
+    dp = dp_from_args(args)  # None without --dp-epsilon
     seconds = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
     report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
                           steps=args.steps, max_seconds=seconds, seed=args.seed,

@@ -441,17 +441,24 @@ def train_recipe_private(model: MultiTaskAdapter, benches: dict[str, Any], confi
     return result, {"privacy": record.to_dict()}
 
 
-def dp_from_args(epsilon: float | None, delta: float | None = None, max_grad_norm: float = 1.0,
-                 accountant: str = "rdp", recipe: str | None = None) -> DPConfig | None:
-    """The DPConfig of the command line options (None without ``--dp-epsilon``); refuses recipes that cannot
-    train privately before any data is read."""
+def dp_from_args(args: Any) -> DPConfig | None:
+    """The DPConfig of ``textguide train``'s options (None without ``--dp-epsilon``); refuses, before any data is
+    read, what private training cannot do (recipes, a time budget, checkpoints)."""
+    epsilon, delta = args.dp_epsilon, args.dp_delta
     if epsilon is None:
         if delta is not None:
             raise ValueError("--dp-delta needs --dp-epsilon (the privacy budget); add --dp-epsilon E")
         return None
-    if recipe is not None and recipe not in ("amazon-scientific", "completejourney"):
+    if args.recipe not in ("amazon-scientific", "completejourney"):
         raise ValueError(f"--dp-epsilon trains the recipes amazon-scientific and completejourney (one at a time), "
-                         f"not {recipe!r}: outfits use in-batch negatives, so one example's gradient cannot be clipped alone")
+                         f"not {args.recipe!r}: outfits use in-batch negatives, so one example's gradient cannot be "
+                         "clipped alone")
+    if args.max_seconds is not None:
+        raise ValueError("--max-seconds cannot bound DP training: the accountant needs the number of steps fixed in "
+                         "advance; drop --max-seconds and set --steps")
+    if args.checkpoint_dir or args.resume:
+        raise ValueError("DP training writes no checkpoints and cannot resume; drop --checkpoint-dir / --resume")
+    max_grad_norm, accountant = args.dp_max_grad_norm, args.dp_accountant
     dp = DPConfig(epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant)  # type: ignore[arg-type]
     _require_opacus()
     return dp
