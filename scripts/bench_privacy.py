@@ -8,7 +8,16 @@ guesses "member" when the loss is low; the attack's AUC (members vs non-members)
 Printed side by side: the same attack against the untrained adapter and against text similarity (no training,
 so no membership signal: its AUC is the attack's noise floor), and Recall@10 on valid.inter for both halves.
 
+With ``--dp-epsilon E`` the adapter is trained with DP-SGD (textguide.privacy: one example per sampled member
+user per step, exactly ``--steps`` steps) and attacked the same way.
+
+``--price RECIPE`` measures instead what DP costs: the validation metric (amazon-scientific: Recall@10 on the
+selection users; completejourney: coupon AUC on the selection households) of the usual training, of the DP
+pipeline without noise, and of DP-SGD at each ``--epsilons``, all with the same steps, batch size and seed.
+
     python scripts/bench_privacy.py --seconds 120
+    python scripts/bench_privacy.py --dp-epsilon 8 --steps 600
+    python scripts/bench_privacy.py --price amazon-scientific --steps 600
 """
 
 from __future__ import annotations
@@ -47,14 +56,67 @@ def user_losses(queries: np.ndarray, items: np.ndarray, scale: float, hists: lis
     return total / np.maximum(count, 1)
 
 
+def table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def price(recipe: str, steps: int, epsilons: list[float], seed: int) -> list[dict]:
+    """Validation metric of the usual training, of the DP pipeline without noise and of DP-SGD per epsilon."""
+    from textguide.privacy import DPConfig, example_users, train_private
+    from textguide.workflows import RECIPE_TASK, prepare
+
+    task_name = RECIPE_TASK[recipe]
+    bench = prepare(task_name, load_encoder(), EmbeddingCache())
+    users = example_users(bench)
+    task = {task_name: bench.task}
+    cfg = TrainConfig(steps=steps, batch_size=128, eval_every=steps, patience=None, restore_best=False, seed=seed)
+    metric = "Recall@10" if task_name == "recommend" else "AUC"
+    rows = [{"training": "untrained adapter", metric: bench.task.valid_metric(new_model((task_name,), seed=seed)),
+             "epsilon": "-", "noise multiplier": "-", "seconds": 0.0}]
+    t0 = time.time()
+    model = new_model((task_name,), seed=seed)
+    train(model, task, cfg)
+    rows.append({"training": "usual (no DP)", metric: bench.task.valid_metric(model), "epsilon": "-",
+                 "noise multiplier": "-", "seconds": time.time() - t0})
+    for eps in [None, *epsilons]:
+        t0 = time.time()
+        model = new_model((task_name,), seed=seed)
+        dp = DPConfig(noise_multiplier=0.0) if eps is None else DPConfig(epsilon=eps)
+        _, rec = train_private(model, task, cfg, dp, users)
+        rows.append({"training": "DP pipeline, no noise" if eps is None else f"DP-SGD, target epsilon {eps:g}",
+                     metric: bench.task.valid_metric(model),
+                     "epsilon": "inf" if eps is None else f"{rec.epsilon:.3f}",
+                     "noise multiplier": f"{rec.noise_multiplier:.3f}", "seconds": time.time() - t0})
+        print(rows[-1], flush=True)
+    print(f"{recipe}: {rec.users} training users, {rec.examples} examples, delta {rec.delta:.3g}, sample rate "
+          f"{rec.sample_rate:.4g}, {steps} steps, clipping norm {rec.max_grad_norm:g}, {rec.accountant} accountant")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=120, help="training budget")
+    ap.add_argument("--seconds", type=float, default=120, help="training budget (without --dp-epsilon)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dp-epsilon", type=float, default=None, help="attack an adapter trained with DP-SGD")
+    ap.add_argument("--dp-noise", type=float, default=None,
+                    help="instead of --dp-epsilon: this noise multiplier (0: the DP pipeline without noise)")
+    ap.add_argument("--price", choices=["amazon-scientific", "completejourney"], default=None,
+                    help="measure the validation metric with and without DP instead of the attack")
+    ap.add_argument("--epsilons", default="1,4,8", help="with --price: the target epsilons")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.price:
+        rows = price(args.price, args.steps, [float(e) for e in args.epsilons.split(",")], args.seed)
+        print(table(rows))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"recipe": args.price, "steps": args.steps, "seed": args.seed, "rows": rows}, f, indent=1)
+        return
 
     ds = load_scientific()
     guide = Guide.build(items_catalog(ds.items), load_encoder(), cache=EmbeddingCache())
@@ -98,19 +160,27 @@ def main() -> None:
     model = new_model(("recommend",), seed=args.seed)
     rows = [attack(None, "text similarity (no training)"), attack(model, "adapter, untrained")]
     t0 = time.time()
-    cfg = TrainConfig(steps=args.steps, batch_size=128, eval_every=100, patience=6, seed=args.seed,
-                      max_seconds=args.seconds)
-    result = train(model, {"recommend": task}, cfg)
-    rows.append(attack(model, f"adapter, trained {time.time() - t0:.0f}s (best step {result.best_step})"))
+    if args.dp_epsilon is None and args.dp_noise is None:
+        cfg = TrainConfig(steps=args.steps, batch_size=128, eval_every=100, patience=6, seed=args.seed,
+                          max_seconds=args.seconds)
+        result = train(model, {"recommend": task}, cfg)
+        label = f"adapter, trained {time.time() - t0:.0f}s (best step {result.best_step})"
+    else:
+        from textguide.privacy import DPConfig, train_private
+
+        cfg = TrainConfig(steps=args.steps, batch_size=128, eval_every=args.steps, seed=args.seed)
+        tr_users = np.array([uid[ex.user] for ex in ds.train if member[uid[ex.user]]])
+        dp = DPConfig(epsilon=args.dp_epsilon, noise_multiplier=args.dp_noise)
+        _, rec = train_private(model, {"recommend": task}, cfg, dp, tr_users)
+        label = (f"adapter, DP-SGD epsilon {rec.epsilon:.2f} (delta {rec.delta:.2g}, noise {rec.noise_multiplier:.2f}), "
+                 f"{rec.steps} steps, {time.time() - t0:.0f}s")
+    rows.append(attack(model, label))
     print(f"Amazon Scientific: {member.sum()} member users ({len(tr_t)} training examples), "
           f"{(~member).sum()} non-member users")
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    print(table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"seconds": args.seconds, "seed": args.seed, "rows": rows}, f, indent=1)
+            json.dump({"seconds": args.seconds, "steps": args.steps, "dp_epsilon": args.dp_epsilon, "seed": args.seed, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -123,12 +123,15 @@ def cmd_onboard(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .privacy import describe, dp_from_args
     from .workflows import train_recipe
 
+    dp = dp_from_args(args)  # None without --dp-epsilon
+    seconds = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
     report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
-                          steps=args.steps, max_seconds=args.max_seconds, seed=args.seed,
-                          checkpoint_dir=args.checkpoint_dir, resume=args.resume)
-    print(report["markdown"])
+                          steps=args.steps, max_seconds=seconds, seed=args.seed,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, dp=dp)
+    print(report["markdown"] + (f"\n{describe(report['privacy'])}" if dp else ""))
     return 0
 
 
@@ -235,10 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", choices=["static", "uncertainty", "gradnorm", "dwa"], default="dwa",
                    help="loss weighting (default dwa: validated best with hard sharing, docs/results.md)")
     p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--max-seconds", type=float, default=600, help="training time budget")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="training time budget (default 600; not with --dp-epsilon, which trains exactly --steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    g = p.add_argument_group("differential privacy (needs the privacy extra; see docs/privacy.md)")
+    g.add_argument("--dp-epsilon", type=float, default=None,
+                   help="train with DP-SGD to this epsilon per user (amazon-scientific, completejourney)")
+    g.add_argument("--dp-delta", type=float, default=None, help="delta (default 1/(10 x training users))")
+    g.add_argument("--dp-max-grad-norm", type=float, default=1.0, help="per-example gradient clipping norm")
+    g.add_argument("--dp-accountant", choices=["rdp", "prv"], default="rdp", help="Opacus privacy accountant")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a trained guide on its dataset's protocol (JSON + Markdown report)")

@@ -259,12 +259,14 @@ def train_recipe(
     checkpoint_dir: str | None = None,
     resume: bool = False,
     encoder: TextEncoder | None = None,
+    dp: Any = None,
 ) -> dict[str, Any]:
     """Build the dataset's guide, train adapters (all three tasks jointly for ``all``), evaluate, save.
 
     ``output`` is the guide directory, or for ``all`` a parent directory receiving one guide per dataset
     (each with the shared multi-task adapter). A report (JSON, Markdown, training curves) is written into
-    each guide's ``reports/`` folder.
+    each guide's ``reports/`` folder. ``dp`` (a :class:`textguide.privacy.DPConfig`) trains with DP-SGD
+    instead (one task, fixed steps, ``max_seconds=None``) and records the guarantee under ``privacy``.
     """
     tasks = _tasks_of(recipe)
     encoder = encoder or load_encoder()
@@ -274,7 +276,12 @@ def train_recipe(
     cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
                       max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
     t0 = time.time()
-    result = train(model, {t: benches[t].task for t in tasks}, cfg)
+    if dp is None:
+        result, privacy = train(model, {t: benches[t].task for t in tasks}, cfg), {}
+    else:  # DP-SGD, textguide.privacy
+        from .privacy import train_recipe_private
+
+        result, privacy = train_recipe_private(model, benches, cfg, dp)
     seconds = time.time() - t0
     chosen = {t: serving_choice(benches[t], t, model, seed) for t in tasks}
     metrics = evaluate_model(benches, model, tasks)
@@ -287,12 +294,14 @@ def train_recipe(
         g: Guide = benches[t].guide
         g.set_adapter(model, {**guide_meta(t, benches[t], model), **chosen[t],
                               "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
-                              "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step})
+                              "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step,
+                              **privacy})
         g.save(path)
         md = write_report(path / "reports", f"textguide train {recipe}: {sharing}/{weighting}, {seconds:.0f}s",
-                          {t2: results[t2] for t2 in tasks}, curves, {"info": {t2: benches[t2].info for t2 in tasks}})
+                          {t2: results[t2] for t2 in tasks}, curves, {"info": {t2: benches[t2].info for t2 in tasks},
+                                                                       **privacy})
         # the report lives inside the guide but is not part of its checksummed artifact
-    return {"results": results, "markdown": md, "seconds": seconds}
+    return {"results": results, "markdown": md, "seconds": seconds, **privacy}
 
 
 def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Path | None = None) -> dict[str, Any]:
