@@ -98,6 +98,16 @@ def read_catalog(path: str | os.PathLike[str]) -> Any:
                              file_extensions=None)
 
 
+def count_rows(path: Path, raw: Any) -> int:
+    """Rows in the catalog: from the Parquet footers, else by a read pass on Ray (cheap next to embedding)."""
+    if catalog_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        return int(sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+    return int(raw.count())
+
+
 def _header(path: Path, sep: str) -> list[str]:
     import csv
     import gzip
@@ -129,7 +139,11 @@ class Validate:
         if not self.strict and title in frame.columns and frame[title].map(_is_blank).all():
             logger.warning("%s: skipping a block of %d rows with no title", self.source, len(frame))
             return frame.iloc[:0]
-        cat = _from_frame(frame, self.columns, self.template, self.strict, "error", f"{self.source} (a block of it)")
+        try:
+            cat = _from_frame(frame, self.columns, self.template, self.strict, "error",
+                              f"{self.source} (a block of it)")
+        except USER_ERRORS as e:
+            return pd.DataFrame(_error_row(e))
         meta = cat.metadata.copy()
         meta["text"] = cat.texts
         for col in meta.columns:
@@ -157,8 +171,16 @@ class Embed:
 
         if table.num_rows == 0:
             return table
+        if ERROR in table.column_names:  # a block that failed validation: pass its error on
+            if table.column(ERROR).null_count < table.num_rows:
+                return pa.table(_error_row(_first_error(table)))
+            table = table.drop_columns([ERROR, ERROR_TYPE])
         texts = table.column("text").to_pylist()
-        vecs = encode_texts(self.encoder, texts, cache=self.cache, batch_size=self.batch_size, show_progress=False)
+        try:
+            vecs = encode_texts(self.encoder, texts, cache=self.cache, batch_size=self.batch_size,
+                                show_progress=False)
+        except USER_ERRORS as e:
+            return pa.table(_error_row(e))
         flat = pa.array(np.ascontiguousarray(vecs, np.float32).ravel())
         return table.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1]))
 
@@ -191,17 +213,32 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[An
         ray.shutdown()
 
 
-def _user_error(e: BaseException) -> BaseException:
-    """The user's exception behind Ray's wrappers (a bad row raises a ValueError in a worker)."""
-    seen = e
-    for _ in range(10):
-        cause = getattr(seen, "cause", None) or seen.__cause__
-        if cause is None:
-            break
-        seen = cause
-    if isinstance(seen, (ValueError, KeyError, OSError)) and type(seen).__module__.split(".")[0] != "ray":
-        return seen
-    return e
+#: Errors a worker reports as data (an error row), so that the driver raises them as they are: Ray Data wraps an
+#: exception raised in a map in its own type and drops the original (a bad row is a ValueError, not a Ray error).
+USER_ERRORS = (ValueError, KeyError, OSError)
+ERROR, ERROR_TYPE = "_textguide_error", "_textguide_error_type"
+_ERROR_TYPES: dict[str, type[Exception]] = {"KeyError": KeyError, "FileNotFoundError": FileNotFoundError,
+                                            "PermissionError": PermissionError, "OSError": OSError}
+
+
+def _error_row(e: BaseException | tuple[str, str]) -> dict[str, list[str]]:
+    if isinstance(e, tuple):
+        kind, message = e
+    else:
+        kind = type(e).__name__
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return {ERROR_TYPE: [kind], ERROR: [message]}
+
+
+def _first_error(table: Any) -> tuple[str, str]:
+    errors, kinds = table.column(ERROR).to_pylist(), table.column(ERROR_TYPE).to_pylist()
+    return next((k, m) for k, m in zip(kinds, errors) if m is not None)
+
+
+def _raise_error(table: Any) -> None:
+    """Raise the first error row of ``table`` as the exception type the worker caught."""
+    kind, message = _first_error(table)
+    raise _ERROR_TYPES.get(kind, ValueError)(message)
 
 
 class _ShardWriter:
@@ -338,7 +375,7 @@ def build_index_ray(
         ctx.execution_options.preserve_order = True  # rows reach the driver in catalog order
         try:
             raw = read_catalog(catalog)
-            n_rows = raw.count()
+            n_rows = count_rows(Path(catalog), raw)
             if n_rows == 0:
                 raise ValueError(f"{source}: the catalog is empty (no rows); add products or check the file")
             n_shards = shards or max(1, math.ceil(n_rows / DEFAULT_SHARD_ROWS))
@@ -359,28 +396,26 @@ def build_index_ray(
                 writer = _ShardWriter(tmp, shard_rows, enc.dim, config, index_task)
                 hashes: list[np.ndarray] = []
                 kept = 0
-                try:
-                    for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
-                        if batch.num_rows == 0:
-                            continue
-                        vec = batch.column("vector").combine_chunks()
-                        x = vec.values.to_numpy(zero_copy_only=False).reshape(-1, enc.dim)
-                        table = batch.drop_columns(["vector"]).replace_schema_metadata(None)  # plain pandas dtypes
-                        ids = table.column("id").to_pylist()
-                        hashes.append(_id_hashes(ids))
-                        if len(hashes[-1]) != len(np.unique(hashes[-1])):
-                            _check_unique(hashes[-1], source)
-                        writer.add(table, x)
-                        kept += len(ids)
-                    if kept == 0:
-                        raise ValueError(f"{source}: the catalog is empty after skipping rows with no title")
-                    _check_unique(np.concatenate(hashes), source)
-                    entries = writer.finish()
-                except Exception as e:  # noqa: BLE001 - a user error raised in a worker comes back wrapped by Ray
-                    err = _user_error(e)
-                    if err is e:
-                        raise
-                    raise err from None
+                for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
+                    if batch.num_rows == 0:
+                        continue
+                    if ERROR in batch.column_names:
+                        if batch.column(ERROR).null_count < batch.num_rows:
+                            _raise_error(batch)
+                        batch = batch.drop_columns([ERROR, ERROR_TYPE])
+                    vec = batch.column("vector").combine_chunks()
+                    x = vec.values.to_numpy(zero_copy_only=False).reshape(-1, enc.dim)
+                    table = batch.drop_columns(["vector"]).replace_schema_metadata(None)  # plain pandas dtypes
+                    ids = table.column("id").to_pylist()
+                    hashes.append(_id_hashes(ids))
+                    if len(hashes[-1]) != len(np.unique(hashes[-1])):
+                        _check_unique(hashes[-1], source)
+                    writer.add(table, x)
+                    kept += len(ids)
+                if kept == 0:
+                    raise ValueError(f"{source}: the catalog is empty after skipping rows with no title")
+                _check_unique(np.concatenate(hashes), source)
+                entries = writer.finish()
                 section = sharded_section(entries, enc.dim, config)
                 logger.info("%s: %d items (%d rows skipped with an empty title) in %d shards (%s)", source, kept,
                             n_rows - kept, len(entries), section["factory"])
