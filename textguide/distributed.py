@@ -371,8 +371,10 @@ def build_index_ray(
         from ray.data import ActorPoolStrategy, DataContext
 
         ctx = DataContext.get_current()
-        ordered = ctx.execution_options.preserve_order
+        ordered, v2 = ctx.execution_options.preserve_order, getattr(ctx, "use_datasource_v2", None)
         ctx.execution_options.preserve_order = True  # rows reach the driver in catalog order
+        if v2 is not None:  # its Parquet file listing asks for a whole CPU, which an actor pool that fills the
+            ctx.use_datasource_v2 = False  # machine never leaves free: the read would wait forever
         try:
             raw = read_catalog(catalog)
             n_rows = count_rows(Path(catalog), raw)
@@ -428,6 +430,8 @@ def build_index_ray(
             return write_artifact(Path(output), write, keep_old=keep_old)
         finally:
             ctx.execution_options.preserve_order = ordered
+            if v2 is not None:
+                ctx.use_datasource_v2 = v2
 
 
 def _id_hashes(ids: list[str]) -> np.ndarray:
