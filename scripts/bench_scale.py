@@ -71,17 +71,17 @@ def _label(proc: Any, root: int) -> str:
     if proc.pid == root:
         return "driver (the build process)"
     try:
-        cmd = " ".join(proc.cmdline())
+        cmd, name = " ".join(proc.cmdline()), proc.name()
     except Exception:  # noqa: BLE001 - the process ended
         return "gone"
     if "MapBatches(Embed)" in cmd or "MapWorker" in cmd:
         return "embed actor"
-    for name in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
-        if name in cmd:
-            return "ray: " + name
-    if "default_worker.py" in cmd or cmd.startswith("ray::"):
-        return "ray worker (" + (proc.name() or "?") + ")"
-    return proc.name()
+    if cmd.startswith("ray::") or "default_worker.py" in cmd:
+        return "ray worker (idle, tasks)"
+    for exe in ("raylet", "gcs_server"):
+        if name.startswith(exe):
+            return "ray: " + exe
+    return "ray: other (" + name + ")"
 
 
 def run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
