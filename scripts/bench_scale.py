@@ -163,7 +163,9 @@ def part_hm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cmd = _cmd(kind, catalog, work / f"guide-{kind}-{extra.get('actors', 0)}", args, template="{title}",
                    batch_rows=args.batch_rows, **extra)
         print(f"running {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
         runs[name] = run_child(cmd, args.timeout)
+        runs[name]["load_average_1min_before_after"] = [load, os.getloadavg()[0]]
         runs[name]["items_per_s"] = runs[name]["items"] / runs[name]["seconds"]
         print(json.dumps(runs[name]), file=sys.stderr, flush=True)
     return {"catalog_rows": len(frame), "encoder": "minilm (packaged), torch fp32", "runs": runs}
