@@ -15,7 +15,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     $PIP install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-$PIP install -q -e ".[multilingual,test,bench,fast,privacy]"
+$PIP install -q -e ".[multilingual,test,bench,fast,privacy,ray]"   # ray: the distributed build and its tests (~20 s)
 $PIP install -q -e ".[serve,serve-test]"   # textguide serve + its tests (HTTP client, browser driver)
 # headless Debian chromium + chromedriver for the page test (tests/test_page.py); skipped when present or without apt
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

@@ -58,13 +58,30 @@ def _print_hits(query: str, hits: Any, as_json: bool) -> None:
 def cmd_build_index(args: argparse.Namespace) -> int:
     from .guide import build_index
 
-    if args.stream:
+    if args.engine == "ray":
+        from .distributed import build_index_ray
+
+        try:
+            manifest = build_index_ray(
+                args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
+                precision=args.precision, backend=args.backend, factory=args.factory, cache_dir=args.cache_dir,
+                use_cache=not args.no_cache, strict=args.strict, on_duplicate=args.on_duplicate, shards=args.shards,
+                actors=args.actors, cpus_per_actor=args.cpus_per_actor, batch_rows=args.batch_rows or 1024,
+                batch_size=args.batch_size, address=args.address, force=args.force)
+        except ImportError as e:
+            print(f"textguide: error: {e}", file=sys.stderr)
+            return 2
+        print(f"built {args.output}: {manifest['counts']['items']} items, encoder {manifest['encoder']['name']} "
+              f"({manifest['encoder']['dim']}-d), {len(manifest['index']['shards'])} shards "
+              f"({manifest['index']['factory']}) on Ray")
+        return 0
+    if args.stream or args.engine == "stream":
         from .stream import build_index_streaming
 
         manifest = build_index_streaming(
             args.catalog, args.output, columns=_columns(args), template=args.template, encoder=args.encoder,
             backend=args.backend, factory=args.factory, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-            strict=args.strict, batch_rows=args.batch_rows, batch_size=args.batch_size, force=args.force)
+            strict=args.strict, batch_rows=args.batch_rows or 50_000, batch_size=args.batch_size, force=args.force)
         print(f"built {args.output}: {manifest['counts']['items']} items, encoder {manifest['encoder']['name']} "
               f"({manifest['encoder']['dim']}-d), index {manifest['index']['factory']} (streamed)")
         return 0
@@ -192,7 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUTPUT.replaced-<time>, never deleted")
     p.add_argument("--stream", action="store_true",
                    help="out of core: read the catalog in Arrow batches (datasets) instead of loading it whole")
-    p.add_argument("--batch-rows", type=int, default=50_000, help="rows per streamed batch (with --stream)")
+    p.add_argument("--batch-rows", type=int, default=None,
+                   help="rows per streamed batch (--stream, default 50000) or per embedding-actor call (--engine ray, "
+                        "default 1024)")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "stream", "ray"], default="local",
+                   help="local (default: one process), stream (= --stream) or ray (distributed: Ray Data reads the "
+                        "catalog in blocks, an actor pool embeds it, one FAISS index per shard; needs the ray extra)")
+    g.add_argument("--address", default=None,
+                   help="with --engine ray: the Ray cluster (auto, ray://host:port); default: a running session, "
+                        "else a local Ray started for this build")
+    g.add_argument("--shards", type=int, default=None,
+                   help="with --engine ray: index shards (default one per million rows)")
+    g.add_argument("--actors", type=int, default=1, help="with --engine ray: embedding actors (one encoder each)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0,
+                   help="with --engine ray: CPUs each embedding actor asks Ray for (its torch threads)")
     _add_catalog_args(p)
     p.set_defaults(func=cmd_build_index)
 

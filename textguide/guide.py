@@ -935,7 +935,8 @@ def _check_manifest(snap: Snapshot) -> None:
     if m["index"].get("dim") != enc["dim"]:
         raise ArtifactError(f"{where}: encoder dim {enc['dim']} differs from index dim {m['index'].get('dim')!r}; "
                             f"the manifest is damaged: {hint}")
-    missing = [f for f in INDEX_FILES if f not in m["files"]]
+    required = INDEX_FILES if "shards" not in m["index"] else ()  # a sharded index checks its shards' files
+    missing = [f for f in required if f not in m["files"]]
     if missing:
         raise ArtifactError(f"{where}: 'files' does not list {missing}; the manifest is damaged: {hint}")
     adapter = m.get("adapter")

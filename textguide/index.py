@@ -129,12 +129,16 @@ class ItemIndex:
     def _append(self, x: np.ndarray, ids: list[str], metadata: pd.DataFrame | None) -> None:
         metadata = self._check_new(x, ids, metadata)
         start = len(self.ids)
-        self.faiss_index.add(x)  # labels are row numbers: start .. start+n-1
+        self._faiss_add(x)  # labels are row numbers: start .. start+n-1
         self.embeddings = np.concatenate([self.embeddings, x]) if start else x
         self.ids.extend(ids)
         self.row_of.update({i: start + j for j, i in enumerate(ids)})
         self.metadata = pd.concat([self.metadata, metadata], ignore_index=True) if start else metadata
         self.deleted = np.concatenate([self.deleted, np.zeros(len(ids), bool)])
+
+    def _faiss_add(self, x: np.ndarray) -> None:
+        """Add rows to the FAISS index (a sharded index adds them to its last shard)."""
+        self.faiss_index.add(x)
 
     @staticmethod
     def _check_new(x: np.ndarray, ids: list[str], metadata: pd.DataFrame | None) -> pd.DataFrame:
@@ -304,28 +308,7 @@ class ItemIndex:
         return np.take_along_axis(top, order, 1).astype(np.float32), rows[np.take_along_axis(part, order, 1)]
 
     def _faiss_search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        params = None
-        if hasattr(self.faiss_index, "hnsw"):
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
-        elif "IVF" in self.factory:
-            params = faiss.SearchParametersIVF(nprobe=self.config.nprobe)
-        sel = bitmap = None
-        if allowed is not None:
-            bitmap = np.packbits(allowed, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-            params = params or faiss.SearchParameters()
-            params.sel = sel
-        # FAISS parallelises over queries: for a few queries an OpenMP team only adds a barrier
-        # (a single flat query over 105k items: 16 ms with 2 threads, 10 ms with 1, on the dev machine)
-        threads = faiss.omp_get_max_threads()
-        if len(q) < SMALL_BATCH and threads > 1:
-            faiss.omp_set_num_threads(1)  # affects the calling thread only
-        try:
-            scores, rows = self.faiss_index.search(q, k, params=params)
-        finally:
-            faiss.omp_set_num_threads(threads)
-        del sel, bitmap  # the selector reads the bitmap until the search returns
-        return scores, rows
+        return search_faiss(self.faiss_index, self.factory, self.config, q, k, allowed)
 
     # ------------------------------------------------------------------ persistence
     def write(self, directory: Path) -> dict[str, Any]:
@@ -358,6 +341,10 @@ class ItemIndex:
         """
         from .storage import ArtifactError, Snapshot
 
+        if isinstance(section, Mapping) and "shards" in section:  # one FAISS index per shard (textguide.shards)
+            from .shards import ShardedIndex
+
+            return ShardedIndex.read(directory, section, snapshot)
         hint = "rebuild it with `textguide build-index`"
         if snapshot is None:
             snapshot = Snapshot(Path(directory), {}, {n: (Path(directory) / n).read_bytes() for n in INDEX_FILES
@@ -397,6 +384,33 @@ class ItemIndex:
                 f"the manifest; {snapshot.rebuild_hint}"
             )
         return index
+
+
+def search_faiss(fi: faiss.Index, factory: str, config: IndexConfig, q: np.ndarray, k: int,
+                 allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, labels) of one FAISS index, restricted to the rows where ``allowed`` is True."""
+    params = None
+    if hasattr(fi, "hnsw"):
+        params = faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k))
+    elif "IVF" in factory:
+        params = faiss.SearchParametersIVF(nprobe=config.nprobe)
+    sel = bitmap = None
+    if allowed is not None:
+        bitmap = np.packbits(allowed, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        params = params or faiss.SearchParameters()
+        params.sel = sel
+    # FAISS parallelises over queries: for a few queries an OpenMP team only adds a barrier
+    # (a single flat query over 105k items: 16 ms with 2 threads, 10 ms with 1, on the dev machine)
+    threads = faiss.omp_get_max_threads()
+    if len(q) < SMALL_BATCH and threads > 1:
+        faiss.omp_set_num_threads(1)  # affects the calling thread only
+    try:
+        scores, rows = fi.search(q, k, params=params)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    del sel, bitmap  # the selector reads the bitmap until the search returns
+    return scores, rows
 
 
 #: The files an :class:`ItemIndex` is written to.
