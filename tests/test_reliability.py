@@ -19,6 +19,7 @@ from textguide.catalog import Catalog
 from textguide.cli import main
 from textguide.encoder import HashingEncoder
 from textguide.guide import Guide, build_index
+from textguide import storage
 from textguide.storage import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +283,7 @@ def _reseal(path: Path, manifest: dict | None = None) -> None:
     m = manifest or _manifest(path)
     m["files"] = {rel: {"sha256": hashlib.sha256((path / rel).read_bytes()).hexdigest(),
                         "bytes": (path / rel).stat().st_size} for rel in m["files"]}
+    m["manifest_sha256"] = storage.manifest_digest(m)  # the self-checksum guards against damage, not forgery
     _write_manifest(path, m)
 
 
@@ -640,3 +642,35 @@ def test_trained_guide_reports_and_checkpoints_hold_no_user_ids(tmp_path: Path, 
         leaked = [u for u in users if u.encode() in data or u.encode("utf-16-le") in data]
         assert leaked == [], f"{p} holds user ids {leaked[:3]}"
     assert not any(u.encode() in (tmp_path / "guide").parent.joinpath(".guide.lock").read_bytes() for u in users)
+
+
+def test_damage_inside_the_manifest_is_blamed_on_the_manifest_not_a_data_file(saved: Path, enc) -> None:
+    m = _manifest(saved)
+    assert m["manifest_sha256"] == storage.manifest_digest(m)  # written with its own checksum
+    good = m["files"]["index.faiss"]["sha256"]
+    # one hex digit of a recorded checksum flipped: the data file is fine, the manifest is not
+    damaged = json.loads(json.dumps(m))
+    damaged["files"]["index.faiss"]["sha256"] = ("0" if good[0] != "0" else "1") + good[1:]
+    _write_manifest(saved, damaged)
+    with pytest.raises(ArtifactError, match=r"manifest.json: the manifest is damaged \(its own manifest_sha256"):
+        Guide.load(saved, encoder=enc)
+    with pytest.raises(ArtifactError, match=r"manifest.json: the manifest is damaged"):
+        storage.read_manifest(saved, kind=m["format"], format_version=m["format_version"])
+    # a recorded size changed: the same
+    damaged = json.loads(json.dumps(m))
+    damaged["files"]["index.faiss"]["bytes"] += 1
+    _write_manifest(saved, damaged)
+    with pytest.raises(ArtifactError, match=r"the manifest is damaged"):
+        Guide.load(saved, encoder=enc)
+    # an intact manifest and a corrupted data file: the file is blamed
+    _write_manifest(saved, m)
+    victim = saved / "index.faiss"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"index.faiss: checksum mismatch .* the file is corrupted"):
+        Guide.load(saved, encoder=enc)
+    # a manifest written before the self-checksum existed: data damage is still reported on the file
+    _write_manifest(saved, {k: v for k, v in m.items() if k != "manifest_sha256"})
+    with pytest.raises(ArtifactError, match=r"index.faiss: checksum mismatch"):
+        Guide.load(saved, encoder=enc)

@@ -157,8 +157,26 @@ def atomic_directory(dst: str | os.PathLike[str], *, keep_old: str | os.PathLike
         raise
 
 
+SELF_DIGEST = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The manifest's own SHA-256: over its canonical JSON without the ``manifest_sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != SELF_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def blame_manifest(manifest: Any, mpath: Path, hint: str) -> None:
+    """Before a file is called corrupted, check the manifest itself: when its own checksum does not match, the
+    damage is in the manifest (its recorded checksums cannot be trusted), not in the data file."""
+    if isinstance(manifest, dict) and isinstance(manifest.get(SELF_DIGEST), str) \
+            and manifest[SELF_DIGEST] != manifest_digest(manifest):
+        raise ArtifactError(f"{mpath}: the manifest is damaged (its own {SELF_DIGEST} does not match its contents), "
+                            f"so the file checksums it records cannot be trusted; {hint}")
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Checksum every file under ``directory`` and write ``manifest.json`` beside them."""
+    """Checksum every file under ``directory`` and write ``manifest.json`` beside them (with its own checksum)."""
     files = {}
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
@@ -167,6 +185,8 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                 continue
             files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     manifest = dict(manifest, files=files, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    manifest.pop(SELF_DIGEST, None)
+    manifest[SELF_DIGEST] = manifest_digest(manifest)
     with open(directory / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.flush()
@@ -260,11 +280,13 @@ def verify_files(directory: Path, manifest: dict[str, Any], rebuild_hint: str) -
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing; {rebuild_hint}")
         size = p.stat().st_size
         if size != info["bytes"]:
+            blame_manifest(manifest, directory / MANIFEST, rebuild_hint)
             raise ArtifactError(
                 f"{p}: expected {info['bytes']} bytes, found {size} (truncated or modified); {rebuild_hint}"
             )
         digest = sha256_file(p)
         if digest != info["sha256"]:
+            blame_manifest(manifest, directory / MANIFEST, rebuild_hint)
             raise ArtifactError(
                 f"{p}: checksum mismatch (expected sha256 {info['sha256'][:12]}..., found {digest[:12]}...); "
                 f"the file is corrupted: {rebuild_hint}"
@@ -431,16 +453,19 @@ def _snapshot_at(dfd: int, directory: Path, kind: str, format_version: int, veri
                 raise _Replaced from None
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing; {hint}") from None
         except _SizeMismatch as e:
+            blame_manifest(manifest, mpath, hint)
             raise ArtifactError(f"{p}: expected {info['bytes']} bytes, found {e.args[0]} (truncated or modified); "
                                 f"{hint}") from None
         except (OSError, ArtifactError) as e:
             raise ArtifactError(f"{p}: cannot read it ({e}); {hint}") from e
         if len(data) != info["bytes"]:
+            blame_manifest(manifest, mpath, hint)
             raise ArtifactError(f"{p}: expected {info['bytes']} bytes, found {len(data)} (truncated or modified); "
                                 f"{hint}")
         if verify:
             digest = hashlib.sha256(data).hexdigest()
             if digest != info["sha256"]:
+                blame_manifest(manifest, mpath, hint)
                 raise ArtifactError(
                     f"{p}: checksum mismatch (expected sha256 {info['sha256'][:12]}..., found {digest[:12]}...); "
                     f"the file is corrupted: {hint}"
