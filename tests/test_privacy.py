@@ -227,7 +227,7 @@ def fake_scientific(guide: Guide, monkeypatch: pytest.MonkeyPatch, enc):
     users = np.repeat(np.arange(200), 2)  # 200 users, two examples each (train_recipe samples 128 per step)
     monkeypatch.setattr(workflows, "prepare", lambda t, e, c: bench)
     monkeypatch.setattr(workflows, "load_encoder", lambda: enc)
-    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0: MultiTaskAdapter(
+    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384: MultiTaskAdapter(
         AdapterConfig(input_dim=emb.shape[1], dim=8, max_history=6, seq_layers=1, seq_heads=2, tasks=tasks)))
     monkeypatch.setattr(privacy, "example_users", lambda b: users)
     return guide

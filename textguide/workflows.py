@@ -44,15 +44,17 @@ def prepare(task: str, encoder: TextEncoder, cache: EmbeddingCache | None) -> An
     return PREPARE[task](encoder, cache)
 
 
-def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0) -> MultiTaskAdapter:
-    """A fresh adapter for these benchmark tasks (384-d MiniLM input, 128-d adapted space, last 20 items read)."""
+def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0, *,
+              input_dim: int = 384) -> MultiTaskAdapter:
+    """A fresh adapter for these benchmark tasks (``input_dim``: the encoder's dimension, MiniLM's by default;
+    128-d adapted space, last 20 items read; coupon profiles are encoded text, so of the same dimension)."""
     import torch
 
     torch.manual_seed(seed)
     return MultiTaskAdapter(AdapterConfig(
-        input_dim=384, dim=128, max_history=20, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
+        input_dim=input_dim, dim=128, max_history=20, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
         n_slots=len(recipes.POLYVORE_SLOTS) if "outfit" in tasks else 0,
-        profile_dim=384 if "coupon" in tasks else 0,
+        profile_dim=input_dim if "coupon" in tasks else 0,
     ))
 
 
@@ -272,7 +274,7 @@ def train_recipe(
     encoder = encoder or load_encoder()
     cache = EmbeddingCache()
     benches = {t: prepare(t, encoder, cache) for t in tasks}
-    model = new_model(tasks, sharing, seed)
+    model = new_model(tasks, sharing, seed, input_dim=encoder.dim)
     cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
                       max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
     t0 = time.time()
