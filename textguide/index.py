@@ -195,14 +195,18 @@ class ItemIndex:
 
     def copy(self) -> "ItemIndex":
         """An independent copy (copy-on-write updates: readers keep the old object meanwhile)."""
-        new = ItemIndex(self.dim, self.config)
+        new = self._copy_items(ItemIndex(self.dim, self.config))
+        new.factory = self.factory
+        new.faiss_index = faiss.clone_index(self.faiss_index)
+        return new
+
+    def _copy_items(self, new: "ItemIndex") -> "ItemIndex":
+        """Copy ids, rows, vectors, metadata and tombstones into ``new`` (the part every index type shares)."""
         new.ids = list(self.ids)
         new.row_of = dict(self.row_of)
         new.embeddings = self.embeddings.copy()
         new.metadata = self.metadata.copy()
         new.deleted = self.deleted.copy()
-        new.factory = self.factory
-        new.faiss_index = faiss.clone_index(self.faiss_index)
         return new
 
     # ------------------------------------------------------------------ read

@@ -144,12 +144,7 @@ class ShardedIndex(ItemIndex):
 
     def copy(self) -> "ShardedIndex":
         """An independent copy; only the last shard (the one appends change) is cloned."""
-        new = ShardedIndex(self.dim, self.config)
-        new.ids = list(self.ids)
-        new.row_of = dict(self.row_of)
-        new.embeddings = self.embeddings.copy()
-        new.metadata = self.metadata.copy()
-        new.deleted = self.deleted.copy()
+        new = self._copy_items(ShardedIndex(self.dim, self.config))
         new.shards = self.shards[:-1] + [faiss.clone_index(self.shards[-1])]
         new.shard_factories = list(self.shard_factories)
         new.bounds = list(self.bounds)
