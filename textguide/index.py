@@ -8,6 +8,7 @@ a FAISS factory string. Vectors are L2-normalised, so inner product is cosine si
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -84,6 +85,7 @@ class ItemIndex:
     def metadata(self, frame: pd.DataFrame) -> None:
         self._metadata = frame
         self._columns: dict[str, np.ndarray] | None = None  # per-column object arrays, built on first use
+        self._records: dict[int, tuple] = {}  # row -> its cleaned values in column order, filled on first use
 
     # ------------------------------------------------------------------ build / mutate
     @classmethod
@@ -213,7 +215,7 @@ class ItemIndex:
     @property
     def count(self) -> int:
         """Number of live (not removed) items."""
-        return int(len(self.ids) - self.deleted.sum())
+        return int(len(self.ids) - np.count_nonzero(self.deleted))
 
     def __len__(self) -> int:
         return self.count
@@ -239,7 +241,13 @@ class ItemIndex:
         rows = [self._row(i) for i in item_ids]
         if self._columns is None:  # column arrays make a record ~50x cheaper than a DataFrame row lookup
             self._columns = {c: self._metadata[c].to_numpy(dtype=object) for c in self._metadata.columns}
-        return [_clean_record({c: a[r] for c, a in self._columns.items()}) for r in rows]
+        names, memo, out = tuple(self._columns), self._records, []
+        for r in rows:  # a row's cleaned values are kept: served results repeat the same popular rows
+            values = memo.get(r)
+            if values is None:
+                values = memo[r] = tuple(_clean_record({c: a[r] for c, a in self._columns.items()}).values())
+            out.append(dict(zip(names, values)))
+        return out
 
     def live_ids(self) -> list[str]:
         """Ids of the live items, in row order."""
@@ -279,9 +287,9 @@ class ItemIndex:
         q = _as_matrix(queries, self.dim, "queries")
         if exclude is not None and len(exclude) != len(q):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
-        allowed = self.mask(where)
         filtered = where is not None or bool(self.deleted.any())
-        n_allowed = int(allowed.sum())
+        allowed = self.mask(where) if filtered else None  # no mask to build for an unfiltered search
+        n_allowed = int(np.count_nonzero(allowed)) if filtered else len(self.ids)
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         kk = min(k + extra, n_allowed)
         if kk == 0:
@@ -289,10 +297,10 @@ class ItemIndex:
         if filtered and n_allowed <= self.config.brute_force_max:
             scores, rows = self._brute_force(q, kk, np.flatnonzero(allowed))
         else:
-            scores, rows = self._faiss_search(q, kk, allowed if filtered else None)
-            short = (rows < 0).sum(axis=1) > 0
+            scores, rows = self._faiss_search(q, kk, allowed)
+            short = (rows < 0).any(axis=1)
             if short.any():  # approximate search under a filter came back short: answer those exactly
-                s2, r2 = self._brute_force(q[short], kk, np.flatnonzero(allowed))
+                s2, r2 = self._brute_force(q[short], kk, np.flatnonzero(allowed) if filtered else np.arange(n_allowed))
                 scores[short], rows[short] = s2, r2
         out_ids: list[list[str]] = []
         out_scores = np.full((len(q), min(k, n_allowed)), -np.inf, np.float32)
@@ -394,7 +402,10 @@ def search_faiss(fi: faiss.Index, factory: str, config: IndexConfig, q: np.ndarr
                  allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, labels) of one FAISS index, restricted to the rows where ``allowed`` is True."""
     params = None
-    if hasattr(fi, "hnsw"):
+    hnsw = hasattr(fi, "hnsw")
+    if hnsw and allowed is None:
+        params = _hnsw_params(max(config.ef_search, k))  # shared: nothing sets a selector on it
+    elif hnsw:
         params = faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k))
     elif "IVF" in factory:
         params = faiss.SearchParametersIVF(nprobe=config.nprobe)
@@ -415,6 +426,12 @@ def search_faiss(fi: faiss.Index, factory: str, config: IndexConfig, q: np.ndarr
         faiss.omp_set_num_threads(threads)
     del sel, bitmap  # the selector reads the bitmap until the search returns
     return scores, rows
+
+
+@functools.lru_cache(maxsize=64)
+def _hnsw_params(ef_search: int) -> faiss.SearchParametersHNSW:
+    """HNSW search parameters without a selector (read-only during a search, so threads share them)."""
+    return faiss.SearchParametersHNSW(efSearch=ef_search)
 
 
 #: The files an :class:`ItemIndex` is written to.

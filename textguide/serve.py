@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import itertools
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -73,6 +75,9 @@ class ServeConfig:
     niceness: int = 19  #: CPU priority of onboarding's embedding thread (19 = lowest)
     use_cache: bool = True  #: onboarding goes through the embedding cache (``$TEXTGUIDE_CACHE``)
     max_jobs: int = 100  #: finished jobs remembered for ``GET /jobs/{id}``
+    #: threads answering ``similar`` and ``recommend`` (FAISS releases the GIL, so the index searches of
+    #: concurrent requests use several cores while the event loop parses and answers); 0: on the event loop
+    read_threads: int = 2
 
 
 # ------------------------------------------------------------------------------------------ request models
@@ -258,6 +263,10 @@ class Service:
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textguide-job")
+        if not isinstance(config.read_threads, int) or config.read_threads < 0:
+            raise ValueError(f"read_threads must be a non-negative integer, got {config.read_threads!r}")
+        self.read_pool = (ThreadPoolExecutor(max_workers=config.read_threads, thread_name_prefix="textguide-read")
+                          if config.read_threads else None)
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
 
@@ -270,6 +279,8 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.read_pool is not None:
+            self.read_pool.shutdown(wait=False, cancel_futures=True)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.config.refresh_seconds):
@@ -347,10 +358,9 @@ class BodyGuard:
     touching any guide.
     """
 
-    def __init__(self, app: Any, max_body_bytes: int, fast: Optional["FastReads"] = None) -> None:
+    def __init__(self, app: Any, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.fast = fast
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -386,31 +396,39 @@ class BodyGuard:
                 await _send_error(send, 413, f"request body over the limit of {limit} bytes (--max-body-mb); "
                                              f"split the upload")
                 return
-        body, replayed = b"".join(chunks), False
-        if self.fast is not None and await self.fast(path, body, send):
-            return
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        await self.app(scope, replay, send)
+def _replay(body: bytes, receive: Callable) -> Callable:
+    """An ASGI ``receive`` that first gives the body already read, then defers to ``receive``."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class FastReads:
-    """The hot read endpoints (search, similar, recommend) answered without FastAPI's per-request machinery.
+    """The hot read endpoints (search, similar, recommend) answered ahead of FastAPI's whole middleware stack.
 
-    Only a request that validates against the endpoint's own model, names a served guide, has a valid ``k`` and
-    gets an answer from the guide is answered here, with the bytes FastAPI would send (the same response model,
-    serialised by pydantic); everything else returns False and goes through the FastAPI route as before, which
-    produces its usual 4xx answer. The routes stay the documented API (and the OpenAPI page).
+    Only a request with a JSON body under ``FAST_MAX_BODY`` that validates against the endpoint's own model,
+    names a served guide, has a valid ``k`` and gets an answer from the guide is answered here, with the bytes
+    the FastAPI route would send (the same response model and serialiser, without validating our own output
+    again); anything else is handed on, its body replayed, to the app, which answers exactly as before (the
+    4xx answers all come from there). The routes stay the documented API (and the OpenAPI page).
     """
+
+    PATH = re.compile(r"/guides/([^/]+)/(search|similar|recommend)")
+    FAST_MAX_BODY = 64 * 1024  #: larger bodies (long histories) take the ordinary path
 
     def __init__(self, service: "Service") -> None:
         self.service = service
+        self.answered = 0  #: requests answered here (tests check the shortcut is taken)
         self._calls: dict[str, tuple[type[BaseModel], Callable[[Guide, Any, int], Hits], bool]] = {
             "search": (SearchRequest, lambda g, r, k: g.search(r.query, k=k, category=r.category), True),
             "similar": (SimilarRequest, lambda g, r, k: g.similar(r.item_id, k=k, category=r.category), False),
@@ -419,32 +437,70 @@ class FastReads:
                 method=r.method), False),
         }
         self._serialize = HitsResponse.__pydantic_serializer__.to_json
+        self._limit = min(self.FAST_MAX_BODY, service.config.max_body_bytes)
 
-    async def __call__(self, path: str, body: bytes, send: Callable) -> bool:
-        parts = path.split("/")  # '', 'guides', name, op
-        if len(parts) != 4 or parts[1] != "guides" or parts[3] not in self._calls:
-            return False
-        model, call, threaded = self._calls[parts[3]]
-        slot = self.service.slots.get(parts[2])
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> Optional[Callable]:
+        """Answer the request and return None, or return the ``receive`` the app must be called with."""
+        match = self.PATH.fullmatch(scope["path"])
+        if match is None:
+            return receive
+        length = ctype = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"content-type":
+                ctype = value
+        if ctype != b"application/json" or length is None or not length.isdigit() or int(length) > self._limit:
+            return receive  # not read: BodyGuard answers 415 / 413 as usual
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client went away
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        name, op = match.groups()
+        model, call, threaded = self._calls[op]
+        slot = self.service.slots.get(name)
         try:
             req = model.model_validate_json(body)
         except ValueError:  # pydantic's ValidationError: FastAPI answers it in its own format
-            return False
-        if slot is None or not 1 <= getattr(req, "k", 1) <= self.service.config.max_k:
-            return False
+            return _replay(body, receive)
+        k = getattr(req, "k", 0)
+        if slot is None or not 1 <= k <= self.service.config.max_k:
+            return _replay(body, receive)
         g = slot.guide
         try:
             if threaded:  # it encodes text: off the event loop
-                hits = await run_in_threadpool(call, g, req, getattr(req, "k", 0))
+                hits = await run_in_threadpool(call, g, req, k)
+            elif self.service.read_pool is not None:  # FAISS releases the GIL: searches run side by side
+                hits = await asyncio.get_running_loop().run_in_executor(self.service.read_pool, call, g, req, k)
             else:
-                hits = call(g, req, getattr(req, "k", 0))
+                hits = call(g, req, k)
+            payload = self._serialize(HitsResponse.model_construct(
+                guide=name, method=hits.method, ids=list(hits.ids), scores=hits.scores.tolist(), items=hits.items,
+                skipped=list(hits.skipped)))
         except Exception:  # noqa: BLE001 - the route runs it again and answers the error as it always does
-            return False
-        payload = self._serialize(_hits_response(parts[2], hits))
+            return _replay(body, receive)
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]})
         await send({"type": "http.response.body", "body": payload})
-        return True
+        self.answered += 1
+        return None
+
+
+class ServeApp(FastAPI):
+    """FastAPI with :class:`FastReads` in front of its middleware stack (``fast = None`` turns it off)."""
+
+    fast: Optional[FastReads] = None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            receive = await self.fast(scope, receive, send)
+            if receive is None:
+                return
+        await super().__call__(scope, receive, send)
 
 
 async def _send_error(send: Callable, status: int, detail: str) -> None:
@@ -503,13 +559,17 @@ def create_app(
     async def lifespan(app: FastAPI):
         logger.warning("serving guides %s; writes %s", sorted(service.slots),
                        "need a bearer token" if token else "are DISABLED (no --token-file / TEXTGUIDE_TOKEN)")
+        telemetry = getattr(app, "_native_telemetry", None)
+        if app.fast is not None and telemetry is not None and telemetry.enabled():
+            app.fast = None  # OpenTelemetry is configured: every request goes through FastAPI's instrumentation
         service.start()
         yield
         service.stop()
 
-    app = FastAPI(title="textguide", summary="Text-driven shopping guidance over HTTP", lifespan=lifespan)
+    app = ServeApp(title="textguide", summary="Text-driven shopping guidance over HTTP", lifespan=lifespan)
     app.state.service = service
-    app.add_middleware(BodyGuard, max_body_bytes=config.max_body_bytes, fast=FastReads(service))
+    app.add_middleware(BodyGuard, max_body_bytes=config.max_body_bytes)
+    app.fast = FastReads(service)
 
     def writer(request: Request) -> None:
         if service.token is None:
@@ -675,6 +735,58 @@ def read_token(token_file: str | os.PathLike[str] | None) -> str | None:
     return os.environ.get("TEXTGUIDE_TOKEN", "").strip() or None
 
 
+class _HeldHeaders:
+    """An asyncio transport that holds a response's status line and headers back until its body is written,
+    so a small answer leaves in one write (one TCP segment, one wake-up of the client) instead of two."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._held = b""
+
+    def write(self, data: bytes) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 1") and data.endswith(b"\r\n\r\n"):
+            self._held = data  # a final response's header block (not 100 Continue): wait for the body
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held:
+            data, self._held = self._held, b""
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._held) + self._transport.get_write_buffer_size()
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
+        return getattr(self._transport, name)
+
+
+def http_protocol() -> Any:
+    """The ``http`` protocol for uvicorn: httptools, sending each answer in one write (``"auto"`` without it)."""
+    if os.environ.get("TG_EXP_PLAIN"):
+        return "auto"
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # no httptools: uvicorn's own choice
+        return "auto"
+
+    class OneWriteHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(_HeldHeaders(transport))
+
+        def on_response_complete(self) -> None:
+            self.transport.flush()  # a response without a body write (HEAD) sends its headers now
+            super().on_response_complete()
+
+    return OneWriteHttpToolsProtocol
+
+
 class BackgroundServer:
     """uvicorn serving ``app`` on a free port of ``host`` (loopback) in a thread: for tests and benchmarks.
 
@@ -694,7 +806,7 @@ class BackgroundServer:
         self.port = self._sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.start_timeout = start_timeout
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, http=http_protocol()))
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
                                         name="textguide-uvicorn", daemon=True)
 
