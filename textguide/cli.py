@@ -182,6 +182,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(max_body_bytes=int(args.max_body_mb * 2**20), refresh_seconds=args.refresh_seconds,
                          read_threads=args.read_threads)
     app = create_app(args.guide, read_token(args.token_file), config=config)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the libraries and models loaded so far live as long as the server: keep them out of GC passes
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
                 http=http_protocol())
     return 0

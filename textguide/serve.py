@@ -263,8 +263,6 @@ class Service:
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textguide-job")
-        if not isinstance(config.read_threads, int) or config.read_threads < 0:
-            raise ValueError(f"read_threads must be a non-negative integer, got {config.read_threads!r}")
         self.read_pool = (ThreadPoolExecutor(max_workers=config.read_threads, thread_name_prefix="textguide-read")
                           if config.read_threads else None)
         self._stop = threading.Event()
@@ -551,6 +549,9 @@ def create_app(
     config = config or ServeConfig()
     if not guide_dirs:
         raise ValueError("no guide directories given; pass at least one, e.g. indexes/sample")
+    if isinstance(config.read_threads, bool) or not isinstance(config.read_threads, int) or config.read_threads < 0:
+        raise ValueError(f"read_threads must be a whole number >= 0 (0: answer on the event loop), "
+                         f"got {config.read_threads!r}")
     if token is not None and not token.strip():
         raise ValueError("the write token is empty; put a secret in --token-file / TEXTGUIDE_TOKEN, or leave it unset")
     service = Service(load_guides(guide_dirs, encoder), token, config)
@@ -769,8 +770,6 @@ class _HeldHeaders:
 
 def http_protocol() -> Any:
     """The ``http`` protocol for uvicorn: httptools, sending each answer in one write (``"auto"`` without it)."""
-    if os.environ.get("TG_EXP_PLAIN"):
-        return "auto"
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # no httptools: uvicorn's own choice
