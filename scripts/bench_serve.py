@@ -269,14 +269,14 @@ def new_loop_run(coro: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ the server
-def start_server(guide_dir: Path, cache_dir: Path, read_threads: int = 2) -> tuple[subprocess.Popen, int]:
+def start_server(guide_dir: Path, cache_dir: Path) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
     env = {**os.environ, "TEXTGUIDE_TOKEN": TOKEN, "TEXTGUIDE_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "textguide.cli", "serve", str(guide_dir), "--host", HOST,
-                             "--port", str(port), "--max-body-mb", "64", "--read-threads", str(read_threads)], env=env)
+                             "--port", str(port), "--max-body-mb", "64"], env=env)
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 300
     while True:
@@ -358,7 +358,6 @@ def main() -> None:
                    help="also `similar` at these fixed rates (requests/s over the first --clients, open loop)")
     p.add_argument("--onboard", type=int, default=10_000, help="products onboarded during phase 4 (0: skip)")
     p.add_argument("--onboard-timeout", type=float, default=900)
-    p.add_argument("--read-threads", type=int, default=2, help="the server's --read-threads")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     if any(not 1 <= c <= 64 for c in args.clients):
@@ -393,8 +392,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="tg-bench-serve-"))
     name = "hm-bench"
     shutil.copytree(args.guide, scratch / name)
-    out["read_threads"] = args.read_threads
-    proc, port = start_server(scratch / name, scratch / "empty-cache", args.read_threads)
+    proc, port = start_server(scratch / name, scratch / "empty-cache")
     requests = {op: [http_request(f"/guides/{name}/{op}", json.dumps(work.body(op, i)).encode())
                      for i in range(len(work.ids))] for op in OPS}
     try:

@@ -234,26 +234,24 @@ def test_transport_level_errors(client, guides) -> None:
 def test_hot_reads_answer_exactly_as_the_fastapi_routes(guides) -> None:
     """search / similar / recommend take a shortcut past FastAPI's request machinery (``FastReads``): with and
     without it every answer, good or bad, is the same bytes and status."""
-    apps = [create_app([guides[0]], TOKEN, encoder=HashingEncoder(dim=32),
-                       config=ServeConfig(max_body_bytes=MAX_BODY, max_k=50, refresh_seconds=0, niceness=0,
-                                          read_threads=threads)) for threads in (2, 0)]
+    app = create_app([guides[0]], TOKEN, encoder=HashingEncoder(dim=32),
+                     config=ServeConfig(max_body_bytes=MAX_BODY, max_k=50, refresh_seconds=0, niceness=0))
     asks = [("similar", {"item_id": "p03", "k": 4}), ("similar", {"item_id": "p03", "k": 4, "category": "Shoes"}),
             ("search", {"query": "leather shoes", "k": 5}), ("recommend", {"history": ["p01", "p09"], "k": 3}),
             ("recommend", {"history": ["p01", "ghost"], "on_unknown": "skip", "exclude_history": False}),
             ("recommend", {"history": ["p02"], "method": "text"})]
     asks += [(e, b) for e, b, _, _ in BAD if e in ("search", "similar", "recommend")]
-    for app in apps:  # read threads, then the event loop
-        with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
-            shortcut = app.fast
-            assert shortcut is not None
-            fast = [http.post(f"/guides/shop/{e}", json=b) for e, b in asks]
-            app.fast = None
-            slow = [http.post(f"/guides/shop/{e}", json=b) for e, b in asks]
-        for (e, b), a, z in zip(asks, fast, slow):
-            assert (a.status_code, a.content) == (z.status_code, z.content), (e, b)
-            assert a.headers["content-type"] == z.headers["content-type"] == "application/json"
-        assert sum(a.status_code == 200 for a in fast) == 6
-        assert shortcut.answered == 6  # every good read took the shortcut, every bad one the route
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
+        shortcut = app.fast
+        assert shortcut is not None
+        fast = [http.post(f"/guides/shop/{e}", json=b) for e, b in asks]
+        app.fast = None
+        slow = [http.post(f"/guides/shop/{e}", json=b) for e, b in asks]
+    for (e, b), a, z in zip(asks, fast, slow):
+        assert (a.status_code, a.content) == (z.status_code, z.content), (e, b)
+        assert a.headers["content-type"] == z.headers["content-type"] == "application/json"
+    assert sum(a.status_code == 200 for a in fast) == 6
+    assert shortcut.answered == 6  # every good read took the shortcut, every bad one the route
 
 
 # ------------------------------------------------------------------------------------------ writes
@@ -429,8 +427,6 @@ def test_create_app_rejects_bad_setups(guides, tmp_path: Path) -> None:
         create_app([])
     with pytest.raises(ValueError, match="token is empty"):
         create_app([guides[0]], "  ", encoder=HashingEncoder(dim=32))
-    with pytest.raises(ValueError, match="read_threads must be a whole number >= 0"):
-        create_app([guides[0]], config=ServeConfig(read_threads=-1), encoder=HashingEncoder(dim=32))
     (tmp_path / "shop").mkdir()
     with pytest.raises(ValueError, match="both named 'shop'"):
         create_app([guides[0], tmp_path / "shop"], encoder=HashingEncoder(dim=32))

@@ -179,8 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(f"textguide: error: {e}; install the serve extra: pip install -e \".[serve]\"", file=sys.stderr)
         return 2
-    config = ServeConfig(max_body_bytes=int(args.max_body_mb * 2**20), refresh_seconds=args.refresh_seconds,
-                         read_threads=args.read_threads)
+    config = ServeConfig(max_body_bytes=int(args.max_body_mb * 2**20), refresh_seconds=args.refresh_seconds)
     app = create_app(args.guide, read_token(args.token_file), config=config)
     import gc
 
@@ -316,9 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=32, help="largest request body, e.g. a catalog upload (413 above)")
     p.add_argument("--refresh-seconds", type=float, default=1.0,
                    help="how often to pick up changes other processes made to the guide directories (0: never)")
-    p.add_argument("--read-threads", type=int, default=2,
-                   help="threads answering similar / recommend, whose index searches then run in parallel (0: on the "
-                        "event loop)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="what a guide directory holds")

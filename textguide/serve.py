@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hmac
 import itertools
@@ -75,9 +74,6 @@ class ServeConfig:
     niceness: int = 19  #: CPU priority of onboarding's embedding thread (19 = lowest)
     use_cache: bool = True  #: onboarding goes through the embedding cache (``$TEXTGUIDE_CACHE``)
     max_jobs: int = 100  #: finished jobs remembered for ``GET /jobs/{id}``
-    #: threads answering ``similar`` and ``recommend`` (FAISS releases the GIL, so the index searches of
-    #: concurrent requests use several cores while the event loop parses and answers); 0: on the event loop
-    read_threads: int = 2
 
 
 # ------------------------------------------------------------------------------------------ request models
@@ -263,8 +259,6 @@ class Service:
         self.jobs: dict[str, Job] = {}
         self._job_ids = itertools.count(1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textguide-job")
-        self.read_pool = (ThreadPoolExecutor(max_workers=config.read_threads, thread_name_prefix="textguide-read")
-                          if config.read_threads else None)
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
 
@@ -277,8 +271,6 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self.read_pool is not None:
-            self.read_pool.shutdown(wait=False, cancel_futures=True)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.config.refresh_seconds):
@@ -472,8 +464,6 @@ class FastReads:
         try:
             if threaded:  # it encodes text: off the event loop
                 hits = await run_in_threadpool(call, g, req, k)
-            elif self.service.read_pool is not None:  # FAISS releases the GIL: searches run side by side
-                hits = await asyncio.get_running_loop().run_in_executor(self.service.read_pool, call, g, req, k)
             else:
                 hits = call(g, req, k)
             payload = self._serialize(HitsResponse.model_construct(
@@ -549,9 +539,6 @@ def create_app(
     config = config or ServeConfig()
     if not guide_dirs:
         raise ValueError("no guide directories given; pass at least one, e.g. indexes/sample")
-    if isinstance(config.read_threads, bool) or not isinstance(config.read_threads, int) or config.read_threads < 0:
-        raise ValueError(f"read_threads must be a whole number >= 0 (0: answer on the event loop), "
-                         f"got {config.read_threads!r}")
     if token is not None and not token.strip():
         raise ValueError("the write token is empty; put a secret in --token-file / TEXTGUIDE_TOKEN, or leave it unset")
     service = Service(load_guides(guide_dirs, encoder), token, config)
