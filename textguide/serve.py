@@ -33,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
+import numpy as np
+
 from .catalog import ColumnMap, load_catalog
 from .encoder import EmbeddingCache, TextEncoder, load_encoder
 from .guide import Guide, Hits
@@ -181,7 +183,7 @@ class GuideSlot:
 
     def __init__(self, name: str, guide: Guide) -> None:
         self.name = name
-        self.guide = guide
+        self.guide = _ready(guide)
         self.lock = threading.Lock()  # serialises replacing ``guide``; readers never take it
 
     def files(self) -> Any:
@@ -199,7 +201,7 @@ class GuideSlot:
     def _refresh_locked(self) -> bool:
         fresh = copy.copy(self.guide)  # Guide.refresh updates in place: do it on a copy readers do not hold
         if fresh.refresh():
-            self.guide = fresh
+            self.guide = _ready(fresh)
             logger.info("guide %r: picked up a change on disk (%d items)", self.name, fresh.index.count)
             return True
         return False
@@ -217,7 +219,7 @@ class GuideSlot:
                     if attempt + 1 < attempts and _disk_files(staged) != staged.manifest.get("files"):
                         continue
                     raise
-                self.guide = staged
+                self.guide = _ready(staged)
                 return out
 
     def adopt(self, staged: Guide, base_files: Any) -> None:
@@ -227,6 +229,14 @@ class GuideSlot:
                 self.guide = staged
             else:
                 self._refresh_locked()
+
+
+def _ready(guide: Guide) -> Guide:
+    """``guide`` with the lookup tables its item records need built now, not by the first read after a swap."""
+    live = np.flatnonzero(~guide.index.deleted)
+    if len(live):
+        guide.index.items([guide.index.ids[live[0]]])
+    return guide
 
 
 def _disk_files(guide: Guide) -> Any:
@@ -314,7 +324,7 @@ class Service:
                     if attempt == 0 and _disk_files(staged) != staged.manifest.get("files"):
                         continue  # another writer came in between: again on its state (the cache keeps vectors)
                     raise
-                slot.adopt(staged, base.manifest.get("files"))
+                slot.adopt(_ready(staged), base.manifest.get("files"))
                 break
             job.state = "done"
         except Exception as e:  # noqa: BLE001 - reported through GET /jobs/{id}
