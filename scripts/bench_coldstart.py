@@ -6,6 +6,8 @@ For each left-out domain D of {scientific, industrial, office, hm, online-retail
 1. train one recommendation adapter on the other four at once (their item embeddings stacked into one
    catalog, training examples subsampled per domain), regularised toward the text space: L2-SP toward its
    initial weights, which preserve text similarity (orthogonal projection, zero residual; see adapters.py).
+   ``--source-similarity s``: only on the sources whose catalog is close to D's (cosine of the mean item
+   embeddings >= s, the nearest always kept): a zero-shot choice, it reads D's catalog text only.
    ``--domain-batches``: each batch comes from one source domain (uniformly: balanced sources) with negatives
    from that domain's catalog, so the adapter learns to rank within one catalog, as it is served.
    ``--residual w``: the adapter is trained on ``adapter cosine + w * text cosine`` (its served score, see
@@ -23,7 +25,7 @@ Amazon Clothing (../shared/data/amazon-clothing-2014) has ratings without time o
 sequences: it is not one of the domains. Numbers, command and wall time: docs/onboarding.md.
 
 Example:
-    PYTHONUNBUFFERED=1 python scripts/bench_coldstart.py --max-seconds 90 --domain-batches --residual 1 \
+    PYTHONUNBUFFERED=1 python scripts/bench_coldstart.py --max-seconds 90 --source-similarity 0.5 \
         --json /tmp/coldstart.json
 """
 
@@ -162,6 +164,20 @@ def train_multi_source(sources: list[Domain], args: argparse.Namespace) -> Multi
     return model
 
 
+def catalog_similarity(a: Domain, b: Domain) -> float:
+    """Cosine between the mean item embeddings of two catalogs (text only: known as soon as a catalog is onboarded)."""
+    ca, cb = a.emb.mean(0), b.emb.mean(0)
+    return float(ca @ cb / max(np.linalg.norm(ca) * np.linalg.norm(cb), 1e-12))
+
+
+def pick_sources(held: Domain, others: list[Domain], min_similarity: float) -> list[Domain]:
+    """The source domains whose catalogs are close to the left-out one's (cosine of the mean item embeddings at
+    least ``min_similarity``; the nearest is always kept): a zero-shot choice that reads only catalog text."""
+    sims = [catalog_similarity(held, d) for d in others]
+    keep = [d for d, s in zip(others, sims) if s >= min_similarity]
+    return keep or [others[int(np.argmax(sims))]]
+
+
 def source_weight(sources: list[Domain], model: MultiTaskAdapter, args: argparse.Namespace) -> tuple[float, dict]:
     """The blend weight with the best mean Recall@10 over the source domains' selection users (each ranked in its
     own catalog; domains weighted equally): a zero-shot choice, nothing of the left-out domain is used."""
@@ -218,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-cap", type=int, default=20000, help="training examples per source domain (subsampled)")
     p.add_argument("--valid-cap", type=int, default=300, help="selection rows per source domain (early stopping)")
     p.add_argument("--domain-batches", action="store_true", help="one source domain per batch, negatives from it")
+    p.add_argument("--source-similarity", type=float, default=-1.0,
+                   help="train only on sources whose catalog centroid has at least this cosine with the left-out one")
     p.add_argument("--residual", type=float, default=0.0, help="train adapter + w x text cosine (0: adapter alone)")
     p.add_argument("--report-users", type=int, default=2000, help="report users per left-out domain (subsampled)")
     p.add_argument("--observe", type=int, default=400, help="observed users of the left-out domain for auto")
@@ -240,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, results = [], {}
     for held in names:
         t = time.perf_counter()
-        sources = [domains[n] for n in names if n != held]
+        sources = pick_sources(domains[held], [domains[n] for n in names if n != held], args.source_similarity)
         model = train_multi_source(sources, args)
         train_s = time.perf_counter() - t
         zero, zero_table = source_weight(sources, model, args)
@@ -258,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             diff = report[w]["Recall"] - report[0.0]["Recall"]
             return [round(x, 4) for x in dec.paired_bootstrap(diff, seed=args.seed)] if w != 0.0 else [0.0, 0.0]
 
-        res = {"train_seconds": round(train_s, 1), "report_users": len(rep), "observed_users": len(obs),
+        res = {"sources": {d.name: round(catalog_similarity(domains[held], d), 3) for d in sources},
+               "train_seconds": round(train_s, 1), "report_users": len(rep), "observed_users": len(obs),
                "methods": {dec.hits_label(w): {m: round(float(v.mean()), 4) for m, v in report[w].items()} for w in WEIGHTS},
                "zero_shot": dec.hits_label(zero), "zero_shot_source_recall": zero_table, "zero_shot_vs_text_ci95": ci(zero),
                "auto": dec.hits_label(auto), "auto_vs_text_ci95": ci(auto), "decision": decision.evidence}
