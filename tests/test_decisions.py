@@ -156,7 +156,9 @@ def test_observe_errors(guide: Guide) -> None:
         guide.observe([["nope", "g101"]], "Garden")
     with pytest.raises(ValueError, match="need at least 2 sequences"):
         guide.observe([["g101"]], "Garden")
-    with pytest.raises(ValueError, match="observe supports task 'recommend' or 'outfit'"):
+    with pytest.raises(ValueError, match="observe supports task 'recommend', 'outfit' or 'coupon'"):
+        guide.observe([["g101", "g102"]], "Garden", task="sort")
+    with pytest.raises(ValueError, match="no trained 'coupon' adapter"):
         guide.observe([["g101", "g102"]], "Garden", task="coupon")
 
 
@@ -239,3 +241,109 @@ def test_decision_record_round_trip_and_validation() -> None:
     assert dec.resolve(meta, "recommend", "A", True).weight == 0.0  # validated choice: text
     assert dec.combine({"trained_categories": ["A"]}, "recommend", ["A", "B"], True) == 0.0
     assert dec.combine({}, "recommend", ["A", "B"], True) == 1.0  # older guides: nothing recorded, validated choice
+
+
+# ------------------------------------------------------------------------------------------ coupon families
+# The same scenario for coupons: one single-product coupon per Garden and Pond item, families onboarded after
+# the coupon adapter was built, then its head trained on Garden redemptions (whoever bought a redeems the coupon
+# of succ[a]): it helps Garden and knows nothing of Pond, whose users redeem the offered coupon nearest in text
+# to what they bought (text similarity is right by construction).
+def _coupon_of(item: str) -> str:
+    return f"c-{item}"
+
+
+def _garden_records(n: int, seed: int) -> list[dict]:
+    succ, rng = _succ(), np.random.default_rng(seed)
+    out = []
+    for a in rng.choice(sorted(succ), n):
+        others = [g for g in GARDEN if g not in (a, succ[a])]
+        offered = [succ[a], *rng.choice(others, 5, replace=False)]
+        out.append({"history": [str(a)], "offered": [_coupon_of(str(g)) for g in rng.permutation(offered)],
+                    "redeemed": [_coupon_of(succ[a])]})
+    return out
+
+
+def _pond_records(guide: Guide, n: int, seed: int) -> list[dict]:
+    rng, emb, row = np.random.default_rng(seed), guide.index.embeddings, guide.index.row_of
+    out = []
+    for a in rng.choice(POND, n):
+        offered = [str(w) for w in rng.choice([w for w in POND if w != a], 6, replace=False)]
+        nearest = max(offered, key=lambda w: float(emb[row[w]] @ emb[row[str(a)]]))
+        out.append({"history": [str(a)], "offered": [_coupon_of(w) for w in offered], "redeemed": [_coupon_of(nearest)]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def coupon_scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved guide with a coupon adapter: built on the 20 products, Garden and Pond (and their coupons) added,
+    then the coupon head trained on Garden redemptions."""
+    from textguide.tasks.coupon import CouponTask
+    from textguide.train import train
+
+    path = tmp_path_factory.mktemp("coupon-decisions") / "guide"
+    guide = Guide.build(Catalog.from_records([dict(p) for p in PRODUCTS]), ENC)
+    torch.manual_seed(0)
+    guide.set_adapter(MultiTaskAdapter(AdapterConfig(input_dim=ENC.dim, dim=16, seq_heads=2, dropout=0.0,
+                                                     tasks=("coupon",))))
+    guide.onboard(Catalog.from_records(_garden() + _pond()))
+    guide.add_coupons({_coupon_of(i): [i] for i in GARDEN + POND}, save=False)
+    succ, row = _succ(), guide.index.row_of
+    users = sorted(succ)
+    pairs = [(u, c) for u in range(len(users)) for c in range(len(GARDEN))]
+    data = CouponTask(guide.index.embeddings, [[row[a]] for a in users], [[row[g]] for g in GARDEN],
+                      np.array([int(GARDEN[c] == succ[users[u]]) for u, c in pairs]), None,
+                      np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+    train(guide.adapter, {"coupon": data}, TrainConfig(steps=400, batch_size=128, lr=3e-3, show_progress=False))
+    guide.save(path)
+    return path
+
+
+@pytest.fixture
+def coupon_guide(coupon_scenario: Path, tmp_path: Path) -> Guide:
+    shutil.copytree(coupon_scenario, tmp_path / "guide")
+    return Guide.load(tmp_path / "guide", encoder=ENC)
+
+
+def test_onboarded_coupon_families_start_on_text(coupon_guide: Guide) -> None:
+    table = coupon_guide.decisions()["coupon"]
+    assert table["Garden"]["source"] == table["Pond"]["source"] == "onboarded"
+    assert table["Garden"]["method"] == table["Pond"]["method"] == "text"
+    assert table["Kitchen"]["method"] == "adapter" and table["Kitchen"]["source"] == "trained"
+    offered = [_coupon_of(g) for g in GARDEN[:6]]
+    auto = coupon_guide.rank_coupons(["g101"], offered)
+    text = coupon_guide.rank_coupons(["g101"], offered, method="text")
+    assert auto.method == "text" and auto.ids == text.ids and np.allclose(auto.scores, text.scores)
+
+
+def test_observe_graduates_the_helped_coupon_family_and_keeps_text_for_the_hurt_one(coupon_guide: Guide) -> None:
+    helped = coupon_guide.observe(_garden_records(200, 1), "Garden", task="coupon", k=1)
+    ev = helped["decision"]["evidence"]
+    assert helped["decision"]["weight"] > 0 and ev["switched"] and ev["metric"] == "AUC" and ev["ci95"][0] > 0
+    assert ev["users"] == {"select": 100, "held_out": 100}
+    assert ev["held_out"]["adapter"] > ev["held_out"]["text"] + 0.2
+    hits = coupon_guide.rank_coupons(["g101"], [_coupon_of(g) for g in GARDEN[:6]])
+    assert hits.method == dec.hits_label(helped["decision"]["weight"])
+
+    hurt = coupon_guide.observe(_pond_records(coupon_guide, 200, 2), "Pond", task="coupon", k=1)
+    ev = hurt["decision"]["evidence"]
+    assert hurt["decision"]["method"] == "text" and not ev["switched"]
+    assert ev["held_out"]["text"] == 1.0 > ev["held_out"]["adapter"]  # the adapter does hurt Pond
+    assert coupon_guide.rank_coupons(["w101"], [_coupon_of(w) for w in POND[:6]]).method == "text"
+    # a coupon list spanning both families is served with the conservative (smaller) weight: text
+    mixed = [_coupon_of(g) for g in GARDEN[:3]] + [_coupon_of(w) for w in POND[:3]]
+    assert coupon_guide.rank_coupons(["g101"], mixed).method == "text"
+    back = Guide.load(coupon_guide.path, encoder=ENC)
+    assert back.decisions()["coupon"]["Garden"] == coupon_guide.decisions()["coupon"]["Garden"]
+    assert json.loads((coupon_guide.path / "reports" / "observe.json").read_text())["task"] == "coupon"
+
+
+def test_observe_coupon_errors(coupon_guide: Guide) -> None:
+    with pytest.raises(ValueError, match="no registered coupon is of family 'Moon'"):
+        coupon_guide.observe(_garden_records(10, 1), "Moon", task="coupon")
+    with pytest.raises(KeyError, match=r"unknown coupon ids in record 0: \['nope'\]"):
+        coupon_guide.observe([{"history": ["g101"], "offered": ["nope"], "redeemed": []}], "Garden", task="coupon")
+    with pytest.raises(ValueError, match="record 0 must be a dict with 'history', 'offered' and 'redeemed'"):
+        coupon_guide.observe([["g101", "g102"]], "Garden", task="coupon")
+    with pytest.raises(ValueError, match="need at least 2 records with a redeemed and an unredeemed coupon"):
+        coupon_guide.observe([{"history": ["g101"], "offered": ["c-g102"], "redeemed": ["c-g102"]}], "Garden",
+                             task="coupon")

@@ -690,8 +690,11 @@ class Guide:
         ``sequences`` are users' item ids, oldest first (``task="recommend"``; the target is each sequence's
         last item of ``category``, ranked among the category's items with the earlier items as history), or
         outfits (``task="outfit"``: the target is the outfit's item of slot ``category``, the other items the
-        partial outfit). Users are split into a selection part (picks the best adapter weight among text, the
-        blends and the adapter by hit@``k``) and a held-out part, where the pick replaces the current decision
+        partial outfit), or coupon records (``task="coupon"``, ``category`` a coupon family: ``{"history": [...],
+        "offered": [coupon ids], "redeemed": [coupon ids]}`` per user, scored by the AUC of the redeemed coupons
+        of the family among those offered, see :meth:`textguide.tasks.coupon.Coupon.observe_users`).
+        Users are split into a selection part (picks the best adapter weight among text, the
+        blends and the adapter by hit@``k``, AUC for coupons) and a held-out part, where the pick replaces the current decision
         only if the 95 % paired-bootstrap interval of its per-user gain is above 0
         (:func:`textguide.decisions.decide`). With ``fine_tune=True`` (recommend only), a ``fine_tune_fraction``
         of the users first goes to :meth:`fine_tune` (its own guard decides whether the adapter changes) and
@@ -700,15 +703,28 @@ class Guide:
         from .adapters import encode_items
         from .tasks import TASKS
 
-        if task not in ("recommend", "outfit"):
-            raise ValueError(f"observe supports task 'recommend' or 'outfit', got {task!r}; set a coupon family's "
-                             f"method with guide.set_decision(family, method, task='coupon')")
+        if task not in ("recommend", "outfit", "coupon"):
+            raise ValueError(f"observe supports task 'recommend', 'outfit' or 'coupon', got {task!r}")
         self.require_task(task)
         k = _check_k(k)
         if not isinstance(category, str) or not category:
             raise ValueError(f"category must be a non-empty string, got {category!r}")
         if isinstance(sequences, str) or not len(sequences):
             raise ValueError("sequences must be a non-empty list of item-id lists")
+        if task == "coupon":  # a coupon family: per-user AUC of the redeemed coupons (see Coupon.observe_users)
+            if fine_tune:
+                raise ValueError("fine_tune=True is supported for task='recommend' only")
+            current = dec.resolve(self.adapter_meta, task, category, True)
+            weights = sorted({*dec.candidate_weights(True), current.weight})
+            auc, extra, seen = TASKS[task].observe_users(self, sequences, category, weights, k)
+            if len(auc[current.weight]) < 2:
+                raise ValueError(f"need at least 2 records with a redeemed and an unredeemed coupon of family "
+                                 f"{category!r} and a known history, got {len(auc[current.weight])}")
+            decision = dec.decide(auc, current.weight, dec.split_users(len(auc[current.weight]), select_fraction, seed),
+                                  metric="AUC", min_users=min_users, n_boot=n_boot, seed=seed, extra=extra)
+            decision.evidence.update(previous=current.to_dict(), candidates=seen)
+            return self._record_observed(task, category, decision, {"task": task, "category": category,
+                                         "sequences": len(sequences), "users": len(auc[current.weight])}, save)
         field = self._task_field(task)
         in_cat = self.index.mask({field: category}) if field in self.index.metadata.columns else None
         if in_cat is None or not in_cat.any():
@@ -750,7 +766,13 @@ class Guide:
                               metric=f"Recall@{k}", min_users=min_users, n_boot=n_boot, seed=seed,
                               extra={f"NDCG@{k}": ndcg})
         decision.evidence.update(previous=current.to_dict(), candidates=len(cand))
-        report.update(users=len(hist), decision=decision.to_dict(), summary=decision.evidence["verdict"])
+        report["users"] = len(hist)
+        return self._record_observed(task, category, decision, report, save)
+
+    def _record_observed(self, task: str, category: str, decision: dec.Decision, report: dict[str, Any],
+                         save: bool) -> dict[str, Any]:
+        """Record an observed decision (written atomically with the guide) and its report (reports/observe.json)."""
+        report.update(decision=decision.to_dict(), summary=decision.evidence["verdict"])
         self._write_meta(dec.with_decision(self.adapter_meta, task, category, decision), save)
         if save and self.path is not None:
             from .transfer import save_transfer_report

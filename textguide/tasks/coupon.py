@@ -395,27 +395,83 @@ class Coupon:
                                  f"register coupons covering live products with guide.add_coupons(..., replace=True)")
         # the decision of the coupons' families (each coupon's most common product category; the conservative one)
         weight = guide.adapter_weight(self.name, method, [family(guide.index, r) for r in coupon_rows], [])
-        emb = guide.index.embeddings
-        use_adapter = weight > 0
-        if use_adapter:
-            guide.require_task(self.name)
-            prof = self.profile_vector(guide, profile)
-            if not rows and prof is None:
-                raise ValueError("empty history and no profile: give at least one purchased item or a profile")
-            probs = coupon_probabilities(guide.adapter, emb, rows, coupon_rows, prof)
-            if "coupon_hybrid" in guide.adapter_meta:
-                probs = self.hybrid_probabilities(guide, list(spec), rows, coupon_rows, prof, activity)
-        if weight < 1.0:
-            if not rows:
-                raise ValueError("history is empty: the text method needs at least one purchased item")
-            text_probs = ((text_cosines(emb, [rows], coupon_rows)[0] + 1) / 2).astype(np.float32)
-            probs = blend_scores(text_probs, probs if use_adapter else None, weight)
+        adapter_probs, text_probs = self.scores(guide, rows, list(spec), coupon_rows, profile, activity,
+                                                adapter=weight > 0, text=weight < 1.0)
+        probs = blend_scores(text_probs, adapter_probs, weight) if weight < 1.0 else adapter_probs
         order = np.argsort(-probs, kind="stable")
         ids = list(spec)
         hits = Hits([ids[i] for i in order], probs[order].astype(np.float32),
                     [{"id": ids[i], "items": len(coupon_rows[i])} for i in order])
         hits.method, hits.skipped = hits_label(weight), unknown + gone
         return hits
+
+    def scores(self, guide: Guide, rows: list[int], coupon_ids: list[str], coupon_rows: list[list[int]],
+               profile: dict[str, Any] | None, activity: dict[str, float] | None, *, adapter: bool, text: bool
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The served scores of one user's coupons, ``(adapter probabilities, text scores)`` (None when not asked):
+        the adapter's (the guide's coupon hybrid when it has one) and the text cosine mapped to [0, 1]."""
+        emb = guide.index.embeddings
+        adapter_probs = text_probs = None
+        if adapter:
+            guide.require_task(self.name)
+            prof = self.profile_vector(guide, profile)
+            if not rows and prof is None:
+                raise ValueError("empty history and no profile: give at least one purchased item or a profile")
+            if "coupon_hybrid" in guide.adapter_meta:
+                adapter_probs = self.hybrid_probabilities(guide, coupon_ids, rows, coupon_rows, prof, activity)
+            else:
+                adapter_probs = coupon_probabilities(guide.adapter, emb, rows, coupon_rows, prof)
+        if text:
+            if not rows:
+                raise ValueError("history is empty: the text method needs at least one purchased item")
+            text_probs = ((text_cosines(emb, [rows], coupon_rows)[0] + 1) / 2).astype(np.float32)
+        return adapter_probs, text_probs
+
+    def observe_users(self, guide: Guide, records: Sequence[dict[str, Any]], category: str,
+                      weights: Sequence[float], k: int) -> tuple[dict[float, np.ndarray], dict[str, dict], int]:
+        """Per-user evidence on coupon family ``category`` for ``Guide.observe(task="coupon")``.
+
+        Each record is one user: ``{"history": [item ids, oldest first], "offered": [coupon ids],
+        "redeemed": [coupon ids]}`` (optionally ``"profile"`` and ``"activity"`` as in ``rank_coupons``); the
+        coupons must be registered (``guide.add_coupons``). Only the offered coupons of the family count, and
+        only users with at least one redeemed and one unredeemed coupon of it. Returns, for every adapter weight,
+        each user's AUC of redeemed over unredeemed coupons (ties count half), the same for hit@``k`` (a redeemed
+        coupon in the top ``k``), and the number of the family's coupons seen."""
+        if category not in {family(guide.index, [guide.index.row_of[i] for i in items if i in guide.index])
+                            for items in guide.coupons.values()}:
+            raise ValueError(f"no registered coupon is of family {category!r} (a coupon's family is the most common "
+                             f"category of its products); register its coupons with guide.add_coupons first")
+        auc: dict[float, list[float]] = {w: [] for w in weights}
+        hit: dict[float, list[float]] = {w: [] for w in weights}
+        seen: set[str] = set()
+        for n, rec in enumerate(records):
+            if not isinstance(rec, dict) or not {"history", "offered", "redeemed"} <= set(rec):
+                raise ValueError(f"record {n} must be a dict with 'history', 'offered' and 'redeemed' (coupon ids), "
+                                 f"got {rec!r:.80}")
+            unknown = [c for c in list(rec["offered"]) + list(rec["redeemed"]) if c not in guide.coupons]
+            if unknown:
+                raise KeyError(f"unknown coupon ids in record {n}: {unknown[:5]}; register them with guide.add_coupons")
+            rows = guide.rows(rec["history"], f"record {n} history", "error")[0] if len(rec["history"]) else []
+            redeemed = set(rec["redeemed"])
+            ids, coupon_rows = [], []
+            for c in dict.fromkeys(rec["offered"]):
+                left = [guide.index.row_of[i] for i in guide.coupons[c] if i in guide.index]
+                if left and family(guide.index, left) == category:
+                    ids.append(c)
+                    coupon_rows.append(left)
+            y = np.array([c in redeemed for c in ids])
+            if not rows or y.all() or not y.any():
+                continue
+            seen.update(ids)
+            a, t = self.scores(guide, list(rows), ids, coupon_rows, rec.get("profile"), rec.get("activity"),
+                               adapter=True, text=True)
+            for w in weights:
+                s = blend_scores(t, a, w)
+                pos, neg = s[y][:, None], s[~y][None, :]
+                auc[w].append(float(((pos > neg) + 0.5 * (pos == neg)).mean()))
+                hit[w].append(float(y[np.argsort(-s, kind="stable")[:k]].any()))
+        return ({w: np.asarray(v) for w, v in auc.items()}, {f"hit@{k}": {w: np.asarray(v) for w, v in hit.items()}},
+                len(seen))
 
     @staticmethod
     def hybrid_probabilities(guide: Guide, coupon_ids: list[str], rows: list[int], coupon_rows: list[list[int]],
