@@ -36,13 +36,13 @@ import time
 from pathlib import Path
 
 
-from textguide import domains, recipes
+from textguide.bench import domains, recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
-from textguide.train import TrainConfig, train
+from textguide.training import TrainConfig, train
 from textguide.transfer import CANDIDATES, TransferConfig, transfer
-from textguide.workflows import save_transferred
+from textguide.bench.workflows import save_transferred
 
 logger = logging.getLogger("textguide")
 

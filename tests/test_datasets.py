@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import textguide.datasets as D
-from textguide.datasets._common import compose_text, trim_text
+import textguide.bench.datasets as D
+from textguide.bench.datasets._common import compose_text, trim_text
 
 ITEM_COLUMNS = ["id", "title", "text", "category"]
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from textguide.adapters import AdapterConfig, MultiTaskAdapter
-from textguide.train import OutfitTask, SequenceTask, TrainConfig, train
+from textguide.tasks.outfit import OutfitTask
+from textguide.tasks.recommend import SequenceTask
+from textguide.training import TrainConfig, train
 from textguide.transfer import (
     TransferConfig,
     _joint_task,
@@ -351,14 +353,14 @@ def test_error_paths():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# domain preparation helpers (textguide.domains) on tiny hand-made data
+# domain preparation helpers (textguide.bench.domains) on tiny hand-made data
 # ---------------------------------------------------------------------------------------------------------
 
 
 def test_time_split_examples_and_periods():
     import pandas as pd
 
-    from textguide.domains import _time_split
+    from textguide.bench.domains import _time_split
 
     day = pd.Timestamp
     events = pd.DataFrame({
@@ -378,7 +380,7 @@ def test_time_split_examples_and_periods():
 
 
 def test_evaluate_domain_matches_ranking_report_without_ties():
-    from textguide.domains import DomainBench, evaluate_domain
+    from textguide.bench.domains import DomainBench, evaluate_domain
     from textguide.evaluate import ranking_report
 
     rng = np.random.default_rng(0)
@@ -529,7 +531,8 @@ def test_joint_outfit_batches_stay_in_their_domain():
 
 
 def test_outfit_validation_metrics_against_brute_force():
-    from textguide.train import encode_items, outfit_queries
+    from textguide.adapters import encode_items
+    from textguide.tasks.outfit import outfit_queries
     from textguide.transfer import validation_metrics
 
     task = basket_task(12, 1, 10)

@@ -32,7 +32,7 @@ def data_root() -> Path:
                 "dataset folders (amazon-scientific/, hm/, ...), or unset it to use <repo>/../shared/data."
             )
         return root
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    root = Path(__file__).resolve().parents[3].parent / "shared" / "data"
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset folder not found: looked for {root} (<repo>/../shared/data). "
