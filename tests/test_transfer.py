@@ -16,7 +16,6 @@ from textguide.tasks.recommend import SequenceTask
 from textguide.training import TrainConfig, train
 from textguide.transfer import (
     TransferConfig,
-    _joint_task,
     coral,
     domain_weights,
     l2sp_penalty,
@@ -25,6 +24,7 @@ from textguide.transfer import (
     shared_parameter_names,
     transfer,
 )
+from textguide.transfer.methods import joint_task
 
 D = 32  # text embedding dimension of the synthetic domains
 K, PER = 12, 8  # clusters, items per cluster in each domain's catalog
@@ -264,7 +264,7 @@ def test_joint_batches_score_rows_against_their_own_domain_and_follow_the_weight
     target = domain_task(2, SUCC, 30)
     weights = np.zeros(len(source))
     weights[:5] = 1.0  # only the first 5 source examples may be drawn
-    joint = _joint_task(source, target, weights, source_share=0.5)
+    joint = joint_task(source, target, weights, source_share=0.5)
     n_s = len(source.item_emb)
     batch = joint.batch(np.random.default_rng(0), 256, 6, TrainConfig(full_softmax_max=10_000))
     targets_rows = joint.targets[joint.sample_rows(np.random.default_rng(0), 256)]
@@ -512,7 +512,7 @@ def test_joint_outfit_batches_stay_in_their_domain():
     target = basket_task(12, 1, 40)
     weights = np.zeros(len(source))
     weights[:3] = 1.0  # only the first 3 source baskets may be drawn
-    joint = _joint_task(source, target, weights, source_share=0.5)
+    joint = joint_task(source, target, weights, source_share=0.5)
     n_s = len(source.item_emb)
     assert joint.item_slots[:n_s].min() >= K and (joint.item_slots[n_s:] == target.item_slots).all()
     cfg = TrainConfig(slot_negatives=4, slot_dropout=0.0)
