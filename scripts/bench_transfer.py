@@ -42,7 +42,7 @@ from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
 from textguide.training import TrainConfig, train
 from textguide.transfer import CANDIDATES, TransferConfig, transfer
-from textguide.bench.workflows import save_transferred
+from textguide.bench.workflows import markdown_table, save_transferred
 
 logger = logging.getLogger("textguide")
 
@@ -92,12 +92,6 @@ def train_config(n_examples: int, args: argparse.Namespace, seconds: float | Non
                        max_seconds=seconds or args.budget, show_progress=False)
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def fmt_gain(g: float | None) -> str:
     return "n/a" if g is None else f"{g:+.1%}"
 
@@ -144,7 +138,7 @@ def run_baselines(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         rows["adapter (trained alone)"] = domains.evaluate_domain(bench, domains.domain_scorer(bench, "adapter", model))
         metrics = list(rows["popularity"])
         lines += [f"## {name} alone ({json.dumps(bench.info)})", "",
-                  md_table(["method", *metrics], [[k, *(f"{v[m]:.4f}" for m in metrics)] for k, v in rows.items()]),
+                  markdown_table(["method", *metrics], [[k, *(f"{v[m]:.4f}" for m in metrics)] for k, v in rows.items()]),
                   "", f"Data preparation {prep:.0f}s; adapter training {meta['seconds']:.0f}s "
                   f"({meta['steps']} steps, best {meta['best_step']}{', reused' if 'reused' in meta else ''}).", ""]
         out[name] = {"results": rows, "info": bench.info, "train": meta, "prep_seconds": prep}
@@ -267,12 +261,12 @@ def render_transfer(out: dict) -> str:
     for m in metrics[:2]:
         rows = [[n, *(cell(s, n, m) for s in results)] for n in names]
         lines += [f"### {m} on the report split, by target training size", "",
-                  md_table(["method", *(f"{float(s):.0%} ({results[s]['target_examples']} ex.)" for s in results)],
+                  markdown_table(["method", *(f"{float(s):.0%} ({results[s]['target_examples']} ex.)" for s in results)],
                            rows), ""]
     for m in metrics[:2]:
         rows = [[n, *(fmt_gain(results[s]["gain"][n][m]) for s in results)] for n in names if n != "target-only"]
         lines += [f"### Transfer gain in {m} vs target-only (report split; relative)", "",
-                  md_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
+                  markdown_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
     rows = []
     for s, r in results.items():
         rep = r["transfer_report"]
@@ -281,7 +275,7 @@ def render_transfer(out: dict) -> str:
         rows.append([f"{float(s):.0%}", r["chosen"], f"{base:.4f}",
                      f"{rep['methods'][r['chosen']]['valid'][select]:.4f}", refused, f"{r['seconds']:.0f}"])
     lines += [f"### The guard (`auto`): choice on the selection split ({select})", "",
-              md_table(["size", "chosen", "target-only valid", "chosen valid", "refused (valid)", "seconds"], rows), ""]
+              markdown_table(["size", "chosen", "target-only valid", "chosen valid", "refused (valid)", "seconds"], rows), ""]
     rows = []
     for s, r in results.items():
         for n, info in r["transfer_report"]["methods"].items():
@@ -289,7 +283,7 @@ def render_transfer(out: dict) -> str:
                 rows.append([f"{float(s):.0%}", n, str(info.get("steps")), str(info.get("best_step")),
                              f"{info.get('seconds', 0):.0f}"])
     lines += ["### Training runs (steps done, best step, seconds)", "",
-              md_table(["size", "candidate", "steps", "best step", "seconds"], rows), ""]
+              markdown_table(["size", "candidate", "steps", "best step", "seconds"], rows), ""]
     if sweep:
         rows = [[k, *(f"{v['report'][m]:.4f}" for m in metrics[:2]), fmt_gain((v["gain"] or {}).get(head)),
                  f"{v['valid'][select]:.4f}", f"{v['item_distance']['mmd']:.4f}", f"{v['item_distance']['coral']:.2e}",
@@ -297,7 +291,7 @@ def render_transfer(out: dict) -> str:
                 for k, v in sweep.items()]
         lines += [f"### Feature-based alpha sweep at {out['sweep_size']:.0%} target data "
                   "(main-table alphas: MMD 1, CORAL 1e4)", "",
-                  md_table(["distance:alpha", *metrics[:2], f"gain {head}", f"valid {select}", "item MMD after",
+                  markdown_table(["distance:alpha", *metrics[:2], f"gain {head}", f"valid {select}", "item MMD after",
                             "item CORAL after", "seconds"], rows), ""]
     return "\n".join(lines)
 

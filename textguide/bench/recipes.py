@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..catalog import Catalog
+from .datasets.polyvore import SLOTS as POLYVORE_SLOT_NAMES
 from ..encoder import EmbeddingCache, TextEncoder
 from ..metrics import (
     best_f1_threshold,
@@ -37,7 +38,7 @@ from ..tasks.recommend import SequenceTask, history_scorer
 
 logger = logging.getLogger("textguide")
 
-POLYVORE_SLOTS = ["upper", "bottom", "shoe", "bag", "accessory"]
+POLYVORE_SLOTS = list(POLYVORE_SLOT_NAMES)  # the slot vocabulary of the Polyvore loader
 
 
 def items_catalog(items: pd.DataFrame, columns: tuple[str, ...] = ("title", "category")) -> Catalog:

@@ -159,12 +159,17 @@ def guide_meta(task: str, bench: Any, model: MultiTaskAdapter | None = None) -> 
     return bench.serve_meta(model)
 
 
-def md_table(rows: list[tuple[str, dict[str, float]]], metrics: list[str]) -> str:
-    """A Markdown table: one row per method, one column per metric."""
-    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for name, m in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in metrics) + " |")
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def md_table(rows: list[tuple[str, dict[str, float]]], metrics: list[str]) -> str:
+    """A Markdown table: one row per method, one column per metric (4 decimals)."""
+    return markdown_table(["method", *metrics],
+                          [[name, *(f"{m[k]:.4f}" if k in m else "" for k in metrics)] for name, m in rows])
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
