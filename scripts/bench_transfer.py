@@ -40,6 +40,7 @@ from textguide.bench import domains, recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
+from textguide.tasks import TASKS
 from textguide.training import TrainConfig, train
 from textguide.transfer import CANDIDATES, TransferConfig, transfer
 from textguide.bench.workflows import markdown_table, save_transferred
@@ -47,11 +48,11 @@ from textguide.bench.workflows import markdown_table, save_transferred
 logger = logging.getLogger("textguide")
 
 EXPERIMENTS = {
-    # name: (source, target, report metrics, selection metric)
-    "hm-or": ("hm", "online-retail", ("Recall@12", "MAP@12", "NDCG@12"), "Recall@12"),
-    "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), "Recall@10"),
-    "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), "Recall@10"),
-    "hm-or-baskets": ("hm-baskets", "or-baskets", ("FITB", "CTL-Recall@10", "AUC"), "FITB"),
+    # name: (source, target, report metrics, selection metric: the task's, the one early stopping watches too)
+    "hm-or": ("hm", "online-retail", ("Recall@12", "MAP@12", "NDCG@12"), TASKS["recommend"].select_metric),
+    "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), TASKS["recommend"].select_metric),
+    "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), TASKS["recommend"].select_metric),
+    "hm-or-baskets": ("hm-baskets", "or-baskets", ("FITB", "CTL-Recall@10", "AUC"), TASKS["outfit"].select_metric),
 }
 BASKETS = recipes.BASKET_DOMAINS
 
@@ -159,7 +160,7 @@ def evaluate(bench: domains.DomainBench | recipes.OutfitBench, method: str, mode
 def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
     src_name, tgt_name, metrics, select = EXPERIMENTS[args.experiment]
     baskets = tgt_name in BASKETS
-    ks = (10,) if baskets else (int(select.split("@")[1]),)
+    ks = (10,) if baskets else tuple(sorted({int(m.split("@")[1]) for m in (select, *metrics)}))
     t = time.time()
     source = prepare(src_name, enc, cache)
     target = prepare(tgt_name, enc, cache)
@@ -233,6 +234,8 @@ def render_transfer(out: dict) -> str:
                "sweep_size": saved.sweep_size}
     src_name, tgt_name, results, sweep = out["source"], out["target"], out["results"], out["sweep"]
     metrics, select = EXPERIMENTS[out["experiment"]][2], EXPERIMENTS[out["experiment"]][3]
+    reports = [r["transfer_report"] for r in out["results"].values()]
+    select = reports[0].get("select_metric", select) if reports else select  # what the saved run selected on
     src_meta, src_alone, text, pop = out["source_train"], out["source_alone"], out["text"], out["popularity"]
     head = metrics[0]
     lines = [f"## {out['experiment']}: {src_name} -> {tgt_name}", "",

@@ -400,7 +400,7 @@ def transfer_domains(
         config = AdapterConfig(input_dim=src.item_emb.shape[1], dim=64, seq_layers=1, seq_heads=2, max_history=20,
                                tasks=("recommend",))
         target_task = domains.subsample(tgt, target_fraction, seed) if target_fraction < 1.0 else tgt.task
-        select, ks = f"Recall@{tgt.ks[0]}", tgt.ks
+        select, ks = None, tgt.ks  # the guard selects on the task's select_metric, as early stopping does
     torch.manual_seed(seed)
     model = MultiTaskAdapter(config)
     train(model, {task_name: src.task}, TrainConfig(steps=5000, batch_size=128, eval_every=100, patience=6,
