@@ -65,10 +65,10 @@ import numpy as np
 import torch
 
 from ..adapters import MultiTaskAdapter, encode_items
-from ..metrics import fitb_accuracy, full_ranking_ranks, metrics_from_ranks, relative_gain
+from ..metrics import fitb_accuracy, metrics_from_ranks, relative_gain
 from ..tasks import TASKS
 from ..tasks.outfit import OutfitTask, fitb_scores
-from ..tasks.recommend import SequenceTask, history_scorer
+from ..tasks.recommend import SequenceTask
 from ..training import TrainConfig, train
 from .methods import (
     domain_weights,
@@ -276,10 +276,9 @@ def validation_metrics(model: MultiTaskAdapter, task: SequenceTask | OutfitTask,
     """
     if isinstance(task, OutfitTask):
         return _outfit_metrics(model, task, ks)
-    if not task.valid_histories:
+    ranks = task.valid_ranks(model)  # the loop early stopping runs (SequenceTask.valid_metric)
+    if ranks is None:
         return None
-    ranks = full_ranking_ranks(history_scorer(task.item_emb, "adapter", model), task.valid_histories,
-                               task.valid_targets, chunk=1024)
     cut = tuple(dict.fromkeys((*ks, int(TASKS[task.kind].select_metric.partition("@")[2]))))
     m = metrics_from_ranks(ranks, cut)
     return {k: v for k, v in m.items() if k.split("@")[0] in ("Recall", "NDCG", "MAP")}
