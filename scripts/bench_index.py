@@ -90,18 +90,9 @@ def read_articles(path: Path, limit: int | None = None) -> pd.DataFrame:
 
 def metadata_of(frame: pd.DataFrame) -> pd.DataFrame:
     """The metadata columns textguide.bench.datasets.hm.load_hm_articles exposes."""
-    return pd.DataFrame(
-        {
-            "id": frame["id"],
-            "title": frame["prod_name"].str.strip(),
-            "category": frame["product_group_name"],
-            "product_type_name": frame["product_type_name"],
-            "index_group_name": frame["index_group_name"],
-            "garment_group_name": frame["garment_group_name"],
-            "colour": frame["colour_group_name"],
-            "section_name": frame["section_name"],
-        }
-    )
+    from textguide.bench.datasets.hm import article_metadata
+
+    return article_metadata(frame, frame["id"])
 
 
 def edit_titles(frame: pd.DataFrame, rows: np.ndarray) -> list[str]:
