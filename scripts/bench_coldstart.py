@@ -44,10 +44,11 @@ import torch
 import torch.nn.functional as F
 
 from textguide import decisions as dec
-from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.adapters import AdapterConfig, MultiTaskAdapter, encode_items
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.metrics import rank_of_target, text_queries
-from textguide.train import SequenceTask, TrainConfig, encode_items, recommend_queries, train
+from textguide.tasks.recommend import SequenceTask, recommend_queries
+from textguide.training import TrainConfig, train
 from textguide.transfer import l2sp_penalty
 from textguide.tasks.recommend import gather, pad
 
@@ -70,15 +71,15 @@ class Domain:
 
 
 def load(name: str, encoder: Any, cache: EmbeddingCache) -> Domain:
-    """A domain from textguide.domains / textguide.recipes (selection rows: one target each)."""
+    """A domain from textguide.bench.domains / textguide.bench.recipes (selection rows: one target each)."""
     if name == "scientific":
-        from textguide.recipes import prepare_scientific
+        from textguide.bench.recipes import prepare_scientific
 
         b = prepare_scientific(encoder, cache)
         t = b.task
         return Domain(name, b.guide.index.embeddings, t.histories, t.targets.tolist(), t.valid_histories,
                       t.valid_targets.tolist(), b.report_histories, [[int(x)] for x in b.report_targets])
-    from textguide.domains import prepare_domain
+    from textguide.bench.domains import prepare_domain
 
     b = prepare_domain(name, encoder, cache)
     t = b.task

@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from textguide import recipes
+from textguide.bench import recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
-from textguide.train import TrainConfig, train
-from textguide.workflows import md_table
+from textguide.training import TrainConfig, train
+from textguide.bench.workflows import md_table
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 
 The baseline is ``SentenceTransformer(path).encode(texts, normalize_embeddings=True)`` plus a
 ``faiss.IndexFlatIP``. Everything runs on real H&M article texts (``../shared/data/hm``), composed as
-``textguide.datasets.hm`` composes them: prod_name. product_type_name. colour_group_name. section_name. detail_desc.
+``textguide.bench.datasets.hm`` composes them: prod_name. product_type_name. colour_group_name. section_name. detail_desc.
 
 Sections (one Markdown table at the end, with a target and a pass column per row):
 
@@ -68,15 +68,15 @@ COLD_FILE = "bench_index_cold.json"
 
 # ---------------------------------------------------------------------------------------------- data
 def default_hm_path() -> Path:
-    from textguide.datasets import data_root
+    from textguide.bench.datasets import data_root
 
     return data_root() / "hm" / "articles.csv.gz"
 
 
 def read_articles(path: Path, limit: int | None = None) -> pd.DataFrame:
-    """H&M articles with the raw text columns and the composed ``text`` (as textguide.datasets.hm does)."""
-    from textguide.datasets import compose_column
-    from textguide.datasets.hm import ARTICLE_COLUMNS, PREFIX, TEXT_COLUMNS
+    """H&M articles with the raw text columns and the composed ``text`` (as textguide.bench.datasets.hm does)."""
+    from textguide.bench.datasets import compose_column
+    from textguide.bench.datasets.hm import ARTICLE_COLUMNS, PREFIX, TEXT_COLUMNS
 
     if path.is_dir():
         path = path / "articles.csv.gz" if (path / "articles.csv.gz").is_file() else path / "articles.csv"
@@ -89,25 +89,16 @@ def read_articles(path: Path, limit: int | None = None) -> pd.DataFrame:
 
 
 def metadata_of(frame: pd.DataFrame) -> pd.DataFrame:
-    """The metadata columns textguide.datasets.hm.load_hm_articles exposes."""
-    return pd.DataFrame(
-        {
-            "id": frame["id"],
-            "title": frame["prod_name"].str.strip(),
-            "category": frame["product_group_name"],
-            "product_type_name": frame["product_type_name"],
-            "index_group_name": frame["index_group_name"],
-            "garment_group_name": frame["garment_group_name"],
-            "colour": frame["colour_group_name"],
-            "section_name": frame["section_name"],
-        }
-    )
+    """The metadata columns textguide.bench.datasets.hm.load_hm_articles exposes."""
+    from textguide.bench.datasets.hm import article_metadata
+
+    return article_metadata(frame, frame["id"])
 
 
 def edit_titles(frame: pd.DataFrame, rows: np.ndarray) -> list[str]:
     """Texts after appending " (new)" to the titles of ``rows``."""
-    from textguide.datasets import compose_column
-    from textguide.datasets.hm import TEXT_COLUMNS
+    from textguide.bench.datasets import compose_column
+    from textguide.bench.datasets.hm import TEXT_COLUMNS
 
     edited = frame.loc[rows].copy()
     edited["prod_name"] = edited["prod_name"].str.strip() + " (new)"

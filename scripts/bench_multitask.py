@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 
-from textguide import recipes
+from textguide.bench import recipes
 from textguide.adapters import MultiTaskAdapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
-from textguide.train import TrainConfig, train
-from textguide.workflows import (SELECT_METRIC, choose_text_blend, coupon_baselines, evaluate_model, guide_meta, md_table,
-                                 new_model, plot_curves, serving_choice)
+from textguide.training import TrainConfig, train
+from textguide.bench.workflows import (SELECT_METRIC, choose_text_blend, evaluate_model, guide_meta, md_table,
+                                      new_model, plot_curves, serving_choice)
 
 logger = logging.getLogger("textguide")
 
@@ -82,7 +82,7 @@ def main() -> None:
         b = benches["outfit"]
         results["outfit"]["text"] = recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text"))
     if "coupon" in tasks:
-        results["coupon"].update(coupon_baselines(benches["coupon"], args.seed))
+        results["coupon"].update(recipes.coupon_baselines(benches["coupon"], args.seed))
 
     models: dict[str, tuple[MultiTaskAdapter, dict]] = {}
     curves: dict[str, list[dict]] = {}

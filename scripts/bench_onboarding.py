@@ -16,7 +16,7 @@ Subcommands (numbers and commands of our runs: docs/onboarding.md):
   reader    (internal) the second process of ``speed``.
 
 The base guide of ``toys`` and ``speed`` is --guide (default indexes/amazon-scientific); when it does not
-exist it is built with ``textguide.workflows.train_recipe("amazon-scientific", ..., max_seconds=120)``.
+exist it is built with ``textguide.bench.workflows.train_recipe("amazon-scientific", ..., max_seconds=120)``.
 Guides are never changed in place: both subcommands onboard into a scratch copy.
 
 Example:
@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 from textguide.catalog import Catalog
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.guide import Guide, run_in_thread
-from textguide.recipes import items_catalog
-from textguide.train import next_item_examples
+from textguide.bench.recipes import items_catalog
+from textguide.tasks.recommend import next_item_examples
 
 logger = logging.getLogger("textguide")
 DEFAULT_GUIDE = ROOT / "indexes" / "amazon-scientific"
@@ -126,7 +126,7 @@ def base_guide(path: Path, max_seconds: float) -> Path:
     """The Amazon Scientific guide (trained recommend adapter); built when missing."""
     if (path / "manifest.json").is_file():
         return path
-    from textguide.workflows import train_recipe
+    from textguide.bench.workflows import train_recipe
 
     print(f"{path} does not exist: building it (train_recipe amazon-scientific, max_seconds={max_seconds})", flush=True)
     t0 = time.time()
@@ -143,7 +143,7 @@ def scratch_copy(src: Path, name: str) -> Path:
 
 
 def toys_catalog(n: int | None = None) -> Catalog:
-    from textguide.datasets.amazon_toys import load_toys
+    from textguide.bench.datasets.amazon_toys import load_toys
 
     items = load_toys()
     if n is not None:
@@ -154,7 +154,7 @@ def toys_catalog(n: int | None = None) -> Catalog:
 # ------------------------------------------------------------------------------------------------ hm
 def hm_sequences(seed: int, report_frac: float, select_frac: float) -> dict[str, Any]:
     """H&M purchase sequences (unique items per customer, time order) split by customer."""
-    from textguide.datasets.hm import load_hm_articles, load_hm_transactions
+    from textguide.bench.datasets.hm import load_hm_articles, load_hm_transactions
 
     articles, tx = load_hm_articles(), load_hm_transactions()
     items = articles[articles["id"].isin(set(tx["item_id"]))].reset_index(drop=True)
@@ -174,8 +174,9 @@ def train_hm_adapter(guide: Guide, train: list[list[str]], select: list[list[str
     import torch
 
     from textguide.adapters import AdapterConfig, MultiTaskAdapter
-    from textguide.train import SequenceTask, TrainConfig
-    from textguide.train import train as fit
+    from textguide.tasks.recommend import SequenceTask
+    from textguide.training import TrainConfig
+    from textguide.training import train as fit
 
     row = guide.index.row_of
     keep = [[row[i] for i in s if i in row] for s in train]
@@ -307,7 +308,7 @@ def cmd_fewshot(args) -> dict[str, Any]:
     onboarded group (``Guide.fine_tune``: model-based transfer and the guard) and re-score its purchases."""
     import torch
 
-    from textguide.train import TrainConfig
+    from textguide.training import TrainConfig
     from textguide.transfer import TransferConfig
 
     torch.set_num_threads(args.threads)
@@ -490,7 +491,7 @@ def cmd_speed(args) -> dict[str, Any]:
         src = base_guide(Path(args.guide), args.build_seconds)
         path = scratch_copy(src, "speed")
     else:  # a plain guide (no adapter) of the Scientific catalog embedded at this precision
-        from textguide.datasets.amazon_scientific import load_scientific
+        from textguide.bench.datasets.amazon_scientific import load_scientific
 
         path = Path(tempfile.mkdtemp(prefix="tg-onboard-")) / "speed"
         Guide.build(items_catalog(load_scientific().items), enc.inner, cache=EmbeddingCache()).save(path)

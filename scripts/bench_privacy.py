@@ -29,13 +29,15 @@ import time
 import numpy as np
 import torch
 
-from textguide.datasets.amazon_scientific import load_scientific
+from textguide.bench.datasets.amazon_scientific import load_scientific
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import rank_of_target, roc_auc
 from textguide.guide import Guide
-from textguide.recipes import items_catalog
-from textguide.train import SequenceTask, TrainConfig, encode_items, recommend_queries, train
-from textguide.workflows import new_model
+from textguide.bench.recipes import items_catalog
+from textguide.adapters import encode_items
+from textguide.tasks.recommend import SequenceTask, recommend_queries
+from textguide.training import TrainConfig, train
+from textguide.bench.workflows import new_model
 
 
 def user_losses(queries: np.ndarray, items: np.ndarray, scale: float, hists: list[list[int]], targets: np.ndarray,
@@ -66,7 +68,7 @@ def table(rows: list[dict]) -> str:
 def price(recipe: str, steps: int, epsilons: list[float], seed: int) -> list[dict]:
     """Validation metric of the usual training, of the DP pipeline without noise and of DP-SGD per epsilon."""
     from textguide.privacy import DPConfig, example_users, train_private
-    from textguide.workflows import RECIPE_TASK, prepare
+    from textguide.bench.workflows import RECIPE_TASK, prepare
 
     task_name = RECIPE_TASK[recipe]
     bench = prepare(task_name, load_encoder(), EmbeddingCache())

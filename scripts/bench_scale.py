@@ -148,7 +148,7 @@ def _cmd(kind: str, catalog: Path, output: Path, args: argparse.Namespace, **ext
 
 # ---------------------------------------------------------------------------------------------- part a: H&M
 def part_hm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from textguide.datasets.hm import load_hm_articles
+    from textguide.bench.datasets.hm import load_hm_articles
 
     frame = load_hm_articles()
     if args.limit:

@@ -66,9 +66,9 @@ K = 10
 def build_hm_guide(out: Path, backend: str = "openvino", precision: str = "fp32", cache_dir: Path | None = None) -> None:
     """The full H&M catalog (105,542 articles) as a guide, embedded in chunks through the embedding cache
     (a stopped build resumes from it). ``backend`` is also what the served guide encodes queries with."""
-    from textguide.datasets.hm import load_hm_articles
+    from textguide.bench.datasets.hm import load_hm_articles
     from textguide.encoder import EmbeddingCache, encode_texts, load_encoder
-    from textguide.recipes import items_catalog
+    from textguide.bench.recipes import items_catalog
 
     cat = items_catalog(load_hm_articles(), ("title", "category", "product_type_name", "colour", "section_name"))
     enc = load_encoder(None, precision=precision, backend=backend)
@@ -291,7 +291,7 @@ def start_server(guide_dir: Path, cache_dir: Path) -> tuple[subprocess.Popen, in
 
 
 def toys_csv(n: int) -> tuple[bytes, list[str]]:
-    from textguide.datasets.amazon_toys import load_toys
+    from textguide.bench.datasets.amazon_toys import load_toys
 
     items = load_toys().drop_duplicates("id").head(n)
     frame = items[["id", "title"]].copy()

@@ -36,22 +36,23 @@ import time
 from pathlib import Path
 
 
-from textguide import domains, recipes
+from textguide.bench import domains, recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, load_adapter, save_adapter
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import relative_gain
-from textguide.train import TrainConfig, train
+from textguide.tasks import TASKS
+from textguide.training import TrainConfig, train
 from textguide.transfer import CANDIDATES, TransferConfig, transfer
-from textguide.workflows import save_transferred
+from textguide.bench.workflows import markdown_table, save_transferred
 
 logger = logging.getLogger("textguide")
 
 EXPERIMENTS = {
-    # name: (source, target, report metrics, selection metric)
-    "hm-or": ("hm", "online-retail", ("Recall@12", "MAP@12", "NDCG@12"), "Recall@12"),
-    "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), "Recall@10"),
-    "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), "Recall@10"),
-    "hm-or-baskets": ("hm-baskets", "or-baskets", ("FITB", "CTL-Recall@10", "AUC"), "FITB"),
+    # name: (source, target, report metrics, selection metric: the task's, the one early stopping watches too)
+    "hm-or": ("hm", "online-retail", ("Recall@12", "MAP@12", "NDCG@12"), TASKS["recommend"].select_metric),
+    "ind-off": ("industrial", "office", ("Recall@10", "NDCG@10"), TASKS["recommend"].select_metric),
+    "off-ind": ("office", "industrial", ("Recall@10", "NDCG@10"), TASKS["recommend"].select_metric),
+    "hm-or-baskets": ("hm-baskets", "or-baskets", ("FITB", "CTL-Recall@10", "AUC"), TASKS["outfit"].select_metric),
 }
 BASKETS = recipes.BASKET_DOMAINS
 
@@ -90,12 +91,6 @@ def train_config(n_examples: int, args: argparse.Namespace, seconds: float | Non
     return TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, eval_every=eval_every, patience=args.patience,
                        seed=args.seed, num_negatives=1024, full_softmax_max=1000,
                        max_seconds=seconds or args.budget, show_progress=False)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def fmt_gain(g: float | None) -> str:
@@ -144,7 +139,7 @@ def run_baselines(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
         rows["adapter (trained alone)"] = domains.evaluate_domain(bench, domains.domain_scorer(bench, "adapter", model))
         metrics = list(rows["popularity"])
         lines += [f"## {name} alone ({json.dumps(bench.info)})", "",
-                  md_table(["method", *metrics], [[k, *(f"{v[m]:.4f}" for m in metrics)] for k, v in rows.items()]),
+                  markdown_table(["method", *metrics], [[k, *(f"{v[m]:.4f}" for m in metrics)] for k, v in rows.items()]),
                   "", f"Data preparation {prep:.0f}s; adapter training {meta['seconds']:.0f}s "
                   f"({meta['steps']} steps, best {meta['best_step']}{', reused' if 'reused' in meta else ''}).", ""]
         out[name] = {"results": rows, "info": bench.info, "train": meta, "prep_seconds": prep}
@@ -165,7 +160,7 @@ def evaluate(bench: domains.DomainBench | recipes.OutfitBench, method: str, mode
 def run_transfer(args: argparse.Namespace, enc, cache) -> tuple[str, dict]:
     src_name, tgt_name, metrics, select = EXPERIMENTS[args.experiment]
     baskets = tgt_name in BASKETS
-    ks = (10,) if baskets else (int(select.split("@")[1]),)
+    ks = (10,) if baskets else tuple(sorted({int(m.split("@")[1]) for m in (select, *metrics)}))
     t = time.time()
     source = prepare(src_name, enc, cache)
     target = prepare(tgt_name, enc, cache)
@@ -239,6 +234,8 @@ def render_transfer(out: dict) -> str:
                "sweep_size": saved.sweep_size}
     src_name, tgt_name, results, sweep = out["source"], out["target"], out["results"], out["sweep"]
     metrics, select = EXPERIMENTS[out["experiment"]][2], EXPERIMENTS[out["experiment"]][3]
+    reports = [r["transfer_report"] for r in out["results"].values()]
+    select = reports[0].get("select_metric", select) if reports else select  # what the saved run selected on
     src_meta, src_alone, text, pop = out["source_train"], out["source_alone"], out["text"], out["popularity"]
     head = metrics[0]
     lines = [f"## {out['experiment']}: {src_name} -> {tgt_name}", "",
@@ -267,12 +264,12 @@ def render_transfer(out: dict) -> str:
     for m in metrics[:2]:
         rows = [[n, *(cell(s, n, m) for s in results)] for n in names]
         lines += [f"### {m} on the report split, by target training size", "",
-                  md_table(["method", *(f"{float(s):.0%} ({results[s]['target_examples']} ex.)" for s in results)],
+                  markdown_table(["method", *(f"{float(s):.0%} ({results[s]['target_examples']} ex.)" for s in results)],
                            rows), ""]
     for m in metrics[:2]:
         rows = [[n, *(fmt_gain(results[s]["gain"][n][m]) for s in results)] for n in names if n != "target-only"]
         lines += [f"### Transfer gain in {m} vs target-only (report split; relative)", "",
-                  md_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
+                  markdown_table(["method", *(f"{float(s):.0%}" for s in results)], rows), ""]
     rows = []
     for s, r in results.items():
         rep = r["transfer_report"]
@@ -281,7 +278,7 @@ def render_transfer(out: dict) -> str:
         rows.append([f"{float(s):.0%}", r["chosen"], f"{base:.4f}",
                      f"{rep['methods'][r['chosen']]['valid'][select]:.4f}", refused, f"{r['seconds']:.0f}"])
     lines += [f"### The guard (`auto`): choice on the selection split ({select})", "",
-              md_table(["size", "chosen", "target-only valid", "chosen valid", "refused (valid)", "seconds"], rows), ""]
+              markdown_table(["size", "chosen", "target-only valid", "chosen valid", "refused (valid)", "seconds"], rows), ""]
     rows = []
     for s, r in results.items():
         for n, info in r["transfer_report"]["methods"].items():
@@ -289,7 +286,7 @@ def render_transfer(out: dict) -> str:
                 rows.append([f"{float(s):.0%}", n, str(info.get("steps")), str(info.get("best_step")),
                              f"{info.get('seconds', 0):.0f}"])
     lines += ["### Training runs (steps done, best step, seconds)", "",
-              md_table(["size", "candidate", "steps", "best step", "seconds"], rows), ""]
+              markdown_table(["size", "candidate", "steps", "best step", "seconds"], rows), ""]
     if sweep:
         rows = [[k, *(f"{v['report'][m]:.4f}" for m in metrics[:2]), fmt_gain((v["gain"] or {}).get(head)),
                  f"{v['valid'][select]:.4f}", f"{v['item_distance']['mmd']:.4f}", f"{v['item_distance']['coral']:.2e}",
@@ -297,7 +294,7 @@ def render_transfer(out: dict) -> str:
                 for k, v in sweep.items()]
         lines += [f"### Feature-based alpha sweep at {out['sweep_size']:.0%} target data "
                   "(main-table alphas: MMD 1, CORAL 1e4)", "",
-                  md_table(["distance:alpha", *metrics[:2], f"gain {head}", f"valid {select}", "item MMD after",
+                  markdown_table(["distance:alpha", *metrics[:2], f"gain {head}", f"valid {select}", "item MMD after",
                             "item CORAL after", "seconds"], rows), ""]
     return "\n".join(lines)
 

@@ -141,6 +141,6 @@ def test_transfer_between_task_kinds_is_refused(tmp_path: Path, capsys: pytest.C
     assert message in capsys.readouterr().err
     assert not out.exists()  # nothing written
     with pytest.raises(ValueError, match="target_fraction must be in"):
-        from textguide.workflows import transfer_domains
+        from textguide.bench.workflows import transfer_domains
 
         transfer_domains("hm-baskets", "or-baskets", out, target_fraction=1.5)

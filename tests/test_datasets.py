@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import textguide.datasets as D
-from textguide.datasets._common import compose_text, trim_text
+import textguide.bench.datasets as D
+from textguide.bench.datasets._common import join_sentences, trim_text
 
 ITEM_COLUMNS = ["id", "title", "text", "category"]
 
@@ -45,7 +45,7 @@ def test_missing_dataset_folder_raises(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_compose_and_trim() -> None:
-    assert compose_text(["Strap top", "Vest top.", None, float("nan"), "", "vest top", "Black"]) == (
+    assert join_sentences(["Strap top", "Vest top.", None, float("nan"), "", "vest top", "Black"]) == (
         "Strap top. Vest top. Black."
     )
     long = " ".join(["word"] * 200)

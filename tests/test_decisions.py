@@ -20,11 +20,12 @@ import torch
 from conftest import PRODUCTS
 from textguide import cli
 from textguide import decisions as dec
-from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.adapters import AdapterConfig, MultiTaskAdapter, encode_items
 from textguide.catalog import Catalog
 from textguide.encoder import HashingEncoder
 from textguide.guide import Guide
-from textguide.train import TrainConfig, encode_items, recommend_queries
+from textguide.tasks.recommend import recommend_queries
+from textguide.training import TrainConfig
 from textguide.transfer import TransferConfig
 
 ENC = HashingEncoder(dim=32)

@@ -14,7 +14,8 @@ from textguide.adapters import AdapterConfig, MultiTaskAdapter
 from textguide.catalog import Catalog
 from textguide.encoder import HashingEncoder
 from textguide.guide import verbalise_profile
-from textguide.train import SequenceTask, TrainConfig, train
+from textguide.tasks.recommend import SequenceTask
+from textguide.training import TrainConfig, train
 
 SLOTS = ["upper", "shoe", "bag"]
 

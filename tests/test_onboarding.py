@@ -20,11 +20,11 @@ import torch
 
 import textguide.guide as guide_module
 from textguide import cli
-from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.adapters import AdapterConfig, MultiTaskAdapter, encode_items
 from textguide.catalog import Catalog
 from textguide.encoder import HashingEncoder
 from textguide.guide import Guide
-from textguide.train import encode_items, recommend_queries
+from textguide.tasks.recommend import recommend_queries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -612,7 +612,7 @@ def _recommend_only(enc: HashingEncoder) -> MultiTaskAdapter:
 
 
 def _few_shot_config(**kw):
-    from textguide.train import TrainConfig
+    from textguide.training import TrainConfig
     from textguide.transfer import TransferConfig
 
     train = TrainConfig(steps=300, batch_size=64, lr=1e-2, eval_every=25, patience=100, show_progress=False)

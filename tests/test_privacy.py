@@ -20,7 +20,10 @@ from textguide.adapters import AdapterConfig, MultiTaskAdapter  # noqa: E402
 from textguide.cli import main  # noqa: E402
 from textguide.guide import Guide  # noqa: E402
 from textguide.privacy import DPConfig, PrivacyRecord, train_private  # noqa: E402
-from textguide.train import CouponTask, OutfitTask, SequenceTask, TrainConfig  # noqa: E402
+from textguide.tasks.coupon import CouponTask  # noqa: E402
+from textguide.tasks.outfit import OutfitTask  # noqa: E402
+from textguide.tasks.recommend import SequenceTask  # noqa: E402
+from textguide.training import TrainConfig  # noqa: E402
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -214,7 +217,7 @@ def test_command_line_refusals_exit_2_with_the_option_and_the_fix(tmp_path, caps
 @pytest.fixture
 def fake_scientific(guide: Guide, monkeypatch: pytest.MonkeyPatch, enc):
     """`textguide train amazon-scientific` on the tiny catalog and the fake encoder (no real data)."""
-    from textguide import recipes, workflows
+    from textguide.bench import recipes, workflows
 
     emb = guide.index.embeddings
     rng = np.random.default_rng(0)
@@ -229,7 +232,7 @@ def fake_scientific(guide: Guide, monkeypatch: pytest.MonkeyPatch, enc):
     monkeypatch.setattr(workflows, "load_encoder", lambda: enc)
     monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384: MultiTaskAdapter(
         AdapterConfig(input_dim=emb.shape[1], dim=8, max_history=6, seq_layers=1, seq_heads=2, tasks=tasks)))
-    monkeypatch.setattr(privacy, "example_users", lambda b: users)
+    monkeypatch.setattr(workflows, "example_users", lambda b: users)
     return guide
 
 

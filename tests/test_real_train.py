@@ -19,11 +19,11 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def test_scientific_end_to_end(tmp_path: Path) -> None:
     if not (DATA / "amazon-scientific" / "Scientific.text").exists():
         pytest.skip(f"real data not found under {DATA}")
-    from textguide import recipes
+    from textguide.bench import recipes
     from textguide.encoder import EmbeddingCache, load_encoder
     from textguide.guide import Guide
-    from textguide.train import TrainConfig, train
-    from textguide.workflows import new_model
+    from textguide.training import TrainConfig, train
+    from textguide.bench.workflows import new_model
 
     bench = recipes.prepare_scientific(load_encoder(), EmbeddingCache(tmp_path / "cache"))
     bench.report_histories = bench.report_histories[:1500]
@@ -52,7 +52,7 @@ def test_scientific_end_to_end(tmp_path: Path) -> None:
     # significantly on the other half
     import torch
 
-    from textguide.workflows import choose_text_blend
+    from textguide.bench.workflows import choose_text_blend
 
     scrambled = new_model(("recommend",), seed=1)
     with torch.no_grad():

@@ -624,7 +624,7 @@ def _fake_scientific(root: Path, n_items: int = 40, n_users: int = 24) -> list[s
 
 
 def test_trained_guide_reports_and_checkpoints_hold_no_user_ids(tmp_path: Path, monkeypatch) -> None:
-    from textguide.workflows import train_recipe
+    from textguide.bench.workflows import train_recipe
 
     users = _fake_scientific(tmp_path / "data")
     monkeypatch.setenv("TEXTGUIDE_DATA", str(tmp_path / "data"))

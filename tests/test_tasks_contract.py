@@ -17,7 +17,7 @@ from textguide.adapters import AdapterConfig, MultiTaskAdapter
 from textguide.catalog import Catalog
 from textguide.encoder import HashingEncoder
 from textguide.tasks import TASKS
-from textguide.train import TrainConfig, train
+from textguide.training import TrainConfig, train
 
 TASK_NAMES = [
     "recommend",

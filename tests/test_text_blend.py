@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from textguide.adapters import AdapterConfig, MultiTaskAdapter
-from textguide.train import encode_items, outfit_queries, recommend_queries
+from textguide.adapters import AdapterConfig, MultiTaskAdapter, encode_items
+from textguide.tasks.outfit import outfit_queries
+from textguide.tasks.recommend import recommend_queries
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -9,22 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.adapters import AdapterConfig, MultiTaskAdapter, encode_items
 from textguide.evaluate import rank_of_target
-from textguide.train import (
-    CouponTask,
-    DWAWeighting,
-    GradNormWeighting,
-    OutfitTask,
-    SequenceTask,
-    TrainConfig,
-    UncertaintyWeighting,
-    coupon_probabilities,
-    encode_items,
-    outfit_queries,
-    recommend_queries,
-    train,
-)
+from textguide.tasks.coupon import CouponTask, coupon_probabilities
+from textguide.tasks.outfit import OutfitTask, outfit_queries
+from textguide.tasks.recommend import SequenceTask, recommend_queries
+from textguide.training import DWAWeighting, GradNormWeighting, TrainConfig, UncertaintyWeighting, train
 
 D = 64  # text embedding dimension of the fixtures
 
@@ -502,7 +492,7 @@ def test_error_paths():
 def test_coupon_logits_indexed_equals_pairwise() -> None:
     """Encoding each user and coupon once gives the same logits as scoring every pair from scratch."""
     from textguide.adapters import AdapterConfig, MultiTaskAdapter
-    from textguide.train import coupon_logits, coupon_logits_indexed
+    from textguide.tasks.coupon import coupon_logits, coupon_logits_indexed
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((40, 16)).astype(np.float32)
@@ -519,7 +509,7 @@ def test_coupon_logits_indexed_equals_pairwise() -> None:
 
 
 def test_next_item_examples_hand_computed() -> None:
-    from textguide.train import next_item_examples
+    from textguide.tasks.recommend import next_item_examples
 
     hist, targ = next_item_examples([["a", "b", "c", "d"], ["x"], ["p", "q"]], max_history=2)
     assert targ == ["b", "c", "d", "q"]

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from textguide.adapters import AdapterConfig, MultiTaskAdapter
-from textguide.train import OutfitTask, SequenceTask, TrainConfig, train
+from textguide.tasks.outfit import OutfitTask
+from textguide.tasks.recommend import SequenceTask
+from textguide.training import TrainConfig, train
 from textguide.transfer import (
     TransferConfig,
-    _joint_task,
     coral,
     domain_weights,
     l2sp_penalty,
@@ -23,6 +24,7 @@ from textguide.transfer import (
     shared_parameter_names,
     transfer,
 )
+from textguide.transfer.methods import joint_task
 
 D = 32  # text embedding dimension of the synthetic domains
 K, PER = 12, 8  # clusters, items per cluster in each domain's catalog
@@ -262,7 +264,7 @@ def test_joint_batches_score_rows_against_their_own_domain_and_follow_the_weight
     target = domain_task(2, SUCC, 30)
     weights = np.zeros(len(source))
     weights[:5] = 1.0  # only the first 5 source examples may be drawn
-    joint = _joint_task(source, target, weights, source_share=0.5)
+    joint = joint_task(source, target, weights, source_share=0.5)
     n_s = len(source.item_emb)
     batch = joint.batch(np.random.default_rng(0), 256, 6, TrainConfig(full_softmax_max=10_000))
     targets_rows = joint.targets[joint.sample_rows(np.random.default_rng(0), 256)]
@@ -351,14 +353,14 @@ def test_error_paths():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# domain preparation helpers (textguide.domains) on tiny hand-made data
+# domain preparation helpers (textguide.bench.domains) on tiny hand-made data
 # ---------------------------------------------------------------------------------------------------------
 
 
 def test_time_split_examples_and_periods():
     import pandas as pd
 
-    from textguide.domains import _time_split
+    from textguide.bench.domains import _time_split
 
     day = pd.Timestamp
     events = pd.DataFrame({
@@ -378,7 +380,7 @@ def test_time_split_examples_and_periods():
 
 
 def test_evaluate_domain_matches_ranking_report_without_ties():
-    from textguide.domains import DomainBench, evaluate_domain
+    from textguide.bench.domains import DomainBench, evaluate_domain
     from textguide.evaluate import ranking_report
 
     rng = np.random.default_rng(0)
@@ -510,7 +512,7 @@ def test_joint_outfit_batches_stay_in_their_domain():
     target = basket_task(12, 1, 40)
     weights = np.zeros(len(source))
     weights[:3] = 1.0  # only the first 3 source baskets may be drawn
-    joint = _joint_task(source, target, weights, source_share=0.5)
+    joint = joint_task(source, target, weights, source_share=0.5)
     n_s = len(source.item_emb)
     assert joint.item_slots[:n_s].min() >= K and (joint.item_slots[n_s:] == target.item_slots).all()
     cfg = TrainConfig(slot_negatives=4, slot_dropout=0.0)
@@ -529,7 +531,8 @@ def test_joint_outfit_batches_stay_in_their_domain():
 
 
 def test_outfit_validation_metrics_against_brute_force():
-    from textguide.train import encode_items, outfit_queries
+    from textguide.adapters import encode_items
+    from textguide.tasks.outfit import outfit_queries
     from textguide.transfer import validation_metrics
 
     task = basket_task(12, 1, 10)

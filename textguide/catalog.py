@@ -95,7 +95,7 @@ class Catalog:
         source: str = "<frame>",
     ) -> "Catalog":
         """Validate a table and build a catalog (see :func:`load_catalog` for the rules)."""
-        return _from_frame(frame, columns or ColumnMap(), template, strict, on_duplicate, source)
+        return catalog_from_frame(frame, columns or ColumnMap(), template, strict, on_duplicate, source)
 
     @classmethod
     def from_records(cls, records: Sequence[dict[str, Any]], columns: ColumnMap | None = None, **kwargs: Any) -> "Catalog":
@@ -174,7 +174,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'} ({e})") from e
 
 
-def _is_blank(value: Any) -> bool:
+def is_blank(value: Any) -> bool:
     """Only a truly empty cell is empty: None, a missing number, or whitespace. "NaN", "NULL", "None" are words."""
     if value is None or value is pd.NA:
         return True
@@ -211,7 +211,7 @@ def _check_csv_shape(text: str, sep: str, path: Path) -> None:
 
 def compose_text(row: dict[str, Any], template: str | None = None) -> str:
     """The string to embed for one product: the template filled in, or the default fields joined by '. '."""
-    clean = {k: ("" if _is_blank(v) else str(v).strip()) for k, v in row.items()}
+    clean = {k: ("" if is_blank(v) else str(v).strip()) for k, v in row.items()}
     if template is None:
         parts = [clean.get(f, "") for f in DEFAULT_TEXT_FIELDS]
         return ". ".join(p.rstrip(".") for p in parts if p)
@@ -229,7 +229,7 @@ class _Blank(dict):
         raise KeyError(key)
 
 
-def _from_frame(
+def catalog_from_frame(
     frame: pd.DataFrame,
     columns: ColumnMap,
     template: str | None,
@@ -237,6 +237,8 @@ def _from_frame(
     on_duplicate: str,
     source: str,
 ) -> Catalog:
+    """A validated :class:`Catalog` from a DataFrame (the body of :meth:`Catalog.from_frame` and :func:`load_catalog`;
+    the streamed and distributed builds call it per batch)."""
     report = IngestReport(source=source, rows_read=len(frame))
     if len(frame) == 0:
         raise ValueError(f"{source}: the catalog is empty (no rows); add products or check the file")
@@ -270,7 +272,7 @@ def _from_frame(
     row_numbers = np.arange(1, len(out) + 1)  # 1-based data rows of the source, for error messages
 
     # ids: present, strings
-    id_blank = out["id"].map(_is_blank)
+    id_blank = out["id"].map(is_blank)
     if id_blank.any():
         rows = (np.flatnonzero(id_blank.to_numpy()) + 1).tolist()
         raise ValueError(f"{source}: column {columns.id!r} (id) is empty in rows {rows[:5]}; every product needs an id")
@@ -278,14 +280,14 @@ def _from_frame(
 
     # titles: text only (a list, a number or a dict is a broken row, not a product name)
     for r, v in enumerate(out["title"].tolist()):
-        if not _is_blank(v) and not isinstance(v, str):
+        if not is_blank(v) and not isinstance(v, str):
             raise ValueError(
                 f"{source}: column {columns.title!r} (title) holds a {type(v).__name__} value, not text, in row "
                 f"{r + 1} (id {out['id'][r]!r}); give every product a plain text title"
             )
 
     # titles: empty -> skipped (or an error under strict)
-    title_blank = out["title"].map(_is_blank).to_numpy()
+    title_blank = out["title"].map(is_blank).to_numpy()
     if title_blank.any():
         rows = (np.flatnonzero(title_blank) + 1).tolist()
         if strict:
@@ -304,7 +306,7 @@ def _from_frame(
     # price: numeric where given
     if "price" in out.columns:
         price = pd.to_numeric(out["price"], errors="coerce")
-        bad = price.isna() & ~out["price"].map(_is_blank)
+        bad = price.isna() & ~out["price"].map(is_blank)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise ValueError(
@@ -336,7 +338,7 @@ def _from_frame(
 
     for col in out.columns:
         if col not in ("id", "price"):
-            out[col] = out[col].map(lambda v: "" if _is_blank(v) else str(v).strip())
+            out[col] = out[col].map(lambda v: "" if is_blank(v) else str(v).strip())
     records = out.to_dict("records")
     if template is not None:
         known = set(out.columns)
@@ -387,4 +389,4 @@ def load_catalog(
         frame, path = dataset_frame(path), "<dataset>"
     else:
         frame = read_table(path)
-    return _from_frame(frame, columns or ColumnMap(), template, strict, on_duplicate, str(path))
+    return catalog_from_frame(frame, columns or ColumnMap(), template, strict, on_duplicate, str(path))

@@ -141,7 +141,7 @@ def cmd_onboard(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .privacy import describe, dp_from_args
-    from .workflows import train_recipe
+    from .bench.workflows import train_recipe
 
     dp = dp_from_args(args)  # None without --dp-epsilon
     seconds = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .workflows import evaluate_recipe
+    from .bench.workflows import evaluate_recipe
 
     report = evaluate_recipe(args.recipe, args.guide, report_dir=args.report_dir)
     print(report["markdown"])
@@ -161,7 +161,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from .workflows import transfer_domains
+    from .bench.workflows import transfer_domains
 
     out = transfer_domains(args.source, args.target, args.output, method=args.method,
                            target_fraction=args.target_fraction, source_seconds=args.source_seconds,

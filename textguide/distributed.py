@@ -28,9 +28,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .catalog import ColumnMap, _from_frame, _is_blank
+from .catalog import ColumnMap, catalog_from_frame, is_blank
 from .encoder import EmbeddingCache, TextEncoder, encode_texts, load_encoder
-from .index import INDEX_FILES, IndexConfig, ItemIndex, _to_json_text
+from .index import INDEX_FILES, IndexConfig, ItemIndex, to_json_text
 from .shards import shard_entry, shard_path, sharded_section
 from .storage import check_replaceable, write_artifact
 
@@ -136,11 +136,11 @@ class Validate:
         if len(frame) == 0:
             return frame.iloc[:0]
         title = self.columns.title
-        if not self.strict and title in frame.columns and frame[title].map(_is_blank).all():
+        if not self.strict and title in frame.columns and frame[title].map(is_blank).all():
             logger.warning("%s: skipping a block of %d rows with no title", self.source, len(frame))
             return frame.iloc[:0]
         try:
-            cat = _from_frame(frame, self.columns, self.template, self.strict, "error",
+            cat = catalog_from_frame(frame, self.columns, self.template, self.strict, "error",
                               f"{self.source} (a block of it)")
         except USER_ERRORS as e:
             return pd.DataFrame(_error_row(e))
@@ -148,7 +148,7 @@ class Validate:
         meta["text"] = cat.texts
         for col in meta.columns:
             if meta[col].dtype == object:
-                meta[col] = meta[col].map(_to_json_text)
+                meta[col] = meta[col].map(to_json_text)
         return meta
 
 

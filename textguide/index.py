@@ -49,7 +49,8 @@ class IndexConfig:
         return "Flat" if n <= self.exact_max_items else f"HNSW{self.hnsw_m},Flat"
 
 
-def _as_matrix(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarray:
+def as_matrix(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarray:
+    """``vectors`` as a float32 (n, dim) matrix (one vector becomes one row); ValueError naming ``what`` otherwise."""
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
@@ -97,7 +98,7 @@ class ItemIndex:
         config: IndexConfig | None = None,
     ) -> "ItemIndex":
         """Index ``embeddings`` (n, dim) under ``ids``; ``metadata`` rows align with ``ids``."""
-        x = _as_matrix(embeddings, None, "embeddings")
+        x = as_matrix(embeddings, None, "embeddings")
         if len(x) == 0:
             raise ValueError("cannot build an index from zero items")
         index = cls(x.shape[1], config)
@@ -171,7 +172,7 @@ class ItemIndex:
         replace: bool = False,
     ) -> None:
         """Add items without rebuilding. Ids already present are an error unless ``replace=True``."""
-        x = _as_matrix(embeddings, self.dim, "embeddings")
+        x = as_matrix(embeddings, self.dim, "embeddings")
         ids = list(ids)
         clash = [i for i in ids if i in self.row_of and not self.deleted[self.row_of[i]]]
         if clash and not replace:
@@ -284,7 +285,7 @@ class ItemIndex:
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        q = _as_matrix(queries, self.dim, "queries")
+        q = as_matrix(queries, self.dim, "queries")
         if exclude is not None and len(exclude) != len(q):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
         filtered = where is not None or bool(self.deleted.any())
@@ -331,7 +332,7 @@ class ItemIndex:
         meta = self.metadata.copy()
         for col in meta.columns:
             if meta[col].dtype == object:
-                meta[col] = meta[col].map(_to_json_text)
+                meta[col] = meta[col].map(to_json_text)
         meta.to_parquet(directory / "items.parquet", index=False)
         return {
             "factory": self.factory,
@@ -455,7 +456,7 @@ def _items(data: bytes) -> pd.DataFrame:
     return frame
 
 
-def _to_json_text(v: Any) -> str | None:
+def to_json_text(v: Any) -> str | None:
     """A value of a mixed (object) metadata column as parquet-safe text; missing values stay missing."""
     if v is None or isinstance(v, str):
         return v

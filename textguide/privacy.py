@@ -45,10 +45,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adapters import MultiTaskAdapter
-from .train import CouponTask, SequenceTask, Task, TrainConfig, TrainResult
+from .tasks.coupon import CouponTask
+from .tasks.recommend import SequenceTask
+from .training import Task, TrainConfig, TrainResult
 
-__all__ = ["DPConfig", "PrivacyRecord", "check_private", "describe", "dp_from_args", "dp_step", "example_users",
-           "per_example_grads", "sample_users", "train_private", "train_recipe_private"]
+__all__ = ["DPConfig", "PrivacyRecord", "check_private", "describe", "dp_from_args", "dp_step", "per_example_grads",
+           "sample_users", "train_private"]
 
 logger = logging.getLogger("textguide")
 
@@ -410,35 +412,6 @@ def _notes(task: str, dp: DPConfig, noise: float) -> list[str]:
     if noise == 0:
         notes.append("noise multiplier 0: NOT private (measurement only)")
     return notes
-
-
-def example_users(bench: Any) -> np.ndarray:
-    """The user of each training example of a textguide.recipes benchmark (Scientific: the Amazon user;
-    Complete Journey: the household)."""
-    task = bench.task
-    if isinstance(task, CouponTask):
-        return task.user_index.copy()
-    if bench.name == "amazon-scientific":
-        from .datasets.amazon_scientific import load_scientific
-
-        users = np.array([ex.user for ex in load_scientific().train])
-        if len(users) != len(task):
-            raise ValueError(f"Scientific has {len(users)} training examples but the task {len(task)}; rebuild it")
-        return users
-    raise ValueError(f"no user ids known for the benchmark {bench.name!r}; pass users= to train_private")
-
-
-def train_recipe_private(model: MultiTaskAdapter, benches: dict[str, Any], config: TrainConfig, dp: DPConfig
-                         ) -> tuple[TrainResult, dict[str, Any]]:
-    """:func:`train_private` on a textguide.workflows benchmark; returns the result and ``{"privacy": record}``
-    for the guide's adapter metadata and report."""
-    if len(benches) != 1:
-        raise ValueError(f"DP training takes one recipe at a time, got tasks {sorted(benches)}; "
-                         f"train {' and '.join(PRIVATE_TASKS)} recipes separately, not 'all'")
-    (name, bench), = benches.items()
-    result, record = train_private(model, {name: bench.task}, config, dp, example_users(bench))
-    logger.warning("%s", describe(record))
-    return result, {"privacy": record.to_dict()}
 
 
 def dp_from_args(args: Any) -> DPConfig | None:

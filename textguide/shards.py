@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from .index import INDEX_FILES, SMALL_BATCH, IndexConfig, ItemIndex, _as_matrix, search_faiss
+from .index import INDEX_FILES, SMALL_BATCH, IndexConfig, ItemIndex, as_matrix, search_faiss
 from .storage import ArtifactError, Snapshot, check_relpath, sha256_file
 
 logger = logging.getLogger("textguide")
@@ -98,7 +98,7 @@ class ShardedIndex(ItemIndex):
     ) -> "ShardedIndex":
         """Index ``embeddings`` in ``shards`` contiguous, near-equal shards (each with the factory
         ``config`` picks for the shard's size)."""
-        x = _as_matrix(embeddings, None, "embeddings")
+        x = as_matrix(embeddings, None, "embeddings")
         if isinstance(shards, bool) or not isinstance(shards, int) or shards <= 0:
             raise ValueError(f"shards must be a positive integer, got {shards!r}")
         if len(x) == 0:

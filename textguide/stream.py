@@ -20,9 +20,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, ColumnMap, _from_frame
+from .catalog import Catalog, ColumnMap, catalog_from_frame
 from .encoder import EmbeddingCache, TextEncoder, encode_texts, load_encoder
-from .index import IndexConfig, _to_json_text
+from .index import IndexConfig, to_json_text
 from .storage import check_replaceable, write_artifact
 
 logger = logging.getLogger("textguide")
@@ -171,7 +171,7 @@ def build_index_streaming(
         kept = skipped = 0
         with open(raw, "wb") as vec_file:
             for b, frame in enumerate(iter_frames(ds, batch_rows)):
-                cat: Catalog = _from_frame(frame, columns, template, strict, "error", f"{ds_name(ds)} batch {b}")
+                cat: Catalog = catalog_from_frame(frame, columns, template, strict, "error", f"{ds_name(ds)} batch {b}")
                 skipped += len(cat.report.skipped_empty_title) if cat.report else 0
                 hashes.append(np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
                                         for i in cat.ids], np.uint64))
@@ -185,7 +185,7 @@ def build_index_streaming(
                 meta["text"] = cat.texts
                 for col in meta.columns:
                     if meta[col].dtype == object:
-                        meta[col] = meta[col].map(_to_json_text)
+                        meta[col] = meta[col].map(to_json_text)
                 table = pa.Table.from_pandas(meta, preserve_index=False)
                 if writer is None:
                     schema = table.schema

@@ -32,7 +32,7 @@ def data_root() -> Path:
                 "dataset folders (amazon-scientific/, hm/, ...), or unset it to use <repo>/../shared/data."
             )
         return root
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    root = Path(__file__).resolve().parents[3].parent / "shared" / "data"
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset folder not found: looked for {root} (<repo>/../shared/data). "
@@ -110,7 +110,7 @@ def trim_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
     return cut.rstrip(" ,;:-")
 
 
-def compose_text(parts: Iterable[object], max_chars: int = MAX_TEXT_CHARS, sep: str = ". ") -> str:
+def join_sentences(parts: Iterable[object], max_chars: int = MAX_TEXT_CHARS, sep: str = ". ") -> str:
     """Join the non-empty parts into sentences ("a. b. c."), dropping repeats, trimmed to max_chars."""
     pieces: list[str] = []
     seen: set[str] = set()
@@ -129,19 +129,19 @@ def compose_text(parts: Iterable[object], max_chars: int = MAX_TEXT_CHARS, sep: 
 
 
 def compose_rows(rows: Iterable[tuple[object, ...]], max_chars: int = MAX_TEXT_CHARS) -> list[str]:
-    """compose_text over many rows, composing each distinct row once."""
+    """join_sentences over many rows, composing each distinct row once."""
     cache: dict[tuple[object, ...], str] = {}
     out: list[str] = []
     for row in rows:
         text = cache.get(row)
         if text is None:
-            text = cache[row] = compose_text(row, max_chars)
+            text = cache[row] = join_sentences(row, max_chars)
         out.append(text)
     return out
 
 
 def compose_column(frame: pd.DataFrame, columns: Sequence[str], max_chars: int = MAX_TEXT_CHARS) -> list[str]:
-    """compose_text applied row-wise over the given columns of a DataFrame."""
+    """join_sentences applied row-wise over the given columns of a DataFrame."""
     return compose_rows(zip(*(frame[c].tolist() for c in columns)), max_chars)
 
 

@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from ._common import Outfit, OutfitDataset, compose_text, dataset_dir, item_frame, require_file
+from ._common import Outfit, OutfitDataset, dataset_dir, item_frame, join_sentences, require_file
 
 FOLDER = "mango-outfits"
 PREFIX = "mango:"
@@ -45,7 +45,7 @@ def load_mango(root: str | os.PathLike[str] | None = None) -> OutfitDataset:
     ptype = products["des_product_type"].str.strip()
     titles = [f"{c.capitalize()} {t.lower()}" if c else t for c, t in zip(colour, ptype)]
     texts = [
-        compose_text(
+        join_sentences(
             [
                 title,
                 " > ".join(dict.fromkeys(x for x in (cat, agg, fam) if x)),

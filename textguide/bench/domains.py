@@ -39,11 +39,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .encoder import EmbeddingCache, TextEncoder
-from .guide import Guide
-from .metrics import multi_relevant_metrics, rank_of_target
+from ..encoder import EmbeddingCache, TextEncoder
+from ..guide import Guide
+from ..metrics import multi_relevant_metrics, rank_of_target
 from .recipes import items_catalog
-from .tasks.recommend import SequenceTask, history_scorer
+from ..tasks.recommend import SequenceTask, history_scorer
 
 __all__ = [
     "DomainBench",

@@ -7,7 +7,7 @@ import os
 
 import pandas as pd
 
-from ._common import Outfit, OutfitDataset, clean, compose_text, dataset_dir, item_frame, require_file
+from ._common import Outfit, OutfitDataset, clean, dataset_dir, item_frame, join_sentences, require_file
 
 FOLDER = "polyvore-maryland"
 PREFIX = "pv:"
@@ -48,7 +48,7 @@ def load_polyvore(root: str | os.PathLike[str] | None = None) -> OutfitDataset:
                     slot = clean(member.get("slot"))
                     ids.append(item_id)
                     titles.append(name)
-                    texts.append(compose_text([name, category]))
+                    texts.append(join_sentences([name, category]))
                     categories.append(category)
                     slots.append(slot)
                     set_ids.append(set_id)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog
-from .encoder import EmbeddingCache, TextEncoder
-from .metrics import (
+from ..catalog import Catalog
+from .datasets.polyvore import SLOTS as POLYVORE_SLOT_NAMES
+from ..encoder import EmbeddingCache, TextEncoder
+from ..metrics import (
     best_f1_threshold,
     fitb_accuracy,
     full_ranking_ranks,
@@ -26,17 +27,18 @@ from .metrics import (
     precision_recall_f1,
     roc_auc,
 )
-from .coupon_hybrid import ACTIVITY, FEATURES, CouponHybrid, household_activity, smoothed_rates
-from .guide import Guide, verbalise_profile
-from .index import ItemIndex
-from .tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
-from .tasks.outfit import OutfitTask, OutfitScorer, fitb_scores
-from .tasks.outfit import outfit_scorer as task_outfit_scorer
-from .tasks.recommend import SequenceTask, history_scorer
+from ..coupon_hybrid import ACTIVITY, FEATURES, CouponHybrid, household_activity, smoothed_rates
+from ..guide import Guide, verbalise_profile
+from ..index import ItemIndex
+from ..tasks import TASKS
+from ..tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
+from ..tasks.outfit import OutfitTask, OutfitScorer, fitb_scores
+from ..tasks.outfit import outfit_scorer as task_outfit_scorer
+from ..tasks.recommend import SequenceTask, history_scorer
 
 logger = logging.getLogger("textguide")
 
-POLYVORE_SLOTS = ["upper", "bottom", "shoe", "bag", "accessory"]
+POLYVORE_SLOTS = list(POLYVORE_SLOT_NAMES)  # the slot vocabulary of the Polyvore loader
 
 
 def items_catalog(items: pd.DataFrame, columns: tuple[str, ...] = ("title", "category")) -> Catalog:
@@ -63,6 +65,25 @@ class SequenceBench:
     report_targets: np.ndarray
     popularity: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+
+    label: ClassVar[str] = "adapter"  # what a trained model's report row is called
+
+    def report_metrics(self, model: Any, hybrid: CouponHybrid | None = None) -> dict[str, float]:
+        """The report split's metrics of a trained adapter."""
+        return evaluate_sequences(self, sequence_scores(self, "adapter", model))
+
+    def baselines(self, seed: int = 0) -> dict[str, dict[str, float]]:
+        """The report split's metrics of the baselines without adapter: popularity and text similarity."""
+        return {"popularity": evaluate_sequences(self, sequence_scores(self, "popularity")),
+                "text similarity": evaluate_sequences(self, sequence_scores(self, "text"))}
+
+    def selection_metric(self, model: Any) -> float:
+        """The task's selection metric on the selection split (text similarity if ``model`` is None)."""
+        return float(TASKS[self.task.kind].per_example(self.task, model).mean())
+
+    def serve_meta(self, model: Any = None) -> dict[str, Any]:
+        """What the guide must remember to serve this task (nothing besides the adapter)."""
+        return {}
 
 
 def prepare_scientific(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.2,
@@ -108,6 +129,24 @@ class OutfitBench:
     report_outfits: list[list[int]]
     slots: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+
+    label: ClassVar[str] = "adapter"
+
+    def report_metrics(self, model: Any, hybrid: CouponHybrid | None = None) -> dict[str, float]:
+        """The report split's metrics of a trained adapter."""
+        return evaluate_outfits(self, outfit_scorer(self, "adapter", model))
+
+    def baselines(self, seed: int = 0) -> dict[str, dict[str, float]]:
+        """The report split's metrics of text similarity."""
+        return {"text similarity": evaluate_outfits(self, outfit_scorer(self, "text"))}
+
+    def selection_metric(self, model: Any) -> float:
+        """The task's selection metric on the selection split (text similarity if ``model`` is None)."""
+        return float(TASKS[self.task.kind].per_example(self.task, model).mean())
+
+    def serve_meta(self, model: Any = None) -> dict[str, Any]:
+        """The slot vocabulary the guide serves ``complete_outfit(slot=...)`` with."""
+        return {"slot_field": "slot", "slots": list(self.slots)}
 
 
 def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.3,
@@ -192,6 +231,30 @@ class CouponBench:
     train_frame: pd.DataFrame
     info: dict[str, Any] = field(default_factory=dict)
     select_frame: pd.DataFrame | None = None  # the selection households' examples (fits the coupon hybrid)
+
+    label: ClassVar[str] = "hybrid: priors + adapter"  # the served coupon score
+
+    def report_metrics(self, model: Any, hybrid: CouponHybrid | None = None) -> dict[str, float]:
+        """The report split's metrics of the served score (:func:`evaluate_coupon_hybrid`)."""
+        return evaluate_coupon_hybrid(self, model, hybrid)
+
+    def baselines(self, seed: int = 0) -> dict[str, dict[str, float]]:
+        """:func:`coupon_baselines`."""
+        return coupon_baselines(self, seed)
+
+    def selection_metric(self, model: Any) -> float:
+        """AUC on the selection households: the hybrid's (2-fold by household) or text similarity's (None)."""
+        if model is not None:
+            return coupon_hybrid_selection_auc(self, model)
+        t = self.task
+        frame = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
+        return roc_auc(frame["label"].to_numpy(), coupon_scores(self, "text", frame, model))
+
+    def serve_meta(self, model: Any = None) -> dict[str, Any]:
+        """Profiles are encoded text; with a model, the fitted hybrid that ``rank_coupons`` serves."""
+        if model is not None:
+            return {"profile": "text", "coupon_hybrid": fit_coupon_hybrid(self, model).to_dict()}
+        return {"profile": "text"}
 
 
 def prepare_completejourney(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0,
@@ -349,6 +412,50 @@ def evaluate_coupons(bench: CouponBench, scores: np.ndarray, frame: pd.DataFrame
 
 
 # ------------------------------------------------------------------------------------------ in-vehicle coupons
+def evaluate_coupon_hybrid(bench: Any, model: Any, hybrid: CouponHybrid | None = None
+                           ) -> dict[str, float]:
+    """Report-split metrics of the served coupon score: the hybrid of priors, household activity and the
+    adapter's affinity (fitted on the selection households unless ``hybrid`` is given; the F1 threshold is
+    chosen on the selection households)."""
+    hybrid = hybrid or fit_coupon_hybrid(bench, model)
+    sel = bench.select_frame
+    s_sel = hybrid.logits(hybrid_features(bench, sel, model, hybrid.prior, hybrid.global_rate))
+    thr, _ = best_f1_threshold(sel["label"].to_numpy(), 1 / (1 + np.exp(-s_sel)))
+    s_rep = hybrid.logits(hybrid_features(bench, bench.report, model, hybrid.prior, hybrid.global_rate))
+    return evaluate_coupons(bench, s_rep, threshold=thr)
+
+
+def coupon_hybrid_selection_auc(bench: Any, model: Any) -> float:
+    """Selection-split AUC of the hybrid without fitting and scoring on the same rows: 2-fold by household."""
+    sel = bench.select_frame
+    prior, g = coupon_prior(bench)
+    x, y = hybrid_features(bench, sel, model, prior, g), sel["label"].to_numpy()
+    fold = (sel["u"].to_numpy() % 2).astype(bool)
+    scores = np.zeros(len(y))
+    for f in (fold, ~fold):
+        scores[f] = CouponHybrid.fit(x[~f], y[~f], prior, g).logits(x[f])
+    return roc_auc(y, scores)
+
+
+def coupon_baselines(bench: Any, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Coupon baselines on the report households: popularity (smoothed redemption rate), text similarity, and
+    LightGBM on the hybrid's features without the adapter (priors + household activity + text cosine), fitted
+    on the training households."""
+    import lightgbm
+
+    rows = {m: evaluate_coupons(bench, coupon_scores(bench, m, bench.report))
+            for m in ("popularity", "text")}
+    rows["text similarity"] = rows.pop("text")
+    prior, g = coupon_prior(bench)
+    gbt = lightgbm.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, verbose=-1, random_state=seed)
+    gbt.fit(hybrid_features(bench, bench.train_frame, None, prior, g), bench.train_frame["label"].to_numpy())
+    p_sel, p_rep = (gbt.predict_proba(hybrid_features(bench, f, None, prior, g))[:, 1]
+                    for f in (bench.select_frame, bench.report))
+    thr, _ = best_f1_threshold(bench.select_frame["label"].to_numpy(), p_sel)
+    rows["lightgbm (priors + activity + text)"] = evaluate_coupons(bench, p_rep, threshold=thr)
+    return rows
+
+
 @dataclass
 class ContextCouponBench:
     """UCI in-vehicle coupon acceptance: a user is the verbalised driver + context (a profile vector, no
@@ -369,7 +476,7 @@ def prepare_uci_coupon(encoder: TextEncoder, cache: EmbeddingCache | None = None
     """UCI in-vehicle coupons: rows split 60/20/20 at random into train / selection / report."""
     from .datasets.uci_coupon import load_uci_coupon
 
-    from .encoder import encode_texts
+    from ..encoder import encode_texts
 
     df = load_uci_coupon().reset_index(drop=True)
     offers = sorted(df["coupon_text"].unique())
@@ -417,7 +524,7 @@ def _uci_gbt(bench: ContextCouponBench, seed: int) -> tuple[np.ndarray, np.ndarr
 def uci_hybrid_metrics(bench: ContextCouponBench, model: Any, seed: int = 0) -> dict[str, float]:
     """Trees and the text adapter combined: a logistic layer over [tree logit, adapter logit], fitted on the
     selection rows (neither model trained on them)."""
-    from .coupon_hybrid import logit
+    from ..coupon_hybrid import logit
 
     t = bench.task
     g_sel, g_rep = _uci_gbt(bench, seed)

@@ -29,11 +29,18 @@ def load_hm_articles(root: str | os.PathLike[str] | None = None) -> pd.DataFrame
     """Load the 105,542 H&M articles (id "hm:<10-digit article_id>", category = product_group_name)."""
     path = find_file(dataset_dir(FOLDER, root), "articles.csv.gz", "articles.csv")
     frame = pd.read_csv(path, usecols=ARTICLE_COLUMNS, dtype=str, keep_default_na=False)
+    items = article_metadata(frame, PREFIX + frame["article_id"].str.zfill(10))
+    items.insert(2, "text", compose_column(frame, TEXT_COLUMNS))
+    return items
+
+
+def article_metadata(frame: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    """The metadata columns of the articles (``frame``: the raw ARTICLE_COLUMNS) with these ids: id, title,
+    category (product group), product type, index group, garment group, colour, section."""
     return pd.DataFrame(
         {
-            "id": PREFIX + frame["article_id"].str.zfill(10),
+            "id": ids,
             "title": frame["prod_name"].str.strip(),
-            "text": compose_column(frame, TEXT_COLUMNS),
             "category": frame["product_group_name"],
             "product_type_name": frame["product_type_name"],
             "index_group_name": frame["index_group_name"],

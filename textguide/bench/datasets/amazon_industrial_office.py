@@ -10,7 +10,7 @@ from typing import Literal
 
 import pandas as pd
 
-from ._common import SeqExample, SequenceDataset, clean, compose_text, dataset_dir, item_frame, require_file
+from ._common import SeqExample, SequenceDataset, clean, dataset_dir, item_frame, join_sentences, require_file
 
 FOLDER = "amazon-industrial-office"
 DOMAINS = {
@@ -40,7 +40,7 @@ def load_domain(name: Domain, root: str | os.PathLike[str] | None = None) -> Seq
         titles.append(title)
         brands.append(brand)
         categories.append(cats[0] if cats else domain_label)
-        texts.append(compose_text([title, " > ".join(cats), brand, _description(meta.get("description"))]))
+        texts.append(join_sentences([title, " > ".join(cats), brand, _description(meta.get("description"))]))
     items = item_frame([prefix + k for k in keys], titles, texts, categories, brand=brands)
     return SequenceDataset(
         items=items,

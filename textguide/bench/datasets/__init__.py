@@ -11,8 +11,8 @@ from ._common import (
     SeqExample,
     SequenceDataset,
     compose_column,
-    compose_text,
     data_root,
+    join_sentences,
 )
 from .amazon_clothing import ClothingDataset, load_clothing
 from .amazon_industrial_office import load_domain
@@ -38,11 +38,11 @@ __all__ = [
     "SeqExample",
     "SequenceDataset",
     "compose_column",
-    "compose_text",
     "coupon_examples",
     "data_root",
     "hm_baskets",
     "household_split",
+    "join_sentences",
     "load_amazon_cn",
     "load_amazon_cn_ratings",
     "load_amexpert",

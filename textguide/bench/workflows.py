@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from . import decisions, recipes
-from .adapters import AdapterConfig, MultiTaskAdapter
-from .coupon_hybrid import CouponHybrid
-from .encoder import EmbeddingCache, TextEncoder, load_encoder
-from .guide import Guide
-from .metrics import best_f1_threshold, roc_auc
-from .tasks import TASKS
-from .train import TrainConfig, train
+from .. import decisions
+from . import recipes
+from ..adapters import AdapterConfig, MultiTaskAdapter
+from ..coupon_hybrid import CouponHybrid
+from ..encoder import EmbeddingCache, TextEncoder, load_encoder
+from ..guide import Guide
+from ..tasks import TASKS
+from ..tasks.coupon import CouponTask
+from ..training import TrainConfig, TrainResult, train
 
 logger = logging.getLogger("textguide")
 
@@ -61,65 +61,28 @@ def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0, *,
 def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tuple[str, ...],
                    hybrid: CouponHybrid | None = None) -> dict[str, dict[str, float]]:
     """Each task's report-split metrics for a trained adapter (coupons: the served hybrid score)."""
-    out: dict[str, dict[str, float]] = {}
-    if "recommend" in tasks:
-        b = benches["recommend"]
-        out["recommend"] = recipes.evaluate_sequences(b, recipes.sequence_scores(b, "adapter", model))
-    if "outfit" in tasks:
-        b = benches["outfit"]
-        out["outfit"] = recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model))
-    if "coupon" in tasks:
-        out["coupon"] = evaluate_coupon_hybrid(benches["coupon"], model, hybrid)
-    return out
-
-
-def evaluate_coupon_hybrid(bench: Any, model: MultiTaskAdapter, hybrid: CouponHybrid | None = None
-                           ) -> dict[str, float]:
-    """Report-split metrics of the served coupon score: the hybrid of priors, household activity and the
-    adapter's affinity (fitted on the selection households unless ``hybrid`` is given; the F1 threshold is
-    chosen on the selection households)."""
-    hybrid = hybrid or recipes.fit_coupon_hybrid(bench, model)
-    sel = bench.select_frame
-    s_sel = hybrid.logits(recipes.hybrid_features(bench, sel, model, hybrid.prior, hybrid.global_rate))
-    thr, _ = best_f1_threshold(sel["label"].to_numpy(), 1 / (1 + np.exp(-s_sel)))
-    s_rep = hybrid.logits(recipes.hybrid_features(bench, bench.report, model, hybrid.prior, hybrid.global_rate))
-    return recipes.evaluate_coupons(bench, s_rep, threshold=thr)
-
-
-def coupon_hybrid_selection_auc(bench: Any, model: MultiTaskAdapter) -> float:
-    """Selection-split AUC of the hybrid without fitting and scoring on the same rows: 2-fold by household."""
-    sel = bench.select_frame
-    prior, g = recipes.coupon_prior(bench)
-    x, y = recipes.hybrid_features(bench, sel, model, prior, g), sel["label"].to_numpy()
-    fold = (sel["u"].to_numpy() % 2).astype(bool)
-    scores = np.zeros(len(y))
-    for f in (fold, ~fold):
-        scores[f] = CouponHybrid.fit(x[~f], y[~f], prior, g).logits(x[f])
-    return roc_auc(y, scores)
+    return {t: benches[t].report_metrics(model, hybrid) for t in TASKS if t in tasks}
 
 
 def selection_per_example(bench: Any, task: str, model: MultiTaskAdapter | None) -> np.ndarray:
     """Each selection example's headline metric, 0/1 (recommend: the target in the top 10 of the full
     ranking; outfit: the FITB answer strictly above its distractors), for the adapter (text if None)."""
     if task not in SELECT_METRIC:
-        raise ValueError(f"per-example selection metrics exist for recommend and outfit, not {task!r}")
+        raise ValueError(f"per-example selection metrics exist for {', '.join(SELECT_METRIC)}, not {task!r}")
     return TASKS[task].per_example(bench.task, model)
 
 
 def selection_metrics(bench: Any, task: str, model: MultiTaskAdapter | None) -> float:
     """The task's headline metric on its *selection* split for the adapter (or text similarity if None)."""
-    if task in SELECT_METRIC:
-        return float(selection_per_example(bench, task, model).mean())
-    if model is not None:
-        return coupon_hybrid_selection_auc(bench, model)
-    t = bench.task
-    frame = pd.DataFrame({"u": t.valid_user_index, "c": t.valid_coupon_index, "label": t.valid_labels})
-    return roc_auc(frame["label"].to_numpy(), recipes.coupon_scores(bench, "text", frame, model))
+    if bench.task.kind != task:
+        raise ValueError(f"the benchmark {bench.name!r} is a {bench.task.kind!r} benchmark, not {task!r}")
+    return bench.selection_metric(model)
 
 
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-#: the tasks whose served score may blend in text similarity, and the metric their guard selects on
-SELECT_METRIC = {t: TASKS[t].select_metric for t in ("recommend", "outfit")}
+#: the tasks whose served score may blend in text similarity (those with a per-example selection metric), and
+#: the metric their guard selects on
+SELECT_METRIC = {t: task.select_metric for t, task in TASKS.items() if hasattr(task, "per_example")}
 
 
 def choose_text_blend(bench: Any, task: str, model: MultiTaskAdapter, grid: tuple[float, ...] = BLEND_GRID,
@@ -188,24 +151,25 @@ def serving_choice(bench: Any, task: str, model: MultiTaskAdapter, seed: int = 0
     return preferred_method(bench, task, model)
 
 
-def guide_meta(task: str, bench: Any = None, model: MultiTaskAdapter | None = None) -> dict[str, Any]:
+def guide_meta(task: str, bench: Any, model: MultiTaskAdapter | None = None) -> dict[str, Any]:
     """What the guide must remember to serve a task (slot vocabulary, profile encoding; for coupons with a
-    benchmark and model, the fitted hybrid that ``rank_coupons`` serves)."""
-    if task == "outfit":
-        return {"slot_field": "slot", "slots": recipes.POLYVORE_SLOTS}
-    if task == "coupon":
-        if bench is not None and model is not None:
-            return {"profile": "text", "coupon_hybrid": recipes.fit_coupon_hybrid(bench, model).to_dict()}
-        return {"profile": "text"}
-    return {}
+    model, the fitted hybrid that ``rank_coupons`` serves): the benchmark's ``serve_meta``."""
+    if bench.task.kind != task:
+        raise ValueError(f"the benchmark {bench.name!r} is a {bench.task.kind!r} benchmark, not {task!r}")
+    return bench.serve_meta(model)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def md_table(rows: list[tuple[str, dict[str, float]]], metrics: list[str]) -> str:
-    """A Markdown table: one row per method, one column per metric."""
-    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for name, m in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in metrics) + " |")
-    return "\n".join(lines)
+    """A Markdown table: one row per method, one column per metric (4 decimals)."""
+    return markdown_table(["method", *metrics],
+                          [[name, *(f"{m[k]:.4f}" if k in m else "" for k in metrics)] for name, m in rows])
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -281,14 +245,11 @@ def train_recipe(
     if dp is None:
         result, privacy = train(model, {t: benches[t].task for t in tasks}, cfg), {}
     else:  # DP-SGD, textguide.privacy
-        from .privacy import train_recipe_private
-
         result, privacy = train_recipe_private(model, benches, cfg, dp)
     seconds = time.time() - t0
     chosen = {t: serving_choice(benches[t], t, model, seed) for t in tasks}
     metrics = evaluate_model(benches, model, tasks)
-    results = {t: {f"{'hybrid: priors + ' if t == 'coupon' else ''}adapter ({sharing}/{weighting})": metrics[t]}
-               for t in tasks}
+    results = {t: {f"{benches[t].label} ({sharing}/{weighting})": metrics[t]} for t in tasks}
     curves = {f"{sharing}/{weighting}": result.history}
     md = ""
     for t in tasks:
@@ -304,6 +265,37 @@ def train_recipe(
                                                                        **privacy})
         # the report lives inside the guide but is not part of its checksummed artifact
     return {"results": results, "markdown": md, "seconds": seconds, **privacy}
+
+
+def example_users(bench: Any) -> np.ndarray:
+    """The user of each training example of a textguide.bench.recipes benchmark (Scientific: the Amazon user;
+    Complete Journey: the household)."""
+    task = bench.task
+    if isinstance(task, CouponTask):
+        return task.user_index.copy()
+    if bench.name == "amazon-scientific":
+        from .datasets.amazon_scientific import load_scientific
+
+        users = np.array([ex.user for ex in load_scientific().train])
+        if len(users) != len(task):
+            raise ValueError(f"Scientific has {len(users)} training examples but the task {len(task)}; rebuild it")
+        return users
+    raise ValueError(f"no user ids known for the benchmark {bench.name!r}; pass users= to train_private")
+
+
+def train_recipe_private(model: MultiTaskAdapter, benches: dict[str, Any], config: TrainConfig, dp: Any
+                         ) -> tuple[TrainResult, dict[str, Any]]:
+    """:func:`textguide.privacy.train_private` on a benchmark of :func:`prepare`; returns the result and ``{"privacy": record}``
+    for the guide's adapter metadata and report."""
+    from ..privacy import PRIVATE_TASKS, describe, train_private
+
+    if len(benches) != 1:
+        raise ValueError(f"DP training takes one recipe at a time, got tasks {sorted(benches)}; "
+                         f"train {' and '.join(PRIVATE_TASKS)} recipes separately, not 'all'")
+    (name, bench), = benches.items()
+    result, record = train_private(model, {name: bench.task}, config, dp, example_users(bench))
+    logger.warning("%s", describe(record))
+    return result, {"privacy": record.to_dict()}
 
 
 def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Path | None = None) -> dict[str, Any]:
@@ -322,40 +314,14 @@ def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Pa
     hybrid = guide.adapter_meta.get("coupon_hybrid")
     rows = evaluate_model({task: bench}, guide.adapter, (task,), CouponHybrid.from_dict(hybrid) if hybrid else None)
     served = guide.adapter_meta.get("methods", {}).get(task, "adapter")
-    results: dict[str, dict[str, float]] = {}
-    if task == "recommend":
-        results["popularity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "popularity"))
-        results["text similarity"] = recipes.evaluate_sequences(bench, recipes.sequence_scores(bench, "text"))
-    elif task == "outfit":
-        results["text similarity"] = recipes.evaluate_outfits(bench, recipes.outfit_scorer(bench, "text"))
-    else:
-        results.update(coupon_baselines(bench))
-    name = "trained (hybrid: priors + adapter)" if task == "coupon" else "trained adapter"
+    results: dict[str, dict[str, float]] = bench.baselines()
+    name = f"trained ({bench.label})"
     results[f"{name}{'' if served == 'adapter' else ' [not served: auto uses text]'}"] = rows[task]
     out = Path(report_dir) if report_dir else Path(guide_path) / "reports"
     md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results})
     md += "\n" + gain_table(results)
     (out / "report.md").write_text(md + "\n", encoding="utf-8")
     return {"results": {task: results}, "markdown": md}
-
-
-def coupon_baselines(bench: Any, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Coupon baselines on the report households: popularity (smoothed redemption rate), text similarity, and
-    LightGBM on the hybrid's features without the adapter (priors + household activity + text cosine), fitted
-    on the training households."""
-    import lightgbm
-
-    rows = {m: recipes.evaluate_coupons(bench, recipes.coupon_scores(bench, m, bench.report))
-            for m in ("popularity", "text")}
-    rows["text similarity"] = rows.pop("text")
-    prior, g = recipes.coupon_prior(bench)
-    gbt = lightgbm.LGBMClassifier(n_estimators=300, learning_rate=0.05, num_leaves=31, verbose=-1, random_state=seed)
-    gbt.fit(recipes.hybrid_features(bench, bench.train_frame, None, prior, g), bench.train_frame["label"].to_numpy())
-    p_sel, p_rep = (gbt.predict_proba(recipes.hybrid_features(bench, f, None, prior, g))[:, 1]
-                    for f in (bench.select_frame, bench.report))
-    thr, _ = best_f1_threshold(bench.select_frame["label"].to_numpy(), p_sel)
-    rows["lightgbm (priors + activity + text)"] = recipes.evaluate_coupons(bench, p_rep, threshold=thr)
-    return rows
 
 
 def gain_table(results: dict[str, dict[str, float]]) -> str:
@@ -375,7 +341,7 @@ def save_transferred(bench: Any, result: Any, output: str | Path, meta: dict[str
     """Save a target benchmark's guide with a transfer result's model (``meta`` in its adapter metadata) to
     ``output``, and the transfer report beside it in ``reports/transfer.json``. For basket complements, each
     item's slot name goes into a ``slot`` field, so that ``complete_outfit(slot=...)`` works on the saved guide."""
-    from .transfer import save_transfer_report
+    from ..transfer import save_transfer_report
 
     guide = bench.guide
     if isinstance(bench, recipes.OutfitBench):
@@ -409,7 +375,7 @@ def transfer_domains(
     import torch
 
     from . import domains
-    from .transfer import TransferConfig, transfer
+    from ..transfer import TransferConfig, transfer
 
     if not 0.0 <= target_fraction <= 1.0:
         raise ValueError(f"target_fraction must be in [0, 1], got {target_fraction}")
@@ -434,7 +400,7 @@ def transfer_domains(
         config = AdapterConfig(input_dim=src.item_emb.shape[1], dim=64, seq_layers=1, seq_heads=2, max_history=20,
                                tasks=("recommend",))
         target_task = domains.subsample(tgt, target_fraction, seed) if target_fraction < 1.0 else tgt.task
-        select, ks = f"Recall@{tgt.ks[0]}", tgt.ks
+        select, ks = None, tgt.ks  # the guard selects on the task's select_metric, as early stopping does
     torch.manual_seed(seed)
     model = MultiTaskAdapter(config)
     train(model, {task_name: src.task}, TrainConfig(steps=5000, batch_size=128, eval_every=100, patience=6,
