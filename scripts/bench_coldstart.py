@@ -47,10 +47,9 @@ from textguide import decisions as dec
 from textguide.adapters import AdapterConfig, MultiTaskAdapter, encode_items
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.metrics import rank_of_target, text_queries
-from textguide.tasks.recommend import SequenceTask, recommend_queries
+from textguide.tasks.recommend import SequenceTask, gather, pad, recommend_queries
 from textguide.training import TrainConfig, train
 from textguide.transfer import l2sp_penalty
-from textguide.tasks.recommend import gather, pad
 
 DOMAINS = ("scientific", "industrial", "office", "hm", "online-retail")
 WEIGHTS = dec.candidate_weights(True)

@@ -67,8 +67,8 @@ def table(rows: list[dict]) -> str:
 
 def price(recipe: str, steps: int, epsilons: list[float], seed: int) -> list[dict]:
     """Validation metric of the usual training, of the DP pipeline without noise and of DP-SGD per epsilon."""
-    from textguide.privacy import DPConfig, example_users, train_private
-    from textguide.bench.workflows import RECIPE_TASK, prepare
+    from textguide.privacy import DPConfig, train_private
+    from textguide.bench.workflows import RECIPE_TASK, example_users, prepare
 
     task_name = RECIPE_TASK[recipe]
     bench = prepare(task_name, load_encoder(), EmbeddingCache())

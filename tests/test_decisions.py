@@ -279,7 +279,7 @@ def coupon_scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved guide with a coupon adapter: built on the 20 products, Garden and Pond (and their coupons) added,
     then the coupon head trained on Garden redemptions."""
     from textguide.tasks.coupon import CouponTask
-    from textguide.train import train
+    from textguide.training import train
 
     path = tmp_path_factory.mktemp("coupon-decisions") / "guide"
     guide = Guide.build(Catalog.from_records([dict(p) for p in PRODUCTS]), ENC)

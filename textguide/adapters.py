@@ -479,7 +479,7 @@ def load_adapter(directory: str | os.PathLike[str]) -> MultiTaskAdapter:
     directory = Path(directory)
     hint = (
         "re-train the adapter and save it again with this textguide version "
-        "(textguide.train.train, then textguide.adapters.save_adapter)"
+        "(textguide.training.train, then textguide.adapters.save_adapter)"
     )
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
