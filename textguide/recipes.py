@@ -135,7 +135,7 @@ def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, 
 
 def outfit_scorer(bench: OutfitBench, method: str, model: Any = None) -> OutfitScorer:
     """:func:`textguide.tasks.outfit.outfit_scorer` on a benchmark's catalog."""
-    return task_outfit_scorer(bench.guide.index.embeddings, method, model)
+    return task_outfit_scorer(bench.guide.index.embeddings, method, model, bench.task.item_slots)
 
 
 def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, float]:
