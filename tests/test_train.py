@@ -524,3 +524,32 @@ def test_next_item_examples_hand_computed() -> None:
     hist, targ = next_item_examples([["a", "b", "c", "d"], ["x"], ["p", "q"]], max_history=2)
     assert targ == ["b", "c", "d", "q"]
     assert hist == [["a"], ["a", "b"], ["b", "c"], ["p"]]  # at most the 2 items before each target
+
+
+def test_outfit_batches_and_queries_carry_each_visible_items_slot():
+    """The type-aware head reads each visible item's slot: batches carry it (-1 on padding), and
+    ``outfit_queries(item_slots=...)`` gives the same query as the model called with those slots."""
+    emb, slots, train_outfits, _ = outfit_world()
+    task = OutfitTask(emb, train_outfits[:50], slots)
+    batch = task.batch(np.random.default_rng(0), 16, 8, TrainConfig(slot_negatives=2))
+    kinds, mask = batch["items_slot"].numpy(), batch["items_mask"].numpy()
+    assert kinds.shape == mask.shape and (kinds[~mask] == -1).all()
+    # every visible item's slot is the slot of an item whose embedding is in that position
+    items = batch["items"].numpy()
+    for b, l in zip(*np.nonzero(mask)):
+        row = int(np.argmax(emb @ items[b, l]))
+        assert kinds[b, l] == slots[row]
+    model = model_for(("outfit",), n_slots=int(slots.max()) + 1, outfit_pair_rank=4)
+    model.outfit.pair_up.data.normal_(std=0.3)
+    _, loss = model(batch, "outfit")
+    assert torch.isfinite(loss)
+    parts, wanted = [[0, 1], [2, 3, 4]], [1, -1]
+    typed = outfit_queries(model, emb, parts, wanted, slots)
+    h, m = torch.from_numpy(emb[[0, 1, 0]][None]), torch.tensor([[True, True, False]])
+    with torch.no_grad():
+        want = model.outfit_query(h, m, torch.tensor([1]), torch.tensor([[slots[0], slots[1], -1]]))
+    np.testing.assert_allclose(typed[0], want[0].numpy(), atol=1e-5)
+    # without the catalog's slots every visible slot is unknown: a different query
+    assert not np.allclose(outfit_queries(model, emb, parts, wanted), typed, atol=1e-4)
+    with pytest.raises(ValueError, match="item_slots has 3 entries"):
+        outfit_queries(model, emb, parts, wanted, slots[:3])
