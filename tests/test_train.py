@@ -553,3 +553,43 @@ def test_outfit_batches_and_queries_carry_each_visible_items_slot():
     assert not np.allclose(outfit_queries(model, emb, parts, wanted), typed, atol=1e-4)
     with pytest.raises(ValueError, match="item_slots has 3 entries"):
         outfit_queries(model, emb, parts, wanted, slots[:3])
+
+
+def test_structure_task_from_kind_names():
+    """NGNN-style outfits known only by category names: one item per distinct name, its slot from the map,
+    repeats counted once, one-item outfits dropped, the flagged outfits held out for validation."""
+    from textguide.tasks.outfit import structure_task
+
+    names = ["Skinny Jeans", "Blouses", "Ankle Booties", "Lipstick"]
+    emb = unit(np.random.default_rng(0).normal(size=(4, D)))
+    outfits = [["Blouses", "Skinny Jeans", "Blouses"], ["Lipstick"], ["Ankle Booties", "Lipstick", "Blouses"],
+               ["Skinny Jeans", "Ankle Booties"]]
+    task = structure_task(outfits, names, emb, {"Skinny Jeans": 1, "Blouses": 0, "Ankle Booties": 2},
+                          valid=[False, False, False, True])
+    assert task.outfits == [[1, 0], [2, 3, 1]] and task.valid_outfits == [[0, 2]]
+    assert task.item_slots.tolist() == [1, 0, 2, -1]
+    np.testing.assert_array_equal(task.item_emb, emb)
+    with pytest.raises(ValueError, match=r"name\(s\) \['Scarves'\] not in names"):
+        structure_task([["Scarves", "Blouses"]], names, emb, {})
+    with pytest.raises(ValueError, match="4 names but 3 name embeddings"):
+        structure_task(outfits, names, emb[:3], {})
+
+
+def test_pretrain_heads_trains_only_the_outfit_head():
+    """Pre-training on kind outfits moves the outfit head and leaves every other parameter (the shared item
+    adapter, the recommend head) exactly where it was; parameters stay trainable afterwards."""
+    from types import SimpleNamespace
+
+    from textguide.workflows import pretrain_heads
+
+    emb, slots, train_outfits, valid_outfits = outfit_world()
+    data = OutfitTask(emb, train_outfits[:300], slots, valid_outfits[:50])
+    model = model_for(("recommend", "outfit"), n_slots=int(slots.max()) + 1, outfit_pair_rank=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    info = pretrain_heads(model, {"recommend": SimpleNamespace(), "outfit": SimpleNamespace(pretrain=data)},
+                          ("recommend", "outfit"), steps=40, max_seconds=None)
+    assert set(info) == {"outfit"} and info["outfit"]["outfits"] == 300
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(("outfit.", "logit_scale.outfit")) for n in changed)
+    assert any(n.startswith("outfit.pair_up") for n in changed)
+    assert all(p.requires_grad for p in model.parameters())

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..train import TrainConfig
 
-__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer"]
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer",
+           "structure_task"]
 
 Questions = tuple[list[list[int]], list[int], np.ndarray]
 OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
@@ -194,6 +195,34 @@ class OutfitTask:
             answer = float(vectors[cand[0]] @ queries[q])
             ranks[q] = int(((scores > answer) & ~np.isin(pool, part) & (pool != cand[0])).sum())
         return ranks
+
+
+def structure_task(outfits: Sequence[Sequence[str]], names: Sequence[str], name_emb: np.ndarray,
+                   name_slots: dict[str, int], valid: Sequence[bool] | None = None) -> OutfitTask:
+    """Outfits whose items are known only by a kind name (Polyvore's fine-grained categories in the NGNN
+    outfits: "Skinny Jeans", "Ankle Booties"), as an :class:`OutfitTask` for pre-training the outfit head on
+    which kinds go together (a structural signal) before it is fine-tuned on named outfits.
+
+    One item per distinct name, embedded as its text (``name_emb[i]`` for ``names[i]``); its slot is
+    ``name_slots.get(name, -1)``; a name repeated within an outfit counts once; outfits left with fewer than two
+    items are dropped. ``valid`` (one flag per outfit) marks the validation outfits (FITB on kinds).
+    """
+    if len(names) != len(name_emb):
+        raise ValueError(f"{len(names)} names but {len(name_emb)} name embeddings; give one embedding per name")
+    if valid is not None and len(valid) != len(outfits):
+        raise ValueError(f"valid has {len(valid)} flags for {len(outfits)} outfits; give one per outfit")
+    row = {n: i for i, n in enumerate(names)}
+    unknown = sorted({n for o in outfits for n in o if n not in row})
+    if unknown:
+        raise ValueError(f"outfit item name(s) {unknown[:5]} not in names; embed every name that outfits use")
+    flags = [False] * len(outfits) if valid is None else [bool(v) for v in valid]
+    train_rows, valid_rows = [], []
+    for outfit, is_valid in zip(outfits, flags):
+        rows = list(dict.fromkeys(row[n] for n in outfit))
+        if len(rows) >= 2:
+            (valid_rows if is_valid else train_rows).append(rows)
+    slots = np.array([name_slots.get(n, -1) for n in names], dtype=np.int64)
+    return OutfitTask(name_emb, train_rows, slots, valid_rows or None)
 
 
 # ------------------------------------------------------------------------------------------ the head
