@@ -593,3 +593,49 @@ def test_pretrain_heads_trains_only_the_outfit_head():
     assert changed and all(n.startswith(("outfit.", "logit_scale.outfit")) for n in changed)
     assert any(n.startswith("outfit.pair_up") for n in changed)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_kind_pmi_hand_computed():
+    from textguide.tasks.outfit import kind_pmi
+
+    names = ["a", "b", "c"]
+    pmi = kind_pmi([["a", "b"], ["a", "b", "a"], ["a", "c"], ["x"]], names, smoothing=1.0)
+    n = 4  # outfits; a in 3, b in 2, c in 1; (a, b) together in 2, (a, c) in 1, (b, c) in 0
+    assert pmi[0, 1] == pytest.approx(np.log(3 * n / (4 * 3)))
+    assert pmi[0, 2] == pytest.approx(np.log(2 * n / (4 * 2)))
+    assert pmi[1, 2] == pytest.approx(np.log(1 * n / (3 * 2)))
+    np.testing.assert_allclose(pmi, pmi.T)
+    assert (np.diag(pmi) == 0).all()
+
+
+def test_kind_prior_joins_the_text_part_of_the_outfit_blend(tmp_path):
+    """score(query, item) = adapter cosine + w * (text cosine + weight * sum_i p_i^T PMI p_c) when the outfit
+    blend weight w > 0; nothing changes at w = 0; the prior survives save / load."""
+    from textguide.adapters import load_adapter, save_adapter
+    from textguide.tasks.outfit import attach_kind_prior
+
+    emb, slots, _, _ = outfit_world()
+    rng = np.random.default_rng(1)
+    kinds = unit(rng.normal(size=(5, D)))
+    pmi = rng.normal(size=(5, 5)).astype(np.float32)
+    model = model_for(("outfit",), n_slots=int(slots.max()) + 1)
+    plain_q = outfit_queries(model, emb, [[0, 1]], [2])
+    plain_v = encode_items(model, emb, "outfit")
+    attach_kind_prior(model, kinds, pmi)
+    assert model.config.outfit_kinds == 5
+    np.testing.assert_array_equal(outfit_queries(model, emb, [[0, 1]], [2]), plain_q)  # w = 0: no prior
+    model.config.text_blend["outfit"] = 2.0
+    q, v = outfit_queries(model, emb, [[0, 1]], [2]), encode_items(model, emb, "outfit")
+    assert q.shape[1] == v.shape[1] == 32 + D + 5
+    t = model.config.outfit_kind_temperature
+    p = np.exp(t * emb @ kinds.T)
+    p /= p.sum(1, keepdims=True)
+    text = emb[[0, 1]].mean(0)
+    text /= np.linalg.norm(text)
+    want = plain_v @ plain_q[0] + 2.0 * (emb @ text + model.config.outfit_kind_weight * (p[[0, 1]].sum(0) @ pmi @ p.T))
+    np.testing.assert_allclose(v @ q[0], want, atol=1e-4)
+    loaded = load_adapter(save_adapter(model, tmp_path / "a"))
+    np.testing.assert_allclose(outfit_queries(loaded, emb, [[0, 1]], [2]), q, atol=1e-6)
+    np.testing.assert_allclose(encode_items(loaded, emb, "outfit"), v, atol=1e-6)
+    with pytest.raises(ValueError, match=f"expected {D}, got 7"):
+        attach_kind_prior(model, kinds[:, :7], pmi)

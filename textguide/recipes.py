@@ -30,7 +30,7 @@ from .coupon_hybrid import ACTIVITY, FEATURES, CouponHybrid, household_activity,
 from .guide import Guide, verbalise_profile
 from .index import ItemIndex
 from .tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
-from .tasks.outfit import OutfitTask, OutfitScorer, fitb_scores, structure_task
+from .tasks.outfit import OutfitTask, OutfitScorer, fitb_scores, kind_pmi, structure_task
 from .tasks.outfit import outfit_scorer as task_outfit_scorer
 from .tasks.recommend import SequenceTask, history_scorer
 
@@ -109,6 +109,7 @@ class OutfitBench:
     slots: list[str]
     info: dict[str, Any] = field(default_factory=dict)
     pretrain: OutfitTask | None = None  # outfits of item kinds to pre-train the outfit head on (polyvore: NGNN)
+    kind_prior: tuple[np.ndarray, np.ndarray] | None = None  # kind-name embeddings and their PMI (polyvore: NGNN)
 
 
 def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.3,
@@ -130,9 +131,12 @@ def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, 
     sel, rep = _split_users(len(valid), select_frac, seed)
     task = OutfitTask(guide.index.embeddings, train, item_slots, [valid[i] for i in sel])
     pretrain = polyvore_structure(ds, encoder, cache)
+    names = sorted({c for o in ds.category_outfits for c in o})  # the rows of pretrain.item_emb
+    fit = [o for o, s in zip(ds.category_outfits, ds.category_outfit_info["split"]) if s != "ngnn-test"]
     return OutfitBench("polyvore", guide, task, [valid[i] for i in rep], POLYVORE_SLOTS,
                        {"items": len(row), "train_outfits": len(train), "select_outfits": len(sel),
-                        "report_outfits": len(rep), "pretrain_outfits": len(pretrain.outfits)}, pretrain)
+                        "report_outfits": len(rep), "pretrain_outfits": len(pretrain.outfits), "kinds": len(names)},
+                       pretrain, (pretrain.item_emb, kind_pmi(fit, names)))
 
 
 def polyvore_structure(ds: Any, encoder: TextEncoder, cache: EmbeddingCache | None = None) -> OutfitTask:

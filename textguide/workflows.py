@@ -18,6 +18,7 @@ from .encoder import EmbeddingCache, TextEncoder, load_encoder
 from .guide import Guide
 from .metrics import best_f1_threshold, roc_auc
 from .tasks import TASKS
+from .tasks.outfit import attach_kind_prior
 from .train import TrainConfig, train
 
 logger = logging.getLogger("textguide")
@@ -315,6 +316,8 @@ def train_recipe(
     cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
                       max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
     t0 = time.time()
+    if "outfit" in tasks and getattr(benches["outfit"], "kind_prior", None) is not None:
+        attach_kind_prior(model, *benches["outfit"].kind_prior)  # polyvore: category structure from NGNN
     pretrained = pretrain_heads(model, benches, tasks, seed=seed, max_seconds=pretrain_seconds) \
         if dp is None and pretrain_seconds != 0 else {}
     if dp is None:

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..train import TrainConfig
 
-__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer",
-           "structure_task"]
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "attach_kind_prior", "fitb_scores", "kind_pmi", "outfit_queries",
+           "outfit_scorer", "structure_task"]
 
 Questions = tuple[list[list[int]], list[int], np.ndarray]
 OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
@@ -197,6 +197,36 @@ class OutfitTask:
         return ranks
 
 
+def attach_kind_prior(model: MultiTaskAdapter, kind_emb: np.ndarray, pmi: np.ndarray) -> None:
+    """Give ``model``'s outfit head a kind table of ``len(kind_emb)`` kinds (sets ``config.outfit_kinds``; the
+    prior then joins the text part of the outfit blend, see :class:`OutfitHead`)."""
+    model.check_task("outfit")
+    k, dim = np.shape(kind_emb)
+    if dim != model.config.input_dim:
+        raise ValueError(f"kind_emb has wrong embedding dimension: expected {model.config.input_dim}, got {dim}")
+    model.config.outfit_kinds = k
+    head = model.outfit
+    head.register_buffer("kind_emb", torch.zeros(k, dim))
+    head.register_buffer("kind_pmi", torch.zeros(k, k))
+    head.set_kind_prior(np.asarray(kind_emb), np.asarray(pmi))
+
+
+def kind_pmi(outfits: Sequence[Sequence[str]], names: Sequence[str], smoothing: float = 1.0) -> np.ndarray:
+    """(K, K) pointwise mutual information of two kinds appearing in the same outfit (add-``smoothing``
+    counts; each kind counted once per outfit; the diagonal is 0): ``log P(a, b) / (P(a) P(b))``."""
+    row = {n: i for i, n in enumerate(names)}
+    k = len(names)
+    together, alone = np.zeros((k, k)), np.zeros(k)
+    for outfit in outfits:
+        rows = sorted({row[n] for n in outfit if n in row})
+        alone[rows] += 1
+        together[np.ix_(rows, rows)] += 1
+    n = max(len(outfits), 1)
+    pmi = np.log((together + smoothing) * n / ((alone[:, None] + smoothing) * (alone[None, :] + smoothing)))
+    np.fill_diagonal(pmi, 0.0)
+    return pmi.astype(np.float32)
+
+
 def structure_task(outfits: Sequence[Sequence[str]], names: Sequence[str], name_emb: np.ndarray,
                    name_slots: dict[str, int], valid: Sequence[bool] | None = None) -> OutfitTask:
     """Outfits whose items are known only by a kind name (Polyvore's fine-grained categories in the NGNN
@@ -257,6 +287,38 @@ class OutfitHead(nn.Module):
             n_pairs = (config.n_slots + 1) ** 2
             self.pair_down = nn.Parameter(torch.randn(n_pairs, config.dim, self.pair_rank) / math.sqrt(config.dim))
             self.pair_up = nn.Parameter(torch.zeros(n_pairs, self.pair_rank, config.dim))  # starts as no change
+        # the kind prior (not trained by gradient): kind-name text embeddings and their PMI over kind outfits
+        self.register_buffer("kind_emb", torch.zeros(config.outfit_kinds, config.input_dim))
+        self.register_buffer("kind_pmi", torch.zeros(config.outfit_kinds, config.outfit_kinds))
+
+    def set_kind_prior(self, kind_emb: np.ndarray, pmi: np.ndarray) -> None:
+        """Set the kind table: unit text embeddings of the kind names (K, input_dim) and the (K, K) PMI of
+        kinds within outfits (:func:`kind_pmi`). K must be the config's ``outfit_kinds``."""
+        k = self.kind_emb.shape[0]
+        if kind_emb.shape != tuple(self.kind_emb.shape) or pmi.shape != (k, k):
+            raise ValueError(f"kind prior must be ({k}, {self.kind_emb.shape[1]}) embeddings and a ({k}, {k}) PMI "
+                             f"matrix (AdapterConfig.outfit_kinds={k}); got {kind_emb.shape} and {pmi.shape}")
+        self.kind_emb.copy_(torch.as_tensor(np.asarray(kind_emb, dtype=np.float32)))
+        self.kind_pmi.copy_(torch.as_tensor(np.asarray(pmi, dtype=np.float32)))
+
+    def kind_probabilities(self, text: np.ndarray, config: AdapterConfig) -> np.ndarray:
+        """(N, K) soft kind of each item: softmax over kinds of ``temperature *`` text cosine to the kind name."""
+        logits = config.outfit_kind_temperature * (np.asarray(text, np.float32) @ self.kind_emb.numpy().T)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def kind_item_columns(self, text: np.ndarray, config: AdapterConfig) -> np.ndarray:
+        """The columns that an item vector gets for the kind prior: ``sqrt(w * weight) * p(kind | item)``."""
+        scale = math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
+        return (scale * self.kind_probabilities(text, config)).astype(np.float32)
+
+    def kind_query_columns(self, text: np.ndarray, partials: list[list[int]], config: AdapterConfig) -> np.ndarray:
+        """The query's columns: ``sqrt(w * weight) * (sum of the partial outfit's kind probabilities) @ PMI``,
+        so a candidate's score gains ``w * weight * sum_i p_i^T PMI p_c``."""
+        scale = math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
+        sums = np.stack([self.kind_probabilities(text[list(p)], config).sum(0) for p in partials])
+        return (scale * sums @ self.kind_pmi.numpy()).astype(np.float32)
 
     def pair_index(self, items_slot: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """(B, L) row of each (visible item's slot, wanted slot) pair; -1 on either side maps to "unknown"."""
@@ -317,7 +379,10 @@ def outfit_queries(
     if not model.config.text_blend:
         return q
     mean = np.stack([emb[list(s)].mean(0) for s in partials]) if partials else np.zeros((0, emb.shape[1]), np.float32)
-    return blend_text(model, "outfit", q, mean)
+    q = blend_text(model, "outfit", q, mean)
+    if model.config.outfit_kinds and model.config.text_blend.get("outfit") and partials:
+        q = np.concatenate([q, model.outfit.kind_query_columns(emb, partials, model.config)], axis=1)
+    return q
 
 
 def outfit_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None = None,
