@@ -109,8 +109,9 @@ class AdapterConfig:
             slot, wanted slot) pair, added to the outfit query (0 = off: one space for every slot pair). Queries
             then read each visible item's slot (``items_slot``; -1 = unknown).
         outfit_kinds: size of the outfit head's kind table (0 = none): a structural prior over item kinds
-            (e.g. Polyvore's 120 category names) learned from outfits known only by kind (``OutfitHead.set_kind_prior``);
-            it joins the text part of the outfit blend: ``text cosine + outfit_kind_weight * prior``.
+            (e.g. Polyvore's 120 category names) learned from outfits known only by kind
+            (``OutfitHead.set_kind_prior``); it joins the text part of the outfit blend:
+            ``text cosine + outfit_kind_weight * prior``.
         outfit_kind_weight, outfit_kind_temperature: the prior's weight beside text cosine, and the softmax
             temperature (inverse) that turns an item's text cosines to the kind names into kind probabilities.
         text_blend: per task ("recommend", "outfit"), weight ``w`` of plain text similarity added to the adapter's

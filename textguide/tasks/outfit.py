@@ -6,6 +6,10 @@ trained by hiding one item per outfit against in-batch answers, same-slot items 
 Queries: :func:`outfit_queries`. Text baseline: cosine to the mean embedding of the partial outfit
 (:func:`textguide.metrics.text_queries`). Selection metric: fill-in-the-blank accuracy (the hidden item against
 3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``.
+
+Outfit data beyond named outfits: :func:`structure_task` turns outfits known only by item kind (Polyvore's NGNN
+category outfits) into a pre-training task for the head, and :func:`kind_pmi` + :func:`attach_kind_prior` give the
+head a kind prior that joins the text part of the served blend (see :class:`OutfitHead`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..train import TrainConfig
 
-__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "attach_kind_prior", "fitb_scores", "kind_pmi", "outfit_queries",
-           "outfit_scorer", "structure_task"]
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "attach_kind_prior", "fitb_scores", "kind_pmi",
+           "outfit_queries", "outfit_scorer", "structure_task"]
 
 Questions = tuple[list[list[int]], list[int], np.ndarray]
 OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
