@@ -10,6 +10,7 @@ scores it on the selection and report parts of the MCN valid outfits, raw and bl
     python scripts/bench_outfit_levers.py pre_cat_r16_freeze pretrain=cat rank=16 pre_freeze=1
     python scripts/bench_outfit_levers.py prior lever=prior weight=0.1
     python scripts/bench_outfit_levers.py cv0 rank=16 cv=0/2      # train on MCN train + valid folds != 0
+    python scripts/bench_outfit_levers.py cv0_train rank=16 cv=0/2 only_train=1   # same questions, MCN train only
 
 Each run appends a JSON line to ``reports/outfit_levers.jsonl``. The MCN test outfits are never read.
 """
@@ -56,7 +57,8 @@ def main(argv: list[str]) -> None:
         folds = np.array_split(np.random.default_rng(123).permutation(len(valid)), n_folds)
         held = [valid[i] for i in folds[k]]
         sel, rep = held[: int(0.3 * len(held))], held[int(0.3 * len(held)):]
-        train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
+        if not o("only_train", False):  # only_train=1: the same fold's questions, trained on MCN train alone
+            train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
     task = OutfitTask(emb, train_o, slots, sel)
     out: dict = {"name": name, "opt": opt}
     t0 = time.time()
