@@ -238,3 +238,40 @@ def test_no_pickle_anywhere():
     for path in root.rglob("*.py"):  # the adapter, the training loop and its checkpoints, transfer, everything
         text = path.read_text()
         assert "torch.load" not in text and "import pickle" not in text and "torch.save" not in text, path
+
+
+def test_slot_pair_projections_shapes_start_and_round_trip(tmp_path):
+    """Type-aware outfit head: one rank-r projection per (visible item's slot, wanted slot) pair; it starts as
+    no change, then makes the query depend on the visible items' slots, and survives save/load."""
+    plain, typed = make(), make(outfit_pair_rank=8)
+    n_pairs = (4 + 1) ** 2  # n_slots=4 plus "unknown" on each side
+    assert typed.outfit.pair_down.shape == (n_pairs, 64, 8) and typed.outfit.pair_up.shape == (n_pairs, 8, 64)
+    assert not hasattr(plain.outfit, "pair_down")
+    hist, mask = inputs()
+    slot = torch.tensor([0, 3, -1, 1])
+    kinds = torch.tensor([[1, 2, 0, 0, 0], [0, -1, 2, 3, 3], [4 - 1, 0, 1, 2, 0], [2, 2, 2, 2, 2]])
+    # zero-initialised: the typed head starts exactly at the plain head's query (which starts at text similarity)
+    torch.testing.assert_close(typed.outfit_query(hist, mask, slot, kinds), plain.outfit_query(hist, mask, slot))
+    with torch.no_grad():
+        typed.outfit.pair_up.normal_(std=0.2)
+    q = typed.outfit_query(hist, mask, slot, kinds)
+    assert q.shape == (4, 64)
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(4))
+    other = kinds.clone()
+    other[1, 0] = 1  # another slot for one visible item of row 1 changes row 1 only
+    q2 = typed.outfit_query(hist, mask, slot, other)
+    assert not torch.allclose(q2[1], q[1]) and torch.equal(q2[[0, 2, 3]], q[[0, 2, 3]])
+    pads = kinds.clone()
+    pads[~mask] = 3  # the slots of padding positions are ignored
+    torch.testing.assert_close(typed.outfit_query(hist, mask, slot, pads), q)
+    # each pair has its own projection: the same items read as a (0 -> 1) pair or a (2 -> 1) pair differ
+    a = typed.outfit_query(hist[:1, :1], mask[:1, :1], torch.tensor([1]), torch.tensor([[0]]))
+    b = typed.outfit_query(hist[:1, :1], mask[:1, :1], torch.tensor([1]), torch.tensor([[2]]))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="items_slot 4 out of range"):
+        typed.outfit_query(hist, mask, slot, torch.full((4, 5), 4))
+    with pytest.raises(ValueError, match="items_slot must have the mask's shape"):
+        typed.outfit_query(hist, mask, slot, kinds[:, :2])
+    loaded = load_adapter(save_adapter(typed, tmp_path / "typed"))
+    assert loaded.config.outfit_pair_rank == 8
+    assert torch.equal(loaded.outfit_query(hist, mask, slot, kinds), q)

@@ -108,3 +108,38 @@ def test_bad_input_is_refused(name: str) -> None:
     bad[0] = np.nan
     with pytest.raises(ValueError, match="item_emb contains NaN"):
         task.toy_data(toy, bad)
+
+
+def test_type_aware_outfit_head_with_kind_prior_is_served_as_ranked(tmp_path: Path) -> None:
+    """The guide's complete_outfit reads each catalog item's slot from its slot field (type-aware head) and
+    serves the kind prior inside the blend: it ranks exactly like the task's own scorer, before and after
+    save / load."""
+    import numpy as np
+
+    from textguide.tasks.outfit import attach_kind_prior
+
+    task = TASKS["outfit"]
+    toy = task.toy(seed=0)
+    guide = _guide("outfit")
+    data = task.toy_data(toy, guide.index.embeddings)
+    torch.manual_seed(0)
+    model = MultiTaskAdapter(AdapterConfig(input_dim=32, dim=16, seq_heads=2, tasks=("outfit",),
+                                           n_slots=toy.n_slots, outfit_pair_rank=4))
+    train(model, {"outfit": data}, TrainConfig(steps=60, batch_size=32, lr=3e-3, eval_every=30, patience=None,
+                                               show_progress=False))
+    rng = np.random.default_rng(0)
+    kinds = rng.normal(size=(3, 32)).astype(np.float32)
+    attach_kind_prior(model, kinds / np.linalg.norm(kinds, axis=1, keepdims=True),
+                      rng.normal(size=(3, 3)).astype(np.float32))
+    model.config.text_blend["outfit"] = 1.0
+    assert np.abs(model.outfit.pair_up.detach().numpy()).max() > 0  # the slot-pair projections were trained
+    guide.set_adapter(model, dict(toy.meta, methods={"outfit": "adapter"}))
+    slots_seen = task.catalog_slots(guide)
+    np.testing.assert_array_equal(slots_seen, data.item_slots)
+    for example in range(5):
+        assert task.ask(guide, data, example, 3) == task.rank(data, example, model, 3), example
+    guide.save(tmp_path / "g")
+    loaded = Guide.load(tmp_path / "g")
+    assert loaded.adapter.config.outfit_kinds == 3 and loaded.adapter.config.outfit_pair_rank == 4
+    for example in range(5):
+        assert task.ask(loaded, data, example, 3) == task.rank(data, example, model, 3), example

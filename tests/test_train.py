@@ -514,3 +514,118 @@ def test_next_item_examples_hand_computed() -> None:
     hist, targ = next_item_examples([["a", "b", "c", "d"], ["x"], ["p", "q"]], max_history=2)
     assert targ == ["b", "c", "d", "q"]
     assert hist == [["a"], ["a", "b"], ["b", "c"], ["p"]]  # at most the 2 items before each target
+
+
+def test_outfit_batches_and_queries_carry_each_visible_items_slot():
+    """The type-aware head reads each visible item's slot: batches carry it (-1 on padding), and
+    ``outfit_queries(item_slots=...)`` gives the same query as the model called with those slots."""
+    emb, slots, train_outfits, _ = outfit_world()
+    task = OutfitTask(emb, train_outfits[:50], slots)
+    batch = task.batch(np.random.default_rng(0), 16, 8, TrainConfig(slot_negatives=2))
+    kinds, mask = batch["items_slot"].numpy(), batch["items_mask"].numpy()
+    assert kinds.shape == mask.shape and (kinds[~mask] == -1).all()
+    # every visible item's slot is the slot of an item whose embedding is in that position
+    items = batch["items"].numpy()
+    for b, l in zip(*np.nonzero(mask)):
+        row = int(np.argmax(emb @ items[b, l]))
+        assert kinds[b, l] == slots[row]
+    model = model_for(("outfit",), n_slots=int(slots.max()) + 1, outfit_pair_rank=4)
+    model.outfit.pair_up.data.normal_(std=0.3)
+    _, loss = model(batch, "outfit")
+    assert torch.isfinite(loss)
+    parts, wanted = [[0, 1], [2, 3, 4]], [1, -1]
+    typed = outfit_queries(model, emb, parts, wanted, slots)
+    h, m = torch.from_numpy(emb[[0, 1, 0]][None]), torch.tensor([[True, True, False]])
+    with torch.no_grad():
+        want = model.outfit_query(h, m, torch.tensor([1]), torch.tensor([[slots[0], slots[1], -1]]))
+    np.testing.assert_allclose(typed[0], want[0].numpy(), atol=1e-5)
+    # without the catalog's slots every visible slot is unknown: a different query
+    assert not np.allclose(outfit_queries(model, emb, parts, wanted), typed, atol=1e-4)
+    with pytest.raises(ValueError, match="item_slots has 3 entries"):
+        outfit_queries(model, emb, parts, wanted, slots[:3])
+
+
+def test_structure_task_from_kind_names():
+    """NGNN-style outfits known only by category names: one item per distinct name, its slot from the map,
+    repeats counted once, one-item outfits dropped, the flagged outfits held out for validation."""
+    from textguide.tasks.outfit import structure_task
+
+    names = ["Skinny Jeans", "Blouses", "Ankle Booties", "Lipstick"]
+    emb = unit(np.random.default_rng(0).normal(size=(4, D)))
+    outfits = [["Blouses", "Skinny Jeans", "Blouses"], ["Lipstick"], ["Ankle Booties", "Lipstick", "Blouses"],
+               ["Skinny Jeans", "Ankle Booties"]]
+    task = structure_task(outfits, names, emb, {"Skinny Jeans": 1, "Blouses": 0, "Ankle Booties": 2},
+                          valid=[False, False, False, True])
+    assert task.outfits == [[1, 0], [2, 3, 1]] and task.valid_outfits == [[0, 2]]
+    assert task.item_slots.tolist() == [1, 0, 2, -1]
+    np.testing.assert_array_equal(task.item_emb, emb)
+    with pytest.raises(ValueError, match=r"name\(s\) \['Scarves'\] not in names"):
+        structure_task([["Scarves", "Blouses"]], names, emb, {})
+    with pytest.raises(ValueError, match="4 names but 3 name embeddings"):
+        structure_task(outfits, names, emb[:3], {})
+
+
+def test_pretrain_heads_trains_only_the_outfit_head():
+    """Pre-training on kind outfits moves the outfit head and leaves every other parameter (the shared item
+    adapter, the recommend head) exactly where it was; parameters stay trainable afterwards."""
+    from types import SimpleNamespace
+
+    from textguide.workflows import pretrain_heads
+
+    emb, slots, train_outfits, valid_outfits = outfit_world()
+    data = OutfitTask(emb, train_outfits[:300], slots, valid_outfits[:50])
+    model = model_for(("recommend", "outfit"), n_slots=int(slots.max()) + 1, outfit_pair_rank=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    info = pretrain_heads(model, {"recommend": SimpleNamespace(), "outfit": SimpleNamespace(pretrain=data)},
+                          ("recommend", "outfit"), steps=40, max_seconds=None)
+    assert set(info) == {"outfit"} and info["outfit"]["outfits"] == 300
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(("outfit.", "logit_scale.outfit")) for n in changed)
+    assert any(n.startswith("outfit.pair_up") for n in changed)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_kind_pmi_hand_computed():
+    from textguide.tasks.outfit import kind_pmi
+
+    names = ["a", "b", "c"]
+    pmi = kind_pmi([["a", "b"], ["a", "b", "a"], ["a", "c"], ["x"]], names, smoothing=1.0)
+    n = 4  # outfits; a in 3, b in 2, c in 1; (a, b) together in 2, (a, c) in 1, (b, c) in 0
+    assert pmi[0, 1] == pytest.approx(np.log(3 * n / (4 * 3)))
+    assert pmi[0, 2] == pytest.approx(np.log(2 * n / (4 * 2)))
+    assert pmi[1, 2] == pytest.approx(np.log(1 * n / (3 * 2)))
+    np.testing.assert_allclose(pmi, pmi.T)
+    assert (np.diag(pmi) == 0).all()
+
+
+def test_kind_prior_joins_the_text_part_of_the_outfit_blend(tmp_path):
+    """score(query, item) = adapter cosine + w * (text cosine + weight * sum_i p_i^T PMI p_c) when the outfit
+    blend weight w > 0; nothing changes at w = 0; the prior survives save / load."""
+    from textguide.adapters import load_adapter, save_adapter
+    from textguide.tasks.outfit import attach_kind_prior
+
+    emb, slots, _, _ = outfit_world()
+    rng = np.random.default_rng(1)
+    kinds = unit(rng.normal(size=(5, D)))
+    pmi = rng.normal(size=(5, 5)).astype(np.float32)
+    model = model_for(("outfit",), n_slots=int(slots.max()) + 1)
+    plain_q = outfit_queries(model, emb, [[0, 1]], [2])
+    plain_v = encode_items(model, emb, "outfit")
+    attach_kind_prior(model, kinds, pmi)
+    assert model.config.outfit_kinds == 5
+    np.testing.assert_array_equal(outfit_queries(model, emb, [[0, 1]], [2]), plain_q)  # w = 0: no prior
+    model.config.text_blend["outfit"] = 2.0
+    q, v = outfit_queries(model, emb, [[0, 1]], [2]), encode_items(model, emb, "outfit")
+    assert q.shape[1] == v.shape[1] == 32 + D + 5
+    t = model.config.outfit_kind_temperature
+    p = np.exp(t * emb @ kinds.T)
+    p /= p.sum(1, keepdims=True)
+    text = emb[[0, 1]].mean(0)
+    text /= np.linalg.norm(text)
+    want = plain_v @ plain_q[0] + 2.0 * (emb @ text + model.config.outfit_kind_weight * (p[[0, 1]].sum(0) @ pmi @ p.T))
+    np.testing.assert_allclose(v @ q[0], want, atol=1e-4)
+    loaded = load_adapter(save_adapter(model, tmp_path / "a"))
+    np.testing.assert_allclose(outfit_queries(loaded, emb, [[0, 1]], [2]), q, atol=1e-6)
+    np.testing.assert_allclose(encode_items(loaded, emb, "outfit"), v, atol=1e-6)
+    with pytest.raises(ValueError, match=f"expected {D}, got 7"):
+        attach_kind_prior(model, kinds[:, :7], pmi)

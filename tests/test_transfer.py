@@ -566,3 +566,24 @@ def test_outfit_transfer_error_paths():
         transfer(small_model(), source, target)
     with pytest.raises(ValueError, match="weights must be 10 finite numbers >= 0 \\(one per outfit\\)"):
         type(target)(target.item_emb, target.outfits, target.item_slots, weights=np.ones(3))
+
+
+def test_retarget_slots_keeps_a_type_aware_head_scoring_like_the_unknown_slot():
+    """With slot-pair projections, every pair of the new vocabulary starts as the source's (unknown, unknown)
+    pair: before target training the copy scores like the source queried with unknown slots."""
+    from textguide.transfer import retarget_slots
+
+    torch.manual_seed(0)
+    model = MultiTaskAdapter(AdapterConfig(input_dim=32, dim=16, max_history=8, tasks=("outfit",), n_slots=4,
+                                           outfit_pair_rank=3))
+    with torch.no_grad():
+        model.outfit.pair_up.normal_(std=0.3)
+    new = retarget_slots(model, 2)
+    assert new.outfit.pair_down.shape == (9, 16, 3) and new.outfit.pair_up.shape == (9, 3, 16)
+    assert model.outfit.pair_up.shape == (25, 3, 16)  # the source is untouched
+    items = torch.nn.functional.normalize(torch.randn(2, 3, 32), dim=-1)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    model.eval(), new.eval()
+    want = model.outfit_query(items, mask, torch.tensor([-1, -1]))
+    got = new.outfit_query(items, mask, torch.tensor([0, 1]), torch.tensor([[0, 1, -1], [1, 1, 0]]))
+    torch.testing.assert_close(got, want)

@@ -105,6 +105,15 @@ class AdapterConfig:
         profile_dim: number of numeric user-profile features for the coupon task (0 = none). Standardise them.
         tasks: the tasks this model serves, a subset of ("recommend", "outfit", "coupon").
         init_temperature: initial softmax temperature of the learnable logit scale (recommend, outfit).
+        outfit_pair_rank: type-aware outfit compatibility: rank of one learned projection per (visible item's
+            slot, wanted slot) pair, added to the outfit query (0 = off: one space for every slot pair). Queries
+            then read each visible item's slot (``items_slot``; -1 = unknown).
+        outfit_kinds: size of the outfit head's kind table (0 = none): a structural prior over item kinds
+            (e.g. Polyvore's 120 category names) learned from outfits known only by kind
+            (``OutfitHead.set_kind_prior``); it joins the text part of the outfit blend:
+            ``text cosine + outfit_kind_weight * prior``.
+        outfit_kind_weight, outfit_kind_temperature: the prior's weight beside text cosine, and the softmax
+            temperature (inverse) that turns an item's text cosines to the kind names into kind probabilities.
         text_blend: per task ("recommend", "outfit"), weight ``w`` of plain text similarity added to the adapter's
             score at serving time: ``score = adapter cosine + w * text cosine`` (0 or absent = adapter only;
             chosen on a selection split after training).
@@ -123,6 +132,10 @@ class AdapterConfig:
     profile_dim: int = 0
     tasks: tuple[str, ...] = TASKS
     init_temperature: float = 0.07
+    outfit_pair_rank: int = 0
+    outfit_kinds: int = 0
+    outfit_kind_weight: float = 0.1
+    outfit_kind_temperature: float = 20.0
     text_blend: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,7 +148,7 @@ class AdapterConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"AdapterConfig.{name} must be a positive integer, got {value!r}")
-        for name in ("seq_layers", "n_slots", "profile_dim"):
+        for name in ("seq_layers", "n_slots", "profile_dim", "outfit_pair_rank", "outfit_kinds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"AdapterConfig.{name} must be an integer >= 0, got {value!r}")
@@ -154,6 +167,9 @@ class AdapterConfig:
             raise ValueError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.soft_penalty < 0:
             raise ValueError(f"AdapterConfig.soft_penalty must be >= 0, got {self.soft_penalty}")
+        if not (self.outfit_kind_weight >= 0 and self.outfit_kind_temperature > 0):
+            raise ValueError("AdapterConfig.outfit_kind_weight must be >= 0 and outfit_kind_temperature > 0, got "
+                             f"{self.outfit_kind_weight} and {self.outfit_kind_temperature}")
         if not self.init_temperature > 0:
             raise ValueError(f"AdapterConfig.init_temperature must be > 0, got {self.init_temperature}")
 
@@ -319,20 +335,32 @@ class MultiTaskAdapter(nn.Module):
         self._check_set(hist, mask, "history")
         return self.sequence(self.item_vectors(hist, "recommend"), mask)
 
-    def outfit_query(self, items: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Complementary-item query (B, dim) from a partial outfit and the wanted slot (B,) (-1 = unknown)."""
+    def outfit_query(self, items: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor,
+                     items_slot: torch.Tensor | None = None) -> torch.Tensor:
+        """Complementary-item query (B, dim) from a partial outfit and the wanted slot (B,) (-1 = unknown);
+        ``items_slot`` (B, L): each visible item's slot (-1 or None = unknown; read when ``outfit_pair_rank``)."""
         self.check_task("outfit")
         self._check_set(items, mask, "partial outfit")
         slot = torch.as_tensor(slot, dtype=torch.long)
         if slot.shape != (items.shape[0],):
             raise ValueError(f"slot must have shape ({items.shape[0]},), got {tuple(slot.shape)}")
+        self._check_slots(slot, "slot")
+        if items_slot is not None:
+            items_slot = torch.as_tensor(items_slot, dtype=torch.long)
+            if items_slot.shape != mask.shape:
+                raise ValueError(f"items_slot must have the mask's shape {tuple(mask.shape)}, "
+                                 f"got {tuple(items_slot.shape)}")
+            items_slot = items_slot.masked_fill(~mask, -1)  # padding positions have no slot
+            self._check_slots(items_slot, "items_slot")
+        return self.outfit(self.item_vectors(items, "outfit"), mask, slot, items_slot)
+
+    def _check_slots(self, slot: torch.Tensor, name: str) -> None:
         bad = (slot < -1) | (slot >= self.config.n_slots)
         if bad.any():
             raise ValueError(
-                f"slot {int(slot[bad][0])} out of range: this model has n_slots={self.config.n_slots} "
+                f"{name} {int(slot[bad][0])} out of range: this model has n_slots={self.config.n_slots} "
                 "(use -1 for an unknown slot, or build AdapterConfig(n_slots=...) large enough)"
             )
-        return self.outfit(self.item_vectors(items, "outfit"), mask, slot)
 
     def coupon_logit(
         self,
@@ -443,7 +471,10 @@ def encode_items(model: MultiTaskAdapter, item_emb: Any, task: str, batch_size: 
     model.check_task(task)
     out = [model.item_vectors(gather(emb, slice(i, i + batch_size)), task) for i in range(0, len(emb), batch_size)]
     vecs = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
-    return blend_text(model, task, vecs, emb)
+    vecs = blend_text(model, task, vecs, emb)
+    if task == "outfit" and model.config.outfit_kinds and model.config.text_blend.get("outfit"):
+        vecs = np.concatenate([vecs, model.outfit.kind_item_columns(emb, model.config)], axis=1)
+    return vecs
 
 
 def blend_text(model: MultiTaskAdapter, task: str, vectors: np.ndarray, text: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from ..guide import Guide, verbalise_profile
 from ..index import ItemIndex
 from ..tasks import TASKS
 from ..tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
-from ..tasks.outfit import OutfitTask, OutfitScorer, fitb_scores
+from ..tasks.outfit import OutfitTask, OutfitScorer, fitb_scores, kind_pmi, structure_task
 from ..tasks.outfit import outfit_scorer as task_outfit_scorer
 from ..tasks.recommend import SequenceTask, history_scorer
 
@@ -129,6 +129,8 @@ class OutfitBench:
     report_outfits: list[list[int]]
     slots: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    pretrain: OutfitTask | None = None  # outfits of item kinds to pre-train the outfit head on (polyvore: NGNN)
+    kind_prior: tuple[np.ndarray, np.ndarray] | None = None  # kind-name embeddings and their PMI (polyvore: NGNN)
 
     label: ClassVar[str] = "adapter"
 
@@ -167,14 +169,32 @@ def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, 
     valid = [[row[i] for i in o.item_ids] for o in ds.outfits if o.split == "valid" and len(o.item_ids) >= 2]
     sel, rep = _split_users(len(valid), select_frac, seed)
     task = OutfitTask(guide.index.embeddings, train, item_slots, [valid[i] for i in sel])
+    pretrain = polyvore_structure(ds, encoder, cache)
+    names = sorted({c for o in ds.category_outfits for c in o})  # the rows of pretrain.item_emb
+    fit = [o for o, s in zip(ds.category_outfits, ds.category_outfit_info["split"]) if s != "ngnn-test"]
     return OutfitBench("polyvore", guide, task, [valid[i] for i in rep], POLYVORE_SLOTS,
                        {"items": len(row), "train_outfits": len(train), "select_outfits": len(sel),
-                        "report_outfits": len(rep)})
+                        "report_outfits": len(rep), "pretrain_outfits": len(pretrain.outfits), "kinds": len(names)},
+                       pretrain, (pretrain.item_emb, kind_pmi(fit, names)))
+
+
+def polyvore_structure(ds: Any, encoder: TextEncoder, cache: EmbeddingCache | None = None) -> OutfitTask:
+    """The NGNN outfits known only by category names, as a pre-training task (NGNN test outfits validate).
+    A category's slot is the most common slot of the named items of that category (-1 if none has one)."""
+    from .encoder import encode_texts
+
+    named = ds.items[(ds.items["category"] != "") & ds.items["slot"].isin(POLYVORE_SLOTS)]
+    majority = named.groupby("category")["slot"].agg(lambda s: s.value_counts().index[0])
+    slot_of = {c: POLYVORE_SLOTS.index(s) for c, s in majority.items()}
+    names = sorted({c for o in ds.category_outfits for c in o})
+    emb = encode_texts(encoder, names, cache=cache)
+    valid = (ds.category_outfit_info["split"] == "ngnn-test").tolist()
+    return structure_task(ds.category_outfits, names, emb, slot_of, valid)
 
 
 def outfit_scorer(bench: OutfitBench, method: str, model: Any = None) -> OutfitScorer:
     """:func:`textguide.tasks.outfit.outfit_scorer` on a benchmark's catalog."""
-    return task_outfit_scorer(bench.guide.index.embeddings, method, model)
+    return task_outfit_scorer(bench.guide.index.embeddings, method, model, bench.task.item_slots)
 
 
 def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, float]:

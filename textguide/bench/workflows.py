@@ -18,6 +18,7 @@ from ..encoder import EmbeddingCache, TextEncoder, load_encoder
 from ..guide import Guide
 from ..tasks import TASKS
 from ..tasks.coupon import CouponTask
+from ..tasks.outfit import attach_kind_prior
 from ..training import TrainConfig, TrainResult, train
 
 logger = logging.getLogger("textguide")
@@ -44,10 +45,15 @@ def prepare(task: str, encoder: TextEncoder, cache: EmbeddingCache | None) -> An
     return PREPARE[task](encoder, cache)
 
 
+#: rank of the outfit head's slot-pair projections (type-aware compatibility); chosen on MCN validation
+OUTFIT_PAIR_RANK = 16
+
+
 def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0, *,
               input_dim: int = 384) -> MultiTaskAdapter:
     """A fresh adapter for these benchmark tasks (``input_dim``: the encoder's dimension, MiniLM's by default;
-    128-d adapted space, last 20 items read; coupon profiles are encoded text, so of the same dimension)."""
+    128-d adapted space, last 20 items read; coupon profiles are encoded text, so of the same dimension;
+    the outfit head is type-aware, :data:`OUTFIT_PAIR_RANK`)."""
     import torch
 
     torch.manual_seed(seed)
@@ -55,7 +61,36 @@ def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0, *,
         input_dim=input_dim, dim=128, max_history=20, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
         n_slots=len(recipes.POLYVORE_SLOTS) if "outfit" in tasks else 0,
         profile_dim=input_dim if "coupon" in tasks else 0,
+        outfit_pair_rank=OUTFIT_PAIR_RANK if "outfit" in tasks else 0,
     ))
+
+
+def pretrain_heads(model: MultiTaskAdapter, benches: dict[str, Any], tasks: tuple[str, ...], *, seed: int = 0,
+                   steps: int = 2000, max_seconds: float | None = 150) -> dict[str, Any]:
+    """Pre-train each task head that has pre-training data (``bench.pretrain``: polyvore's NGNN outfits of
+    category names) before the main training. Only that task's head and logit scale learn here (the shared item
+    adapter is frozen, so the other tasks start where they would); the best step on the pre-training
+    validation outfits is kept. Returns {task: {"best_step", "valid", "seconds"}}."""
+    out: dict[str, Any] = {}
+    for t in tasks:
+        data = getattr(benches[t], "pretrain", None)
+        if data is None:
+            continue
+        head = (TASKS[t].head_name + ".", "logit_scale." + t)
+        frozen = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(head)]
+        for p in frozen:
+            p.requires_grad_(False)
+        t0 = time.time()
+        try:
+            result = train(model, {t: data}, TrainConfig(steps=steps, batch_size=128, eval_every=100, patience=4,
+                                                         seed=seed, max_seconds=max_seconds))
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        out[t] = {"outfits": len(data), "best_step": result.best_step, "valid": result.best_metrics.get(t),
+                  "seconds": round(time.time() - t0, 1)}
+        logger.info("%s: head pre-trained on %d outfits (%s)", t, len(data), out[t])
+    return out
 
 
 def evaluate_model(benches: dict[str, Any], model: MultiTaskAdapter, tasks: tuple[str, ...],
@@ -221,6 +256,7 @@ def train_recipe(
     weighting: str = "dwa",
     steps: int = 3000,
     max_seconds: float | None = 600,
+    pretrain_seconds: float | None = 150,
     seed: int = 0,
     checkpoint_dir: str | None = None,
     resume: bool = False,
@@ -233,6 +269,8 @@ def train_recipe(
     (each with the shared multi-task adapter). A report (JSON, Markdown, training curves) is written into
     each guide's ``reports/`` folder. ``dp`` (a :class:`textguide.privacy.DPConfig`) trains with DP-SGD
     instead (one task, fixed steps, ``max_seconds=None``) and records the guarantee under ``privacy``.
+    Heads with pre-training data (polyvore: the NGNN category outfits) are pre-trained first, for up to
+    ``pretrain_seconds`` (0 skips it; never with ``dp``).
     """
     tasks = _tasks_of(recipe)
     encoder = encoder or load_encoder()
@@ -242,6 +280,10 @@ def train_recipe(
     cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
                       max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
     t0 = time.time()
+    if "outfit" in tasks and getattr(benches["outfit"], "kind_prior", None) is not None:
+        attach_kind_prior(model, *benches["outfit"].kind_prior)  # polyvore: category structure from NGNN
+    pretrained = pretrain_heads(model, benches, tasks, seed=seed, max_seconds=pretrain_seconds) \
+        if dp is None and pretrain_seconds != 0 else {}
     if dp is None:
         result, privacy = train(model, {t: benches[t].task for t in tasks}, cfg), {}
     else:  # DP-SGD, textguide.privacy
@@ -257,6 +299,7 @@ def train_recipe(
         g: Guide = benches[t].guide
         g.set_adapter(model, {**guide_meta(t, benches[t], model), **chosen[t],
                               "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
+                              **({"pretrained": pretrained[t]} if t in pretrained else {}),
                               "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step,
                               **privacy})
         g.save(path)

@@ -6,6 +6,10 @@ trained by hiding one item per outfit against in-batch answers, same-slot items 
 Queries: :func:`outfit_queries`. Text baseline: cosine to the mean embedding of the partial outfit
 (:func:`textguide.metrics.text_queries`). Selection metric: fill-in-the-blank accuracy (the hidden item against
 3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``.
+
+Outfit data beyond named outfits: :func:`structure_task` turns outfits known only by item kind (Polyvore's NGNN
+category outfits) into a pre-training task for the head, and :func:`kind_pmi` + :func:`attach_kind_prior` give the
+head a kind prior that joins the text part of the served blend (see :class:`OutfitHead`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..train import TrainConfig
 
-__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "fitb_scores", "outfit_queries", "outfit_scorer"]
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "attach_kind_prior", "fitb_scores", "kind_pmi",
+           "outfit_queries", "outfit_scorer", "structure_task"]
 
 Questions = tuple[list[list[int]], list[int], np.ndarray]
 OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
@@ -129,6 +134,7 @@ class OutfitTask:
         return {
             "items": gather(self.item_emb, vis),
             "items_mask": torch.from_numpy(vis_mask),
+            "items_slot": torch.from_numpy(np.where(vis_mask, self.item_slots[vis], -1)),
             "slot": torch.from_numpy(query_slots),
             "candidates": gather(self.item_emb, positives),
             "row_candidates": gather(self.item_emb, row_ids),
@@ -143,7 +149,8 @@ class OutfitTask:
     def training_queries(self, model: MultiTaskAdapter, rows: np.ndarray) -> torch.Tensor:
         """The model's queries (with gradients) for training outfits ``rows``: each whole outfit, unknown slot."""
         h, mask = pad([self.outfits[i] for i in rows], model.config.max_history)
-        return model.outfit_query(gather(self.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1))
+        return model.outfit_query(gather(self.item_emb, h), torch.from_numpy(mask), torch.full((len(rows),), -1),
+                                  torch.from_numpy(np.where(mask, self.item_slots[h], -1)))
 
     def fitb_questions(self, outfits: list[list[int]], n_distractors: int = 3, seed: int = 0) -> Questions:
         """Fixed FITB questions: (partials, slots, candidates (Q, 1 + n) with the answer in column 0)."""
@@ -169,7 +176,7 @@ class OutfitTask:
         partials, slots, candidates = self.fitb_questions(self.valid_outfits)
         if not partials:
             return None
-        return partials, slots, candidates, outfit_queries(model, self.item_emb, partials, slots)
+        return partials, slots, candidates, outfit_queries(model, self.item_emb, partials, slots, self.item_slots)
 
     def valid_metric(self, model: MultiTaskAdapter) -> float | None:
         """FITB accuracy (the hidden item must beat 3 random items of its slot); None without validation."""
@@ -194,9 +201,74 @@ class OutfitTask:
         return ranks
 
 
+def attach_kind_prior(model: MultiTaskAdapter, kind_emb: np.ndarray, pmi: np.ndarray) -> None:
+    """Give ``model``'s outfit head a kind table of ``len(kind_emb)`` kinds (sets ``config.outfit_kinds``; the
+    prior then joins the text part of the outfit blend, see :class:`OutfitHead`)."""
+    model.check_task("outfit")
+    k, dim = np.shape(kind_emb)
+    if dim != model.config.input_dim:
+        raise ValueError(f"kind_emb has wrong embedding dimension: expected {model.config.input_dim}, got {dim}")
+    model.config.outfit_kinds = k
+    head = model.outfit
+    head.register_buffer("kind_emb", torch.zeros(k, dim))
+    head.register_buffer("kind_pmi", torch.zeros(k, k))
+    head.set_kind_prior(np.asarray(kind_emb), np.asarray(pmi))
+
+
+def kind_pmi(outfits: Sequence[Sequence[str]], names: Sequence[str], smoothing: float = 1.0) -> np.ndarray:
+    """(K, K) pointwise mutual information of two kinds appearing in the same outfit (add-``smoothing``
+    counts; each kind counted once per outfit; the diagonal is 0): ``log P(a, b) / (P(a) P(b))``."""
+    row = {n: i for i, n in enumerate(names)}
+    k = len(names)
+    together, alone = np.zeros((k, k)), np.zeros(k)
+    for outfit in outfits:
+        rows = sorted({row[n] for n in outfit if n in row})
+        alone[rows] += 1
+        together[np.ix_(rows, rows)] += 1
+    n = max(len(outfits), 1)
+    pmi = np.log((together + smoothing) * n / ((alone[:, None] + smoothing) * (alone[None, :] + smoothing)))
+    np.fill_diagonal(pmi, 0.0)
+    return pmi.astype(np.float32)
+
+
+def structure_task(outfits: Sequence[Sequence[str]], names: Sequence[str], name_emb: np.ndarray,
+                   name_slots: dict[str, int], valid: Sequence[bool] | None = None) -> OutfitTask:
+    """Outfits whose items are known only by a kind name (Polyvore's fine-grained categories in the NGNN
+    outfits: "Skinny Jeans", "Ankle Booties"), as an :class:`OutfitTask` for pre-training the outfit head on
+    which kinds go together (a structural signal) before it is fine-tuned on named outfits.
+
+    One item per distinct name, embedded as its text (``name_emb[i]`` for ``names[i]``); its slot is
+    ``name_slots.get(name, -1)``; a name repeated within an outfit counts once; outfits left with fewer than two
+    items are dropped. ``valid`` (one flag per outfit) marks the validation outfits (FITB on kinds).
+    """
+    if len(names) != len(name_emb):
+        raise ValueError(f"{len(names)} names but {len(name_emb)} name embeddings; give one embedding per name")
+    if valid is not None and len(valid) != len(outfits):
+        raise ValueError(f"valid has {len(valid)} flags for {len(outfits)} outfits; give one per outfit")
+    row = {n: i for i, n in enumerate(names)}
+    unknown = sorted({n for o in outfits for n in o if n not in row})
+    if unknown:
+        raise ValueError(f"outfit item name(s) {unknown[:5]} not in names; embed every name that outfits use")
+    flags = [False] * len(outfits) if valid is None else [bool(v) for v in valid]
+    train_rows, valid_rows = [], []
+    for outfit, is_valid in zip(outfits, flags):
+        rows = list(dict.fromkeys(row[n] for n in outfit))
+        if len(rows) >= 2:
+            (valid_rows if is_valid else train_rows).append(rows)
+    slots = np.array([name_slots.get(n, -1) for n in names], dtype=np.int64)
+    return OutfitTask(name_emb, train_rows, slots, valid_rows or None)
+
+
 # ------------------------------------------------------------------------------------------ the head
 class OutfitHead(nn.Module):
-    """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim)."""
+    """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim).
+
+    With ``config.outfit_pair_rank = r > 0`` the query also gets a type-aware term (Vasileva et al. 2018): each
+    visible item ``a_i`` of slot ``s_i`` is mapped by the projection of its slot pair ``(s_i, wanted slot)``,
+    ``U_p V_p^T a_i`` (rank ``r``, ``U`` zero-initialised), and their mean is added, so that a candidate's score
+    ``q . v_c`` sums compatibilities measured in a space of its own for every slot pair (shoe-bag compares other
+    features than upper-bottom). Slot ``n_slots`` stands for "unknown" on either side.
+    """
 
     def __init__(self, config: AdapterConfig) -> None:
         super().__init__()
@@ -214,11 +286,62 @@ class OutfitHead(nn.Module):
         # complementary correction -- small outfit datasets then start from, not below, the text baseline
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+        self.pair_rank = config.outfit_pair_rank
+        if self.pair_rank:
+            n_pairs = (config.n_slots + 1) ** 2
+            self.pair_down = nn.Parameter(torch.randn(n_pairs, config.dim, self.pair_rank) / math.sqrt(config.dim))
+            self.pair_up = nn.Parameter(torch.zeros(n_pairs, self.pair_rank, config.dim))  # starts as no change
+        # the kind prior (not trained by gradient): kind-name text embeddings and their PMI over kind outfits
+        self.register_buffer("kind_emb", torch.zeros(config.outfit_kinds, config.input_dim))
+        self.register_buffer("kind_pmi", torch.zeros(config.outfit_kinds, config.outfit_kinds))
 
-    def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    def set_kind_prior(self, kind_emb: np.ndarray, pmi: np.ndarray) -> None:
+        """Set the kind table: unit text embeddings of the kind names (K, input_dim) and the (K, K) PMI of
+        kinds within outfits (:func:`kind_pmi`). K must be the config's ``outfit_kinds``."""
+        k = self.kind_emb.shape[0]
+        if kind_emb.shape != tuple(self.kind_emb.shape) or pmi.shape != (k, k):
+            raise ValueError(f"kind prior must be ({k}, {self.kind_emb.shape[1]}) embeddings and a ({k}, {k}) PMI "
+                             f"matrix (AdapterConfig.outfit_kinds={k}); got {kind_emb.shape} and {pmi.shape}")
+        self.kind_emb.copy_(torch.as_tensor(np.asarray(kind_emb, dtype=np.float32)))
+        self.kind_pmi.copy_(torch.as_tensor(np.asarray(pmi, dtype=np.float32)))
+
+    def kind_probabilities(self, text: np.ndarray, config: AdapterConfig) -> np.ndarray:
+        """(N, K) soft kind of each item: softmax over kinds of ``temperature *`` text cosine to the kind name."""
+        logits = config.outfit_kind_temperature * (np.asarray(text, np.float32) @ self.kind_emb.numpy().T)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def kind_item_columns(self, text: np.ndarray, config: AdapterConfig) -> np.ndarray:
+        """The columns that an item vector gets for the kind prior: ``sqrt(w * weight) * p(kind | item)``."""
+        scale = math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
+        return (scale * self.kind_probabilities(text, config)).astype(np.float32)
+
+    def kind_query_columns(self, text: np.ndarray, partials: list[list[int]], config: AdapterConfig) -> np.ndarray:
+        """The query's columns: ``sqrt(w * weight) * (sum of the partial outfit's kind probabilities) @ PMI``,
+        so a candidate's score gains ``w * weight * sum_i p_i^T PMI p_c``."""
+        scale = math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
+        sums = np.stack([self.kind_probabilities(text[list(p)], config).sum(0) for p in partials])
+        return (scale * sums @ self.kind_pmi.numpy()).astype(np.float32)
+
+    def pair_index(self, items_slot: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """(B, L) row of each (visible item's slot, wanted slot) pair; -1 on either side maps to "unknown"."""
+        unknown = self.n_slots
+        items_slot = torch.where(items_slot < 0, torch.full_like(items_slot, unknown), items_slot)
+        return items_slot * (unknown + 1) + slot.unsqueeze(1)
+
+    def forward(self, vectors: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor,
+                items_slot: torch.Tensor | None = None) -> torch.Tensor:
         pooled = self.pool(vectors, mask)
         slot = torch.where(slot < 0, torch.full_like(slot, self.n_slots), slot)
         correction = self.mlp(torch.cat([pooled * self.scale, self.slot(slot)], dim=-1))
+        if self.pair_rank:
+            if items_slot is None:
+                items_slot = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+            pair = self.pair_index(items_slot, slot)  # (B, L)
+            low = torch.einsum("bld,bldr->blr", vectors, self.pair_down[pair])
+            mapped = torch.einsum("blr,blrd->bld", low, self.pair_up[pair]) * mask.unsqueeze(-1)
+            correction = correction + mapped.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return F.normalize(F.normalize(pooled, dim=-1) + correction, dim=-1)
 
 
@@ -234,37 +357,50 @@ def outfit_queries(
     item_emb: np.ndarray,
     partials: Sequence[Sequence[int]],
     slots: Sequence[int],
+    item_slots: np.ndarray | None = None,
     batch_size: int = 1024,
 ) -> np.ndarray:
-    """Complementary-item queries (B, dim) float32 for partial outfits and wanted slots (-1 = unknown)."""
+    """Complementary-item queries (B, dim) float32 for partial outfits and wanted slots (-1 = unknown).
+    ``item_slots`` (one slot index per ``item_emb`` row, -1 = unknown) tells a type-aware head
+    (``outfit_pair_rank``) each visible item's slot; without it every visible item's slot is unknown."""
     model.eval()
     emb = as_embeddings(item_emb, "item_emb", model.config.input_dim, check_values=False)
     partials = index_lists(partials, len(emb), "partials")
     slots = np.asarray(slots, dtype=np.int64).reshape(-1)
     if len(slots) != len(partials):
         raise ValueError(f"{len(partials)} partial outfits but {len(slots)} slots; give one slot per outfit")
+    if item_slots is not None:
+        item_slots = np.asarray(item_slots, dtype=np.int64).reshape(-1)
+        if len(item_slots) != len(emb):
+            raise ValueError(f"item_slots has {len(item_slots)} entries for {len(emb)} items; give one per row")
     out = []
     for start in range(0, len(partials), batch_size):
         idx, mask = pad(partials[start : start + batch_size], model.config.max_history)
         slot = torch.from_numpy(slots[start : start + batch_size])
-        out.append(model.outfit_query(gather(emb, idx), torch.from_numpy(mask), slot))
+        kinds = None if item_slots is None else torch.from_numpy(np.where(mask, item_slots[idx], -1))
+        out.append(model.outfit_query(gather(emb, idx), torch.from_numpy(mask), slot, kinds))
     q = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
     if not model.config.text_blend:
         return q
     mean = np.stack([emb[list(s)].mean(0) for s in partials]) if partials else np.zeros((0, emb.shape[1]), np.float32)
-    return blend_text(model, "outfit", q, mean)
+    q = blend_text(model, "outfit", q, mean)
+    if model.config.outfit_kinds and model.config.text_blend.get("outfit") and partials:
+        q = np.concatenate([q, model.outfit.kind_query_columns(emb, partials, model.config)], axis=1)
+    return q
 
 
-def outfit_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None = None) -> OutfitScorer:
+def outfit_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None = None,
+                  item_slots: np.ndarray | None = None) -> OutfitScorer:
     """``(partials, slots) -> (queries, item_vectors)`` for ``text`` (the baseline: the unit mean of the partial
-    outfit against the text embeddings) or ``adapter``."""
+    outfit against the text embeddings) or ``adapter`` (``item_slots``: each row's slot, see
+    :func:`outfit_queries`)."""
     if method == "text":
         return lambda partials, slots: (text_queries(emb, partials), emb)
     if method == "adapter":
         if model is None:
             raise ValueError("method='adapter' needs model=")
         vectors = encode_items(model, emb, "outfit")
-        return lambda partials, slots: (outfit_queries(model, emb, partials, slots), vectors)
+        return lambda partials, slots: (outfit_queries(model, emb, partials, slots, item_slots), vectors)
     raise ValueError(f"unknown method {method!r}: use text or adapter")
 
 
@@ -284,7 +420,7 @@ class Outfit:
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``MultiTaskAdapter.forward(batch, "outfit")``: queries, or logits and softmax cross-entropy."""
         require_keys(batch, ("items", "items_mask", "slot"), self.name)
-        query = model.outfit_query(batch["items"], batch["items_mask"], batch["slot"])
+        query = model.outfit_query(batch["items"], batch["items_mask"], batch["slot"], batch.get("items_slot"))
         return model.retrieval_output(query, batch, self.name)
 
     def check(self, model: MultiTaskAdapter, data: OutfitTask) -> None:
@@ -308,7 +444,8 @@ class Outfit:
         if not outfits:
             raise ValueError("this OutfitTask has no validation outfits (valid_outfits)")
         partials, slots, cands = data.fitb_questions(outfits, seed=0)
-        q, vecs = outfit_scorer(data.item_emb, "text" if model is None else "adapter", model)(partials, slots)
+        q, vecs = outfit_scorer(data.item_emb, "text" if model is None else "adapter", model,
+                                data.item_slots)(partials, slots)
         ranks = rank_of_target(fitb_scores(q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
         return (ranks < 1).astype(np.float64)
 
@@ -341,7 +478,7 @@ class Outfit:
             guide.require_task(self.name)
             # a category onboarded after training: the adapter's "unknown slot" query, searched within it
             slot_idx = slots.index(slot) if slot in slots else -1
-            qa = outfit_queries(guide.adapter, emb, [rows], [slot_idx])
+            qa = outfit_queries(guide.adapter, emb, [rows], [slot_idx], self.catalog_slots(guide))
         qt = text_queries(emb, [rows])
         q, space = (qa, guide.task_vectors(self.name)) if weight >= 1.0 else (qt, guide.index)
         if candidates is not None:
@@ -366,6 +503,15 @@ class Outfit:
         hits.method, hits.skipped = hits_label(weight), unknown
         return hits
 
+    def catalog_slots(self, guide: Guide) -> np.ndarray | None:
+        """Each catalog row's slot index in the adapter's slot vocabulary (-1: a slot it does not know), read
+        from the guide's slot field (None when the items have no such field)."""
+        field = self.category_field(guide.adapter_meta)
+        if field not in guide.index.metadata.columns:
+            return None
+        lookup = {s: i for i, s in enumerate(guide.adapter_meta.get("slots", []))}
+        return np.array([lookup.get(v, -1) for v in guide.index.metadata[field]], dtype=np.int64)
+
     @staticmethod
     def category_field(meta: dict[str, Any]) -> str:
         """The metadata field whose values the outfit decisions are kept per: the guide's slot field."""
@@ -386,7 +532,7 @@ class Outfit:
 
     def rank(self, data: OutfitTask, example: int, model: MultiTaskAdapter, k: int) -> list[int]:
         part, slot, cands = self._question(data, example)
-        q, vecs = outfit_scorer(data.item_emb, "adapter", model)([part], [slot])
+        q, vecs = outfit_scorer(data.item_emb, "adapter", model, data.item_slots)([part], [slot])
         scores = vecs[cands] @ q[0]
         return [int(cands[i]) for i in np.argsort(-scores, kind="stable")[:k]]
 
@@ -406,7 +552,8 @@ class Outfit:
         """The adapter's queries for ``Guide.observe``: the partial outfits asking for slot ``category``."""
         slots = list(guide.adapter_meta.get("slots", []))
         slot = slots.index(category) if category in slots else -1
-        return outfit_queries(guide.adapter, guide.index.embeddings, contexts, [slot] * len(contexts))
+        return outfit_queries(guide.adapter, guide.index.embeddings, contexts, [slot] * len(contexts),
+                              self.catalog_slots(guide))
 
     @staticmethod
     def _question(data: OutfitTask, example: int) -> tuple[list[int], int, list[int]]:

@@ -249,6 +249,7 @@ class JointOutfitTask(OutfitTask):
         source = positives < self.n_source
         out["exclude"][:, :batch_size] |= torch.from_numpy(source[:, None] != source[None, :])
         out["slot"][torch.from_numpy(source)] = -1
+        out["items_slot"][out["items_slot"] >= self.n_target_slots] = -1  # source slots are not the model's
         return out
 
     @property
@@ -275,6 +276,11 @@ def retarget_slots(model: MultiTaskAdapter, n_slots: int) -> MultiTaskAdapter:
     new.outfit.slot = torch.nn.Embedding(n_slots + 1, unknown.shape[0])
     with torch.no_grad():
         new.outfit.slot.weight.copy_(unknown.expand(n_slots + 1, -1))
+    if new.config.outfit_pair_rank:  # every new slot pair starts as the source's (unknown, unknown) pair
+        n_pairs = (n_slots + 1) ** 2
+        for name in ("pair_down", "pair_up"):
+            last = getattr(model.outfit, name).detach()[-1]
+            setattr(new.outfit, name, torch.nn.Parameter(last.expand(n_pairs, -1, -1).clone()))
     return new
 
 

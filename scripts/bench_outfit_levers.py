@@ -1,0 +1,115 @@
+"""Outfit levers on Polyvore (MCN named outfits), measured one at a time (issue 8).
+
+Trains a single-task outfit adapter on the MCN train outfits (early stopping on the 358 selection outfits) and
+scores it on the selection and report parts of the MCN valid outfits, raw and blended with text (w=1);
+``--lever prior`` scores text similarity plus the NGNN category prior (no training on named outfits).
+
+    python scripts/bench_outfit_levers.py base
+    python scripts/bench_outfit_levers.py rank16 rank=16
+    python scripts/bench_outfit_levers.py pre_cat pretrain=cat
+    python scripts/bench_outfit_levers.py pre_cat_r16_freeze pretrain=cat rank=16 pre_freeze=1
+    python scripts/bench_outfit_levers.py prior lever=prior weight=0.1
+    python scripts/bench_outfit_levers.py cv0 rank=16 cv=0/2      # train on MCN train + valid folds != 0
+    python scripts/bench_outfit_levers.py cv0_train rank=16 cv=0/2 only_train=1   # same questions, MCN train only
+
+Each run appends a JSON line to ``reports/outfit_levers.jsonl``. The MCN test outfits are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace as NS
+
+import numpy as np
+import torch
+
+from textguide import recipes
+from textguide.adapters import AdapterConfig, MultiTaskAdapter
+from textguide.datasets.polyvore import load_polyvore
+from textguide.encoder import EmbeddingCache, load_encoder
+from textguide.metrics import text_queries
+from textguide.tasks.outfit import OutfitTask, kind_pmi
+from textguide.train import TrainConfig, train
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    name, opt = argv[0], dict(a.split("=", 1) for a in argv[1:])
+
+    def o(key, default):
+        if isinstance(default, bool):
+            return opt.get(key, str(default)) in ("1", "True", "true")
+        return type(default)(opt.get(key, default))
+
+    seed = o("seed", 0)
+    enc, cache = load_encoder(), EmbeddingCache()
+    bench = recipes.prepare_polyvore(enc, cache)
+    ds = load_polyvore()
+    row = bench.guide.index.row_of
+    emb, slots = bench.guide.index.embeddings, bench.task.item_slots
+    valid = [[row[i] for i in x.item_ids] for x in ds.outfits if x.split == "valid" and len(x.item_ids) >= 2]
+    train_o, sel, rep = bench.task.outfits, bench.task.valid_outfits, bench.report_outfits
+    if "cv" in opt:  # fold k of K over the MCN valid outfits; within fold k: 30 % selection, 70 % report
+        k, n_folds = map(int, opt["cv"].split("/"))
+        folds = np.array_split(np.random.default_rng(123).permutation(len(valid)), n_folds)
+        held = [valid[i] for i in folds[k]]
+        sel, rep = held[: int(0.3 * len(held))], held[int(0.3 * len(held)):]
+        if not o("only_train", False):  # only_train=1: the same fold's questions, trained on MCN train alone
+            train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
+    task = OutfitTask(emb, train_o, slots, sel)
+    out: dict = {"name": name, "opt": opt}
+    t0 = time.time()
+
+    if o("lever", "adapter") == "prior":
+        kind_emb, pmi = bench.kind_prior
+        t, w = o("temperature", 20.0), o("weight", 0.1)
+        logits = t * emb @ kind_emb.T
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+
+        def scorer(partials, _slots):
+            q = text_queries(emb, partials)
+            return np.hstack([q, w * np.stack([p[list(x)].sum(0) for x in partials]) @ pmi]), np.hstack([emb, p])
+
+        for split, outfits in (("sel", sel), ("rep", rep)):
+            b = NS(guide=bench.guide, task=task, report_outfits=outfits)
+            out[split] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(b, scorer).items()}
+            out[split + "_text"] = {k: round(v, 4) for k, v in
+                                    recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text")).items()}
+    else:
+        torch.manual_seed(seed)
+        model = MultiTaskAdapter(AdapterConfig(input_dim=enc.dim, dim=128, max_history=20, tasks=("outfit",),
+                                               n_slots=len(recipes.POLYVORE_SLOTS), outfit_pair_rank=o("rank", 0)))
+        tc = dict(batch_size=128, eval_every=100, seed=seed, show_progress=False,
+                  outfit_visible_negatives=o("visneg", True))
+        if o("pretrain", "") == "cat":  # NGNN outfits of category names
+            frozen = [p for n, p in model.named_parameters()
+                      if o("pre_freeze", False) and not n.startswith(("outfit.", "logit_scale"))]
+            for p in frozen:
+                p.requires_grad_(False)
+            r = train(model, {"outfit": bench.pretrain}, TrainConfig(steps=2000, patience=4, max_seconds=150, **tc))
+            for p in frozen:
+                p.requires_grad_(True)
+            out["pretrain"] = {"best_step": r.best_step, "valid": r.best_metrics}
+        res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
+        out["best_step"] = res.best_step
+        for split, outfits in (("sel", sel), ("rep", rep)):
+            b = NS(guide=bench.guide, task=task, report_outfits=outfits)
+            out[split] = {k: round(v, 4) for k, v in
+                          recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model)).items()}
+            model.config.text_blend["outfit"] = 1.0
+            out[split + "_blend1"] = {k: round(v, 4) for k, v in
+                                      recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model)).items()}
+            model.config.text_blend.pop("outfit")
+    out["seconds"] = round(time.time() - t0)
+    print(json.dumps(out), flush=True)
+    Path("reports").mkdir(exist_ok=True)
+    with open("reports/outfit_levers.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
