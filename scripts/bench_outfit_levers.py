@@ -26,13 +26,13 @@ from types import SimpleNamespace as NS
 import numpy as np
 import torch
 
-from textguide import recipes
+from textguide.bench import recipes
 from textguide.adapters import AdapterConfig, MultiTaskAdapter
-from textguide.datasets.polyvore import load_polyvore
+from textguide.bench.datasets.polyvore import load_polyvore
 from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.metrics import text_queries
 from textguide.tasks.outfit import OutfitTask, kind_pmi
-from textguide.train import TrainConfig, train
+from textguide.training import TrainConfig, train
 
 
 def main(argv: list[str]) -> None:

@@ -570,7 +570,7 @@ def test_pretrain_heads_trains_only_the_outfit_head():
     adapter, the recommend head) exactly where it was; parameters stay trainable afterwards."""
     from types import SimpleNamespace
 
-    from textguide.workflows import pretrain_heads
+    from textguide.bench.workflows import pretrain_heads
 
     emb, slots, train_outfits, valid_outfits = outfit_world()
     data = OutfitTask(emb, train_outfits[:300], slots, valid_outfits[:50])

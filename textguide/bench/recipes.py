@@ -181,7 +181,7 @@ def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, 
 def polyvore_structure(ds: Any, encoder: TextEncoder, cache: EmbeddingCache | None = None) -> OutfitTask:
     """The NGNN outfits known only by category names, as a pre-training task (NGNN test outfits validate).
     A category's slot is the most common slot of the named items of that category (-1 if none has one)."""
-    from .encoder import encode_texts
+    from ..encoder import encode_texts
 
     named = ds.items[(ds.items["category"] != "") & ds.items["slot"].isin(POLYVORE_SLOTS)]
     majority = named.groupby("category")["slot"].agg(lambda s: s.value_counts().index[0])
