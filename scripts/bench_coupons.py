@@ -64,7 +64,8 @@ def main() -> None:
         b = amx.prepare_amexpert(enc, cache, a.seed)
         rep = b.mask("report")
         gbt = amx.gbt_scores(b, a.seed)
-        rows = {"popularity (coupon's smoothed rate in training campaigns)": amx.metrics(b, b.features[rep, 0] + 0.0),
+        pop = b.features[rep, 0]
+        rows = {"popularity (coupon's smoothed rate in training campaigns)": amx.metrics(b, pop),
                 "customer's past redemptions": amx.metrics(b, b.features[rep, 6]),
                 "lightgbm (priors + activity + demographics)": amx.metrics(b, gbt[rep])}
         model = train_coupon_adapter(b.task, enc.dim, a.seconds, a.seed)

@@ -5,8 +5,8 @@ Split (by campaign start, no campaign in two parts): campaigns that start up to 
 9-12 select (the hybrid's logistic layer, thresholds), 13 (2013-05-19, 22,606 rows) is the report campaign.
 Every feature of a row uses only labelled rows of campaigns that *ended* before its campaign started, and the
 training split's coupon / category / brand rates (out of fold by campaign on training rows; 80 % of report
-coupons never appear in training, so the category and brand rates of a coupon's items are features too). The adapter's "user" is a (customer, campaign)
-pair: its history is the items of coupons the customer redeemed in campaigns that ended before, its profile the
+coupons never appear in training, so the category and brand rates of a coupon's items are features too).
+The adapter's "user" is a (customer, campaign) pair: its history is the items of coupons the customer redeemed in campaigns that ended before, its profile the
 verbalised demographics; a coupon is its items (one row per distinct item text: category + brand).
 """
 
