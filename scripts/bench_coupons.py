@@ -56,7 +56,8 @@ def main() -> None:
                 "lightgbm (one-hot raw fields)": recipes.uci_baseline_gbt(b, a.seed)}
         model = train_coupon_adapter(b.task, enc.dim, a.seconds, a.seed)
         rows["adapter alone (text of context + driver + offer)"] = recipes.uci_adapter_metrics(b, model)
-        rows["hybrid: trees + adapter (logistic layer, selection drivers)"] = recipes.uci_hybrid_metrics(b, model, a.seed)
+        hybrid = recipes.uci_hybrid_metrics(b, model, a.seed)
+        rows["hybrid: trees + adapter (logistic layer, selection drivers)"] = hybrid
         raw["uci"] = {"rows": rows, "info": b.info}
         md += [f"### UCI in-vehicle coupons, split by driver (60/20/20 of {b.frame.shape[0]:,} rows' drivers)", "",
                table(rows), ""]
