@@ -7,7 +7,8 @@ Every feature of a row uses only labelled rows of campaigns that *ended* before 
 training split's coupon / category / brand rates (out of fold by campaign on training rows; 80 % of report
 coupons never appear in training, so the category and brand rates of a coupon's items are features too).
 The adapter's "user" is a (customer, campaign) pair: its history is the items of coupons the customer redeemed
-in campaigns that ended before, its profile the verbalised demographics; a coupon is its items (one row per distinct item text: category + brand).
+in campaigns that ended before, its profile the verbalised demographics; a coupon is its items (one row per
+distinct item text: category + brand).
 """
 
 from __future__ import annotations
