@@ -144,3 +144,25 @@ def test_transfer_between_task_kinds_is_refused(tmp_path: Path, capsys: pytest.C
         from textguide.bench.workflows import transfer_domains
 
         transfer_domains("hm-baskets", "or-baskets", out, target_fraction=1.5)
+
+
+@pytest.mark.parametrize("argv, seconds", [
+    (["train", "all", "OUT"], 1800.0),  # 10 minutes per task, three tasks in one model
+    (["train", "amazon-scientific", "OUT"], 600.0),
+    (["train", "all", "OUT", "--max-seconds", "10"], 30.0),
+    (["train", "polyvore", "OUT", "--max-seconds", "10"], 10.0),
+])
+def test_train_budget_is_per_task(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv, seconds
+                                  ) -> None:
+    import textguide.bench.workflows as workflows
+
+    seen = {}
+
+    def fake_train_recipe(recipe, output, **kw):
+        seen.update(kw, recipe=recipe)
+        return {"markdown": "ok"}
+
+    monkeypatch.setattr(workflows, "train_recipe", fake_train_recipe)
+    assert main(argv) == 0
+    assert seen["max_seconds"] == seconds and seen["recipe"] == argv[1]
+    assert seen["steps"] >= 10_000  # the budget and early stopping end training, not a step cap

@@ -629,3 +629,32 @@ def test_kind_prior_joins_the_text_part_of_the_outfit_blend(tmp_path):
     np.testing.assert_allclose(encode_items(loaded, emb, "outfit"), v, atol=1e-6)
     with pytest.raises(ValueError, match=f"expected {D}, got 7"):
         attach_kind_prior(model, kinds[:, :7], pmi)
+
+
+def test_select_per_task_keeps_each_tasks_own_best_weights():
+    seq = sequence_task()
+    tasks = {"recommend": seq, "coupon": coupon_world()}
+    model = model_for(("recommend", "coupon"), profile_dim=tasks["coupon"].profiles.shape[1])
+    # a high lr makes the metrics wander, so each task peaks at its own evaluation
+    cfg = TrainConfig(steps=60, batch_size=32, lr=0.05, eval_every=5, patience=None, select_per_task=True)
+    result = train(model, tasks, cfg)
+    assert set(result.task_weights) == {"recommend", "coupon"}
+    for name, data in tasks.items():
+        best = max(r[f"valid/{name}"] for r in result.history)
+        step = next(r["step"] for r in result.history if r[f"valid/{name}"] == best)  # the first step at the best
+        assert result.task_best_steps[name] == step
+        model.load_state_dict(result.task_weights[name])
+        assert data.valid_metric(model) == pytest.approx(best)
+    plain = train(model_for(("recommend",)), {"recommend": seq}, TrainConfig(steps=10, batch_size=32, eval_every=5))
+    assert plain.task_weights == {} and plain.task_best_steps == {}
+
+
+def test_select_per_task_waits_for_every_task_to_plateau():
+    from textguide.training.loop import keep_task_best
+
+    model = model_for(("recommend",))
+    kept: dict = {}
+    assert keep_task_best(kept, {"recommend": 0.2, "coupon": 0.7}, 5, model)
+    assert not keep_task_best(kept, {"recommend": 0.2, "coupon": 0.6}, 10, model)  # no task improved
+    assert keep_task_best(kept, {"recommend": 0.3, "coupon": 0.5}, 15, model)  # one did: not a bad evaluation
+    assert kept["recommend"][:2] == (0.3, 15) and kept["coupon"][:2] == (0.7, 5)

@@ -144,12 +144,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .bench.workflows import train_recipe
 
     dp = dp_from_args(args)  # None without --dp-epsilon
-    seconds = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
+    per_task = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
+    seconds = per_task * len(_recipe_tasks(args.recipe)) if per_task is not None else None
     report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
                           steps=args.steps, max_seconds=seconds, seed=args.seed,
                           checkpoint_dir=args.checkpoint_dir, resume=args.resume, dp=dp)
     print(report["markdown"] + (f"\n{describe(report['privacy'])}" if dp else ""))
     return 0
+
+
+def _recipe_tasks(recipe: str) -> tuple[str, ...]:
+    """The tasks a recipe trains (``all``: the three); unknown names are left to ``train_recipe`` to reject."""
+    from .bench.workflows import RECIPE_TASK
+
+    return tuple(RECIPE_TASK.values()) if recipe == "all" else (recipe,)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -273,9 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sharing", choices=["hard", "soft", "experts"], default="hard")
     p.add_argument("--weighting", choices=["static", "uncertainty", "gradnorm", "dwa"], default="dwa",
                    help="loss weighting (default dwa: validated best with hard sharing, docs/results.md)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=20000, help="step cap (default 20000: the time budget and early "
+                   "stopping end training first)")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="training time budget (default 600; not with --dp-epsilon, which trains exactly --steps)")
+                   help="training time budget per task (default 600; 'all' trains one model for 3 x this); "
+                        "not with --dp-epsilon, which trains exactly --steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")

@@ -492,8 +492,10 @@ class ContextCouponBench:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_uci_coupon(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0) -> ContextCouponBench:
-    """UCI in-vehicle coupons: rows split 60/20/20 at random into train / selection / report."""
+def prepare_uci_coupon(encoder: TextEncoder, cache: EmbeddingCache | None = None, seed: int = 0,
+                       by_driver: bool = False) -> ContextCouponBench:
+    """UCI in-vehicle coupons: rows split 60/20/20 at random into train / selection / report; ``by_driver``
+    splits drivers instead (every row of one driver in one part; see :func:`uci_driver_ids`)."""
     from .datasets.uci_coupon import load_uci_coupon
 
     from ..encoder import encode_texts
@@ -513,12 +515,37 @@ def prepare_uci_coupon(encoder: TextEncoder, cache: EmbeddingCache | None = None
     parts[perm[: int(0.6 * len(df))]] = "train"
     parts[perm[int(0.6 * len(df)): int(0.8 * len(df))]] = "select"
     parts[perm[int(0.8 * len(df)):]] = "report"
+    if by_driver:  # 60/20/20 of the drivers, each with all its rows
+        driver = uci_driver_ids(df)
+        n = driver.max() + 1
+        order = np.random.default_rng(seed).permutation(n)  # order[k]: the driver at position k
+        part_of = np.empty(n, dtype="<U6")
+        part_of[order[: int(0.6 * n)]], part_of[order[int(0.6 * n): int(0.8 * n)]] = "train", "select"
+        part_of[order[int(0.8 * n):]] = "report"
+        parts = part_of[driver]
     tr, se, rp = (parts == p for p in ("train", "select", "report"))
     task = CouponTask(guide.index.embeddings, [[] for _ in users], [[i] for i in range(len(offers))], labels[tr],
                       profiles, users[tr], coupons[tr], labels[se], users[se], coupons[se])
     return ContextCouponBench("uci-coupon", guide, task, users[rp], coupons[rp], labels[rp], df, parts,
                               {"rows": len(df), "offers": len(offers), "train": int(tr.sum()), "report": int(rp.sum()),
                                "accept_rate": float(labels.mean())})
+
+
+#: the UCI columns that describe the driver (the survey has no respondent id; these identify one)
+UCI_DRIVER_COLUMNS = ("gender", "age", "maritalStatus", "has_children", "education", "occupation", "income", "car",
+                      "Bar", "CoffeeHouse", "CarryAway", "RestaurantLessThan20", "Restaurant20To50")
+
+
+def uci_driver_ids(df: pd.DataFrame) -> np.ndarray:
+    """One integer per distinct driver description (:data:`UCI_DRIVER_COLUMNS`), 0..n_drivers-1."""
+    return df.groupby(list(UCI_DRIVER_COLUMNS), dropna=False, sort=False).ngroup().to_numpy()
+
+
+def uci_baseline_popularity(bench: ContextCouponBench) -> dict[str, float]:
+    """Each offer's smoothed acceptance rate in the training rows (the prior a user would start from)."""
+    t = bench.task
+    rate, _ = smoothed_rates(t.coupon_index, t.labels, len(t.coupon_items))
+    return _binary_metrics(t.valid_labels, rate[t.valid_coupon_index], bench.report_labels, rate[bench.report_coupons])
 
 
 def uci_baseline_gbt(bench: ContextCouponBench, seed: int = 0) -> dict[str, float]:

@@ -278,7 +278,8 @@ def train_recipe(
     benches = {t: prepare(t, encoder, cache) for t in tasks}
     model = new_model(tasks, sharing, seed, input_dim=encoder.dim)
     cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
-                      max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume)
+                      max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume,
+                      select_per_task=len(tasks) > 1)
     t0 = time.time()
     if "outfit" in tasks and getattr(benches["outfit"], "kind_prior", None) is not None:
         attach_kind_prior(model, *benches["outfit"].kind_prior)  # polyvore: category structure from NGNN
@@ -289,18 +290,23 @@ def train_recipe(
     else:  # DP-SGD, textguide.privacy
         result, privacy = train_recipe_private(model, benches, cfg, dp)
     seconds = time.time() - t0
-    chosen = {t: serving_choice(benches[t], t, model, seed) for t in tasks}
-    metrics = evaluate_model(benches, model, tasks)
+    chosen, metrics, best_steps = {}, {}, {}
+    for t in tasks:  # each guide keeps the weights that validated best on its own task (select_per_task)
+        use_task_best(model, result, t)
+        chosen[t] = serving_choice(benches[t], t, model, seed)
+        metrics[t] = evaluate_model(benches, model, (t,))[t]
+        best_steps[t] = result.task_best_steps.get(t, result.best_step)
     results = {t: {f"{benches[t].label} ({sharing}/{weighting})": metrics[t]} for t in tasks}
     curves = {f"{sharing}/{weighting}": result.history}
     md = ""
     for t in tasks:
         path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
         g: Guide = benches[t].guide
+        use_task_best(model, result, t)
         g.set_adapter(model, {**guide_meta(t, benches[t], model), **chosen[t],
                               "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
                               **({"pretrained": pretrained[t]} if t in pretrained else {}),
-                              "report_metrics": metrics[t], "train_seconds": seconds, "best_step": result.best_step,
+                              "report_metrics": metrics[t], "train_seconds": seconds, "best_step": best_steps[t],
                               **privacy})
         g.save(path)
         md = write_report(path / "reports", f"textguide train {recipe}: {sharing}/{weighting}, {seconds:.0f}s",
@@ -339,6 +345,13 @@ def train_recipe_private(model: MultiTaskAdapter, benches: dict[str, Any], confi
     result, record = train_private(model, {name: bench.task}, config, dp, example_users(bench))
     logger.warning("%s", describe(record))
     return result, {"privacy": record.to_dict()}
+
+
+def use_task_best(model: MultiTaskAdapter, result: Any, task: str) -> None:
+    """Load the weights that validated best on ``task`` (``TrainResult.task_weights``); a no-op without them."""
+    if task in result.task_weights:
+        model.load_state_dict(result.task_weights[task])
+    model.eval()
 
 
 def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Path | None = None) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class TrainConfig:
         full_softmax_max: catalogs up to this size use a softmax over all items.
         checkpoint_dir, resume: where to checkpoint; continue from the last checkpoint there.
         max_seconds: time budget; training stops (after a final evaluation) once it is spent.
+        select_per_task: with several tasks, also keep each task's own best validated weights
+            (``TrainResult.task_weights``) and count an evaluation as an improvement when any task improved
+            (early stopping waits for every task to plateau, not for their mean). Kept in memory only.
         show_progress: tqdm bar; None shows it when the "textguide" logger is at INFO or below.
     """
 
@@ -67,6 +70,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     resume: bool = False
     max_seconds: float | None = None
+    select_per_task: bool = False
     show_progress: bool | None = None
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 from typing import Union
@@ -53,11 +53,14 @@ logger = logging.getLogger("textguide")
 class TrainResult:
     """What :func:`train` returns. ``history`` has one row per evaluation with keys ``step``, ``seconds``,
     ``loss/<task>`` (mean training loss since the previous row), ``weight/<task>``, ``valid/<task>`` and
-    ``valid_mean``."""
+    ``valid_mean``. With ``TrainConfig.select_per_task``: ``task_weights`` (task -> the state dict at that
+    task's best validation metric) and ``task_best_steps``; empty otherwise."""
 
     history: list[dict[str, float]]
     best_step: int
     best_metrics: dict[str, float]
+    task_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    task_best_steps: dict[str, int] = field(default_factory=dict)
 
 
 Task = Union[SequenceTask, OutfitTask, CouponTask]  # the training data of one task
@@ -99,6 +102,7 @@ def train(
     )
     progress = Progress()
     best_weights: dict[str, torch.Tensor] | None = None
+    task_best: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = {}  # select_per_task: (metric, step, weights)
     checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_SUBDIR if config.checkpoint_dir else None
     if config.resume:
         if checkpoint is not None and checkpoint.is_dir():
@@ -159,10 +163,13 @@ def train(
         if metrics:
             score = float(np.mean(list(metrics.values())))
             row["valid_mean"] = score
+            task_improved = config.select_per_task and keep_task_best(task_best, metrics, progress.step, model)
             if progress.best_score is None or score > progress.best_score:
                 progress.best_score, progress.best_step, progress.best_metrics = score, progress.step, metrics
                 progress.bad_evals = 0
                 best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif task_improved:
+                progress.bad_evals = 0
             else:
                 progress.bad_evals += 1
         progress.history.append(row)
@@ -183,7 +190,20 @@ def train(
     model.eval()
     if progress.best_score is None:  # no validation data: the last step is the result
         progress.best_step = progress.step
-    return TrainResult(history=progress.history, best_step=progress.best_step, best_metrics=progress.best_metrics)
+    return TrainResult(history=progress.history, best_step=progress.best_step, best_metrics=progress.best_metrics,
+                       task_weights={n: b[2] for n, b in task_best.items()},
+                       task_best_steps={n: b[1] for n, b in task_best.items()})
+
+
+def keep_task_best(task_best: dict[str, tuple[float, int, dict[str, torch.Tensor]]], metrics: dict[str, float],
+                   step: int, model: MultiTaskAdapter) -> bool:
+    """Record the weights of every task whose validation metric beat its best so far; True if any did."""
+    improved = [n for n, m in metrics.items() if n not in task_best or m > task_best[n][0]]
+    if improved:
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for n in improved:
+            task_best[n] = (metrics[n], step, weights)
+    return bool(improved)
 
 
 def _check_tasks(model: MultiTaskAdapter, tasks: dict[str, Task]) -> list[str]:
