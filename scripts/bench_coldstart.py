@@ -234,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-cap", type=int, default=20000, help="training examples per source domain (subsampled)")
     p.add_argument("--valid-cap", type=int, default=300, help="selection rows per source domain (early stopping)")
     p.add_argument("--domain-batches", action="store_true", help="one source domain per batch, negatives from it")
-    p.add_argument("--source-similarity", type=float, default=-1.0,
-                   help="train only on sources whose catalog centroid has at least this cosine with the left-out one")
+    p.add_argument("--source-similarity", type=float, default=0.5,
+                   help="train only on sources whose catalog centroid has at least this cosine with the left-out one "
+                        "(the nearest source is always kept; -1: every source; default 0.5, docs/onboarding.md)")
     p.add_argument("--residual", type=float, default=0.0, help="train adapter + w x text cosine (0: adapter alone)")
     p.add_argument("--report-users", type=int, default=2000, help="report users per left-out domain (subsampled)")
     p.add_argument("--observe", type=int, default=400, help="observed users of the left-out domain for auto")
