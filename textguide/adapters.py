@@ -48,7 +48,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from .inputs import as_embeddings, gather
-from .storage import ArtifactError, atomic_directory
+from .storage import ArtifactError, atomic_directory, check_config_fields
 
 __all__ = [
     "AdapterConfig",
@@ -182,10 +182,7 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AdapterConfig":
         """Inverse of :meth:`to_dict`; unknown or missing fields raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown AdapterConfig field(s) {unknown}; known fields: {sorted(known)}")
+        check_config_fields(cls, d)
         if "input_dim" not in d:
             raise ValueError("AdapterConfig needs 'input_dim' (the text embedding dimension)")
         return cls(**d)

@@ -22,7 +22,7 @@ import stat
 import time
 import uuid
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterator
 
 logger = logging.getLogger("textguide")
@@ -472,3 +472,12 @@ def _snapshot_at(dfd: int, directory: Path, kind: str, format_version: int, veri
                 )
         files[rel] = data
     return Snapshot(directory, manifest, files, hint)
+
+
+def check_config_fields(cls: type, d: dict[str, Any]) -> None:
+    """Refuse a config dict with fields the dataclass ``cls`` does not have (ValueError naming them and the
+    known ones): a config written by another textguide version, or a typo in a hand-written one."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")

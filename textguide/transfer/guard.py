@@ -57,7 +57,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from ..adapters import MultiTaskAdapter, encode_items
+from ..storage import check_config_fields
 from ..metrics import fitb_accuracy, metrics_from_ranks, relative_gain
 from ..tasks import TASKS
 from ..tasks.outfit import OutfitTask, fitb_scores
@@ -232,10 +233,7 @@ class TransferConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransferConfig":
         """Inverse of :meth:`to_dict`; unknown fields raise ValueError naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TransferConfig field(s) {unknown}; known fields: {sorted(known)}")
+        check_config_fields(cls, d)
         d = dict(d)
         if isinstance(d.get("train"), dict):
             d["train"] = TrainConfig.from_dict(d["train"])
