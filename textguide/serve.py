@@ -335,9 +335,15 @@ class Service:
             job.finished = time.time()
 
 
+def _hits_fields(name: str, hits: Hits) -> dict[str, Any]:
+    """The fields of a :class:`HitsResponse` for ``hits`` (one mapping for the routes and the fast path)."""
+    return {"guide": name, "method": hits.method, "ids": list(hits.ids),
+            "scores": np.asarray(hits.scores, dtype=np.float64).tolist(), "items": hits.items,
+            "skipped": list(hits.skipped)}
+
+
 def _hits_response(name: str, hits: Hits) -> HitsResponse:
-    return HitsResponse(guide=name, method=hits.method, ids=list(hits.ids), scores=[float(s) for s in hits.scores],
-                        items=hits.items, skipped=list(hits.skipped))
+    return HitsResponse(**_hits_fields(name, hits))
 
 
 def _call(fn: Callable[[], Any]) -> Any:
@@ -476,9 +482,7 @@ class FastReads:
                 hits = await run_in_threadpool(call, g, req, k)
             else:
                 hits = call(g, req, k)
-            payload = self._serialize(HitsResponse.model_construct(
-                guide=name, method=hits.method, ids=list(hits.ids), scores=hits.scores.tolist(), items=hits.items,
-                skipped=list(hits.skipped)))
+            payload = self._serialize(HitsResponse.model_construct(**_hits_fields(name, hits)))
         except Exception:  # noqa: BLE001 - the route runs it again and answers the error as it always does
             return _replay(body, receive)
         await send({"type": "http.response.start", "status": 200,
