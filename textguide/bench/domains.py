@@ -3,7 +3,7 @@
 Each ``prepare_*`` function embeds a domain's catalog into a :class:`~textguide.guide.Guide` (pass an
 :class:`~textguide.encoder.EmbeddingCache`: re-encoding is then free) and returns a :class:`DomainBench`:
 
-* ``task``: a :class:`~textguide.train.SequenceTask` whose training examples come before the selection period
+* ``task``: a :class:`~textguide.tasks.recommend.SequenceTask` whose training examples come before the selection period
   and whose validation rows (one per (user, new item) pair) are the *selection* split (early stopping, the
   negative-transfer guard). ``example_users[i]`` is the user of training example ``i`` (for subsampling).
 * ``report_histories`` / ``report_relevant``: the split we publish numbers on. Relevance is a set (every new

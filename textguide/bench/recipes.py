@@ -1,7 +1,7 @@
 """Recipes: turn a public dataset into a guide, a training task and its evaluation protocol.
 
 Each ``prepare_*`` function embeds a dataset's catalog into a :class:`~textguide.guide.Guide` and builds
-the :mod:`textguide.train` task; each ``evaluate_*`` function scores a method on the dataset's
+the :mod:`textguide.tasks` task; each ``evaluate_*`` function scores a method on the dataset's
 validation protocol and returns ``{metric: value}``. Benchmark scripts and ``textguide train`` use them.
 """
 

@@ -425,7 +425,7 @@ def transfer_domains(
     negative-transfer guard), and save the target guide (adapter + ``reports/transfer.json``) to ``output``.
 
     Domains: next-item recommendation, :data:`textguide.domains.DOMAINS` (hm, online-retail, industrial, office),
-    or basket complements, :data:`textguide.recipes.BASKET_DOMAINS` (hm-baskets, or-baskets); source and target
+    or basket complements, :data:`textguide.bench.recipes.BASKET_DOMAINS` (hm-baskets, or-baskets); source and target
     must be of the same kind.
     """
     import torch

@@ -34,7 +34,7 @@ from .base import Toy, check_dim, toy_items
 if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..index import ItemIndex
-    from ..train import TrainConfig
+    from ..training import TrainConfig
 
 __all__ = ["COUPON", "Coupon", "CouponHead", "CouponTask", "coupon_inputs", "coupon_logits", "coupon_logits_indexed",
            "coupon_probabilities", "text_cosines", "verbalise_profile"]

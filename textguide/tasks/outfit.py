@@ -33,7 +33,7 @@ from .base import Toy, check_dim, toy_items
 
 if TYPE_CHECKING:
     from ..guide import Guide, Hits
-    from ..train import TrainConfig
+    from ..training import TrainConfig
 
 __all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "attach_kind_prior", "fitb_scores", "kind_pmi",
            "outfit_queries", "outfit_scorer", "structure_task"]
@@ -259,6 +259,12 @@ def structure_task(outfits: Sequence[Sequence[str]], names: Sequence[str], name_
     return OutfitTask(name_emb, train_rows, slots, valid_rows or None)
 
 
+def _kind_scale(config: AdapterConfig) -> float:
+    """``sqrt(w * weight)``: split over an item's and a query's kind columns, their product adds
+    ``w * weight * prior`` to the score (``w`` the outfit text-blend weight)."""
+    return math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
+
+
 # ------------------------------------------------------------------------------------------ the head
 class OutfitHead(nn.Module):
     """Pooled partial outfit + a learned correction from (outfit, wanted slot) -> complementary query (B, dim).
@@ -314,13 +320,12 @@ class OutfitHead(nn.Module):
 
     def kind_item_columns(self, text: np.ndarray, config: AdapterConfig) -> np.ndarray:
         """The columns that an item vector gets for the kind prior: ``sqrt(w * weight) * p(kind | item)``."""
-        scale = math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
-        return (scale * self.kind_probabilities(text, config)).astype(np.float32)
+        return (_kind_scale(config) * self.kind_probabilities(text, config)).astype(np.float32)
 
     def kind_query_columns(self, text: np.ndarray, partials: list[list[int]], config: AdapterConfig) -> np.ndarray:
         """The query's columns: ``sqrt(w * weight) * (sum of the partial outfit's kind probabilities) @ PMI``,
         so a candidate's score gains ``w * weight * sum_i p_i^T PMI p_c``."""
-        scale = math.sqrt(config.text_blend.get("outfit", 0.0) * config.outfit_kind_weight)
+        scale = _kind_scale(config)
         sums = np.stack([self.kind_probabilities(text[list(p)], config).sum(0) for p in partials])
         return (scale * sums @ self.kind_pmi.numpy()).astype(np.float32)
 

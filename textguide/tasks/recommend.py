@@ -30,7 +30,7 @@ from .base import Toy, check_dim, toy_items
 if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..index import Where
-    from ..train import TrainConfig
+    from ..training import TrainConfig
 
 __all__ = ["RECOMMEND", "Recommend", "SequenceEncoder", "SequenceTask", "positions_from_end", "history_scorer", "next_item_examples", "recommend_queries"]
 
