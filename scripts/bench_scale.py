@@ -13,11 +13,15 @@ Parts (``--part``):
                is not a model's), built on Ray into ``--shards`` shards with the index factory the single index
                picks for a shard's size; then loaded with ``Guide.load`` and queried: index bytes per item, query
                latency p50/p99 (one query at a time) and recall@10 against exact search on a sample of queries.
+``stream``     out of core: ``--rows`` (and a tenth of it) generated products saved as a ``datasets`` folder, built by
+               ``build_index_streaming`` with each ``--stream-batches`` size and, at ``--rows``, by the in-memory
+               ``build_index`` with the same factory; each child's peak resident memory (VmHWM) is the result.
 
 Results go to ``--out`` (JSON) and a Markdown table on stdout. Usage::
 
     nice -n 10 python scripts/bench_scale.py --part hm --limit 10000 --out docs/runs/bench_scale_hm.json
     nice -n 10 python scripts/bench_scale.py --part synthetic --rows 2000000 --out docs/runs/bench_scale_2m.json
+    python scripts/bench_scale.py --part stream --rows 2000000 --out docs/runs/bench_scale_stream_2m.json
 """
 
 from __future__ import annotations
@@ -48,10 +52,17 @@ def worker(args: argparse.Namespace) -> None:
     from textguide.guide import build_index
 
     t0 = time.perf_counter()
-    common = dict(encoder=args.encoder, use_cache=False, template=args.template, force=True)
+    common = dict(encoder=args.encoder or None, backend=args.backend, use_cache=False, template=args.template,
+                  force=True)
     if args.worker == "single":
-        guide = build_index(args.catalog, args.output, batch_size=args.batch_size, **common)
+        guide = build_index(args.catalog, args.output, batch_size=args.batch_size, factory=args.factory, **common)
         items = guide.index.count
+    elif args.worker == "stream":
+        from textguide.stream import build_index_streaming
+
+        manifest = build_index_streaming(args.catalog, args.output, batch_size=args.batch_size,
+                                         batch_rows=args.batch_rows, factory=args.factory, **common)
+        items = manifest["counts"]["items"]
     else:
         import ray
 
@@ -64,7 +75,10 @@ def worker(args: argparse.Namespace) -> None:
                                    batch_size=args.batch_size, **common)
         items = manifest["counts"]["items"]
         ray.shutdown()
-    print(json.dumps({"seconds": time.perf_counter() - t0, "items": items}))
+    seconds = time.perf_counter() - t0
+    status = Path("/proc/self/status").read_text().splitlines()
+    hwm = next((int(line.split()[1]) // 1024 for line in status if line.startswith("VmHWM:")), None)
+    print(json.dumps({"seconds": seconds, "items": items, "vm_hwm_mb": hwm}))
 
 
 def _label(proc: Any, root: int) -> str:
@@ -139,8 +153,9 @@ def run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
 
 def _cmd(kind: str, catalog: Path, output: Path, args: argparse.Namespace, **extra: Any) -> list[str]:
     cmd = [sys.executable, __file__, "--worker", kind, "--catalog", str(catalog), "--output", str(output),
-           "--encoder", extra.get("encoder", args.encoder or ""), "--batch-size", str(args.batch_size)]
-    for key in ("actors", "shards", "cpus", "batch_rows", "template"):
+           "--encoder", extra.get("encoder", args.encoder or ""), "--batch-size", str(args.batch_size),
+           "--backend", extra.get("backend", args.backend)]
+    for key in ("actors", "shards", "cpus", "batch_rows", "template", "factory"):
         if key in extra and extra[key] is not None:
             cmd += [f"--{key.replace('_', '-')}", str(extra[key])]
     return cmd
@@ -168,7 +183,7 @@ def part_hm(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         runs[name]["load_average_1min_before_after"] = [load, os.getloadavg()[0]]
         runs[name]["items_per_s"] = runs[name]["items"] / runs[name]["seconds"]
         print(json.dumps(runs[name]), file=sys.stderr, flush=True)
-    return {"catalog_rows": len(frame), "encoder": "minilm (packaged), torch fp32", "runs": runs}
+    return {"catalog_rows": len(frame), "encoder": f"minilm (packaged), backend {args.backend}", "runs": runs}
 
 
 # ---------------------------------------------------------------------------------------------- part b: synthetic
@@ -264,9 +279,52 @@ def part_synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------- part c: stream
+def part_stream(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Out of core: ``build_index_streaming`` over a ``datasets`` folder of ``--rows`` products vs the in-memory build.
+
+    Each build runs in a fresh child process; its peak resident memory is the kernel's VmHWM. The in-memory build
+    gets the same factory as the streamed one, so the difference is the catalog held in memory, not the index."""
+    import datasets
+
+    from textguide.stream import _stream_factory
+    from textguide.index import IndexConfig
+
+    runs: dict[str, Any] = {}
+    sizes = sorted({max(args.rows // 10, 1000), args.rows})
+    for rows in sizes:
+        parquet = work / f"synthetic-{rows}"
+        t0 = time.perf_counter()
+        synthetic_catalog(rows, parquet)
+        ds_dir = work / f"dataset-{rows}"
+        files = sorted(str(f) for f in parquet.glob("*.parquet"))
+        datasets.Dataset.from_parquet(files, cache_dir=str(work / "hf-cache")).save_to_disk(str(ds_dir))
+        shutil.rmtree(parquet)
+        shutil.rmtree(work / "hf-cache", ignore_errors=True)
+        gen_s = time.perf_counter() - t0
+        factory = args.factory or _stream_factory(IndexConfig(), rows, args.dim)
+        plans = [(f"stream, batch_rows {b:,}", "stream", b) for b in args.stream_batches]
+        if rows == args.rows:
+            plans.append(("in memory (build_index)", "single", None))
+        for name, kind, batch_rows in plans:
+            cmd = _cmd(kind, ds_dir, work / "guide-stream", args, encoder=f"hashing:{args.dim}", backend="torch",
+                       batch_rows=batch_rows, factory=factory)
+            print(f"running {rows:,} rows, {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
+            run = run_child(cmd, args.timeout)
+            run.update(rows=rows, factory=factory, generate_s=gen_s, items_per_s=run["items"] / run["seconds"],
+                       load_average_1min_before_after=[load, os.getloadavg()[0]],
+                       dataset_bytes=sum(f.stat().st_size for f in ds_dir.glob("*.arrow")))
+            runs[f"{rows:,} rows, {name}"] = run
+            print(json.dumps(run), file=sys.stderr, flush=True)
+            shutil.rmtree(work / "guide-stream", ignore_errors=True)
+        shutil.rmtree(ds_dir)
+    return {"encoder": f"hashing:{args.dim} (stands in for the model)", "runs": runs}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=["hm", "synthetic"])
+    p.add_argument("--part", choices=["hm", "synthetic", "stream"])
     p.add_argument("--limit", type=int, default=None, help="H&M: first N articles (default all)")
     p.add_argument("--rows", type=int, default=2_000_000, help="synthetic: products")
     p.add_argument("--dim", type=int, default=64, help="synthetic: hashing encoder dimension")
@@ -276,11 +334,15 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--batch-rows", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", default="torch", help="hm: the encoder runtime (torch, onnx, openvino, ...)")
+    p.add_argument("--factory", default=None, help="FAISS factory (default: what the build picks for the size)")
+    p.add_argument("--stream-batches", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 50_000],
+                   help="stream: batch_rows values to run (comma-separated)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     # child-process mode
-    p.add_argument("--worker", choices=["single", "ray"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["single", "ray", "stream"], help=argparse.SUPPRESS)
     p.add_argument("--catalog", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     p.add_argument("--encoder", default="", help=argparse.SUPPRESS)
@@ -297,7 +359,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        result = part_hm(args, work) if args.part == "hm" else part_synthetic(args, work)
+        result = {"hm": part_hm, "synthetic": part_synthetic, "stream": part_stream}[args.part](args, work)
         result.update(part=args.part, command=" ".join(sys.argv), seconds_total=time.perf_counter() - t0,
                       load_average=os.getloadavg(), cpus=os.cpu_count())
     finally:

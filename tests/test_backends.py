@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textguide.backends import BACKENDS, backend_available, check_backend
-from textguide.encoder import load_encoder
+from textguide.backends import BACKENDS, BackendError, backend_available, check_backend
+from textguide.encoder import AUTO_BACKEND, HashingEncoder, load_encoder
 from textguide.guide import Guide, build_index
 from textguide.catalog import sample_catalog_path
 
@@ -91,3 +91,49 @@ def test_backend_encodes_from_several_threads_at_once(backend: str, torch_vector
     assert not errors, errors[:3]
     for i, vecs in got.items():
         assert len(vecs) == 18 and min(float(v @ ref[i]) for v in vecs) > 0.999, texts[i][:40]
+
+
+def test_auto_backend_leaves_other_encoders_on_their_own_runtime() -> None:
+    from textguide.guide import encoder_info
+
+    enc = load_encoder("hashing:16", backend="auto")  # an explicit backend here is an error (test above)
+    assert isinstance(enc, HashingEncoder) and encoder_info(enc)["backend"] == "torch"
+
+
+@pytest.mark.real
+def test_auto_backend_is_openvino_when_installed_else_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import textguide.backends as backends
+
+    if not backend_available(AUTO_BACKEND):
+        pytest.skip(f"{AUTO_BACKEND} not installed")
+    auto = load_encoder(backend="auto")
+    assert auto.backend == AUTO_BACKEND and auto.fingerprint == load_encoder(backend=AUTO_BACKEND).fingerprint
+    assert load_encoder(precision="bf16", backend="auto").backend == "torch"  # bf16 is a torch precision
+    monkeypatch.setattr(backends, "backend_available", lambda b: b == "torch")
+    assert load_encoder(backend="auto").backend == "torch"
+
+
+@pytest.mark.real
+def test_auto_backend_falls_back_to_torch_when_the_export_fails(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import textguide.backends as backends
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed: unsupported op")
+
+    monkeypatch.setattr(backends, "backend_available", lambda b: True)
+    monkeypatch.setattr(backends, "ExportedSentenceEncoder", broken)
+    with pytest.raises(BackendError, match="backend 'openvino' cannot run encoder 'minilm': compile failed"):
+        load_encoder(backend="openvino")  # asked for by name: an error, no silent fallback
+    with caplog.at_level("WARNING", logger="textguide"):
+        enc = load_encoder(backend="auto")
+    assert enc.backend == "torch" and "compile failed" in caplog.text
+
+
+@pytest.mark.real
+def test_build_index_defaults_to_the_auto_backend(tmp_path: Path) -> None:
+    if not backend_available(AUTO_BACKEND):
+        pytest.skip(f"{AUTO_BACKEND} not installed")
+    guide = build_index(sample_catalog_path(), tmp_path / "g")
+    assert guide.manifest["encoder"]["backend"] == AUTO_BACKEND
+    assert Guide.load(tmp_path / "g").encoder.backend == AUTO_BACKEND

@@ -31,6 +31,10 @@ _NEEDS = {"torch": ("torch",), "onnx": ("onnxruntime", "onnx"), "onnx-int8": ("o
           "openvino": ("openvino", "onnx"), "openvino-int8": ("openvino", "onnxruntime", "onnx")}
 
 
+class BackendError(ValueError):
+    """A backend cannot run this model (unsupported pooling, a failed export or compile)."""
+
+
 def check_backend(backend: str) -> str:
     """``backend`` if it is one of :data:`BACKENDS`, else a ``ValueError`` listing them."""
     if backend not in BACKENDS:

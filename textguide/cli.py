@@ -210,9 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=None,
                    help="minilm (default, packaged), use-multilingual, hashing:DIM, or a local sentence-transformers path")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--backend", choices=list(BACKENDS), default="torch",
-                   help="runtime of a sentence-transformers encoder: torch (default), onnx, onnx-int8, openvino, "
-                        "openvino-int8 (exported once from the local weights, cached; see docs/benchmarks.md)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
+                   help="runtime of a sentence-transformers encoder: auto (default: openvino when installed, else "
+                        "torch), torch, onnx, onnx-int8, openvino, openvino-int8 (exported once from the local "
+                        "weights, cached; see docs/benchmarks.md section 4)")
     p.add_argument("--factory", default=None, help="FAISS factory string (default: Flat, or HNSW32,Flat above 50k items)")
     p.add_argument("--cache-dir", default=None, help="embedding cache directory (default ~/.cache/textguide)")
     p.add_argument("--no-cache", action="store_true")

@@ -319,7 +319,7 @@ def build_index_ray(
     template: str | None = None,
     encoder: str | TextEncoder | None = None,
     precision: str = "fp32",
-    backend: str = "torch",
+    backend: str = "auto",
     factory: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
@@ -387,7 +387,7 @@ def build_index_ray(
             valid = raw.map_batches(Validate(columns, template, strict, source), batch_format="pandas",
                                     batch_size=None, num_cpus=READ_CPUS)
             embedded = valid.map_batches(
-                Embed, fn_constructor_kwargs=dict(encoder=actor_encoder, precision=precision, backend=backend,
+                Embed, fn_constructor_kwargs=dict(encoder=actor_encoder, precision=precision, backend=info["backend"],
                                                   cache_dir=cache, use_cache=use_cache, batch_size=batch_size,
                                                   threads=max(1, int(cpus_per_actor))),
                 compute=ActorPoolStrategy(size=actors), batch_size=batch_rows, batch_format="pyarrow",

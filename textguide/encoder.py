@@ -102,7 +102,7 @@ class SentenceTransformerEncoder:
         backend: str = "torch",
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        from .backends import backend_dir, check_backend
+        from .backends import BackendError, backend_dir, check_backend
 
         check_backend(backend)
         if backend != "torch" and precision != "fp32":
@@ -151,7 +151,13 @@ class SentenceTransformerEncoder:
 
             self.fingerprint = f"st-{base}-{backend}-{self.model.max_seq_length}"
             where = backend_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir(), f"st-{base}")
-            self._exported = ExportedSentenceEncoder(self.model, backend, where)
+            try:
+                self._exported = ExportedSentenceEncoder(self.model, backend, where)
+            except ImportError:
+                raise
+            except Exception as e:  # noqa: BLE001 - said with the model and the way out
+                raise BackendError(f"backend {backend!r} cannot run encoder {self.name!r}: {e}; "
+                                   "use backend='torch'") from e
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool | None = None) -> np.ndarray:
         """Embed texts -> float32 ``(n, dim)``, L2-normalised."""
@@ -247,13 +253,23 @@ class HashingEncoder:
         return _normalise(out)
 
 
+#: What ``backend="auto"`` (the default of the index builds) runs a sentence-transformers model on: the fastest
+#: backend that met the bar of docs/benchmarks.md section 4 (>= 2x plain fp32 throughput, cosine >= .99, top-10
+#: overlap >= .95), when its packages are installed and the model exports; else torch fp32.
+AUTO_BACKEND = "openvino"
+
+
 def load_encoder(spec: str | None = None, *, precision: Precision = "fp32", backend: str = "torch") -> TextEncoder:
     """Encoder from a spec: ``minilm`` (default, packaged, offline), ``use-multilingual``,
     ``hashing:DIM``, or a local sentence-transformers model path (or hub name).
 
     ``backend`` (sentence-transformers models only): ``torch`` (default), ``onnx``, ``onnx-int8``, ``openvino``
-    or ``openvino-int8`` (see :mod:`textguide.backends`); other encoders accept only ``torch``.
+    or ``openvino-int8`` (see :mod:`textguide.backends`); other encoders accept only ``torch``. ``auto`` picks
+    :data:`AUTO_BACKEND` for a sentence-transformers model at fp32 when it is installed and the model exports,
+    and torch otherwise (other encoders, ``bf16``, a failed export: logged).
     """
+    if backend == "auto":
+        return _load_auto(spec, precision)
     if backend != "torch" and spec is not None and (spec == MULTILINGUAL_ENCODER or spec.startswith("hashing:")):
         raise ValueError(f"backend {backend!r} needs a sentence-transformers encoder; {spec!r} has its own runtime: "
                          "leave backend='torch'")
@@ -268,6 +284,21 @@ def load_encoder(spec: str | None = None, *, precision: Precision = "fp32", back
             raise ValueError(f"encoder spec {spec!r}: expected hashing:DIM with an integer DIM") from None
         return HashingEncoder(dim)
     return SentenceTransformerEncoder(spec, precision=precision, backend=backend)
+
+
+def _load_auto(spec: str | None, precision: Precision) -> TextEncoder:
+    from .backends import BackendError, backend_available
+
+    if (spec is not None and (spec == MULTILINGUAL_ENCODER or spec.startswith("hashing:"))) or precision != "fp32":
+        return load_encoder(spec, precision=precision, backend="torch")
+    if not backend_available(AUTO_BACKEND):
+        logger.info("backend auto: %s is not installed (pip install 'textguide[fast]'); using torch", AUTO_BACKEND)
+        return load_encoder(spec, precision=precision, backend="torch")
+    try:
+        return load_encoder(spec, precision=precision, backend=AUTO_BACKEND)
+    except BackendError as e:
+        logger.warning("backend auto: %s; using torch", e)
+        return load_encoder(spec, precision=precision, backend="torch")
 
 
 def default_cache_dir() -> Path:

@@ -1048,7 +1048,7 @@ def build_index(
     template: str | None = None,
     encoder: str | TextEncoder | None = None,
     precision: str = "fp32",
-    backend: str = "torch",
+    backend: str = "auto",
     factory: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
@@ -1061,7 +1061,9 @@ def build_index(
     """Read a catalog, embed it, index it and write the guide directory atomically.
 
     ``output`` must be new, empty or a guide; ``force=True`` writes into any other directory after moving its
-    contents aside to ``<output>.replaced-<time>`` (nothing is deleted).
+    contents aside to ``<output>.replaced-<time>`` (nothing is deleted). ``backend="auto"`` encodes a
+    sentence-transformers model on OpenVINO when installed (docs/benchmarks.md section 4), else on torch; the
+    manifest records the backend used, and the guide encodes queries with it.
     """
     if not force:
         check_replaceable(output, FORMAT)  # refuse before the slow embedding

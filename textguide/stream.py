@@ -125,7 +125,7 @@ def build_index_streaming(
     columns: ColumnMap | None = None,
     template: str | None = None,
     encoder: str | TextEncoder | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     factory: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
