@@ -18,7 +18,6 @@ from . import decisions as dec
 from .decisions import category_of_items, combine
 from .encoder import EmbeddingCache, SentenceTransformerEncoder, TextEncoder, encode_texts, load_encoder
 from .index import INDEX_FILES, IndexConfig, ItemIndex, Where
-from .metrics import text_queries
 from .storage import (ArtifactError, ConcurrentWriteError, Snapshot, check_replaceable, read_snapshot,
                       write_artifact)
 
@@ -700,7 +699,6 @@ class Guide:
         of the users first goes to :meth:`fine_tune` (its own guard decides whether the adapter changes) and
         the evaluation uses the others. Returns the report (also ``reports/observe.json``).
         """
-        from .adapters import encode_items
         from .tasks import TASKS
 
         if task not in ("recommend", "outfit", "coupon"):
@@ -711,62 +709,25 @@ class Guide:
             raise ValueError(f"category must be a non-empty string, got {category!r}")
         if isinstance(sequences, str) or not len(sequences):
             raise ValueError("sequences must be a non-empty list of item-id lists")
-        if task == "coupon":  # a coupon family: per-user AUC of the redeemed coupons (see Coupon.observe_users)
-            if fine_tune:
-                raise ValueError("fine_tune=True is supported for task='recommend' only")
-            current = dec.resolve(self.adapter_meta, task, category, True)
-            weights = sorted({*dec.candidate_weights(True), current.weight})
-            auc, extra, seen = TASKS[task].observe_users(self, sequences, category, weights, k)
-            if len(auc[current.weight]) < 2:
-                raise ValueError(f"need at least 2 records with a redeemed and an unredeemed coupon of family "
-                                 f"{category!r} and a known history, got {len(auc[current.weight])}")
-            decision = dec.decide(auc, current.weight, dec.split_users(len(auc[current.weight]), select_fraction, seed),
-                                  metric="AUC", min_users=min_users, n_boot=n_boot, seed=seed, extra=extra)
-            decision.evidence.update(previous=current.to_dict(), candidates=seen)
-            return self._record_observed(task, category, decision, {"task": task, "category": category,
-                                         "sequences": len(sequences), "users": len(auc[current.weight])}, save)
-        field = self._task_field(task)
-        in_cat = self.index.mask({field: category}) if field in self.index.metadata.columns else None
-        if in_cat is None or not in_cat.any():
-            raise ValueError(f"no live item has {field}={category!r}; onboard the category first")
+        spec = TASKS[task]
+        if fine_tune and not spec.fine_tunes:
+            tunable = [name for name, t in TASKS.items() if t.fine_tunes]
+            raise ValueError(f"fine_tune=True is supported for task={' or '.join(map(repr, tunable))} only")
+        spec.check_observable(self, category)
         report: dict[str, Any] = {"task": task, "category": category, "sequences": len(sequences)}
         if fine_tune:
-            if task != "recommend":
-                raise ValueError("fine_tune=True is supported for task='recommend' only")
             tune = dec.split_users(len(sequences), fine_tune_fraction, seed + 1)
             report["fine_tune"] = self.fine_tune([sequences[i] for i in np.flatnonzero(tune)], seed=seed, save=False)
             sequences = [sequences[i] for i in np.flatnonzero(~tune)]
-        hist, targets = [], []
-        for n, seq in enumerate(sequences):
-            rows, _ = self.rows(seq, f"sequence {n}", "error")
-            rows = list(dict.fromkeys(rows))
-            pos = [j for j, r in enumerate(rows) if in_cat[r]]
-            if not pos:
-                continue
-            j = pos[-1]
-            context = TASKS[task].observe_context(rows, j)
-            if context:
-                hist.append(context[-50:])
-                targets.append(rows[j])
-        if len(hist) < 2:
-            raise ValueError(f"need at least 2 sequences with an item of {category!r} after at least one other item, "
-                             f"got {len(hist)}")
-        cand = np.flatnonzero(in_cat)
-        col = {int(r): i for i, r in enumerate(cand)}
-        emb = self.index.embeddings
-        text_q = text_queries(emb, hist)
-        adapter_q = TASKS[task].observe_queries(self, hist, category)
         current = dec.resolve(self.adapter_meta, task, category, True)
         weights = sorted({*dec.candidate_weights(True), current.weight})
-        ranks = dec.ranks_by_weight(text_q, emb[cand], adapter_q, encode_items(self.adapter, emb[cand], task),
-                                    [col[t] for t in targets], [[col[r] for r in h if r in col] for h in hist], weights)
-        hits = {w: dec.rank_metrics(r, k)[0] for w, r in ranks.items()}
-        ndcg = {w: dec.rank_metrics(r, k)[1] for w, r in ranks.items()}
-        decision = dec.decide(hits, current.weight, dec.split_users(len(hist), select_fraction, seed),
-                              metric=f"Recall@{k}", min_users=min_users, n_boot=n_boot, seed=seed,
-                              extra={f"NDCG@{k}": ndcg})
-        decision.evidence.update(previous=current.to_dict(), candidates=len(cand))
-        report["users"] = len(hist)
+        scores, extra, candidates = spec.observe_users(self, sequences, category, weights, k)
+        users = len(scores[current.weight])
+        decision = dec.decide(scores, current.weight, dec.split_users(users, select_fraction, seed),
+                              metric=spec.observe_metric(k), min_users=min_users, n_boot=n_boot, seed=seed,
+                              extra=extra)
+        decision.evidence.update(previous=current.to_dict(), candidates=candidates)
+        report["users"] = users
         return self._record_observed(task, category, decision, report, save)
 
     def _record_observed(self, task: str, category: str, decision: dec.Decision, report: dict[str, Any],

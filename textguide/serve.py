@@ -233,9 +233,7 @@ class GuideSlot:
 
 def _ready(guide: Guide) -> Guide:
     """``guide`` with the lookup tables its item records need built now, not by the first read after a swap."""
-    live = np.flatnonzero(~guide.index.deleted)
-    if len(live):
-        guide.index.items([guide.index.ids[live[0]]])
+    guide.index.warm()
     return guide
 
 

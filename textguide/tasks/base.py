@@ -43,6 +43,7 @@ class Task(Protocol):
     data_type: type  # the training data class, e.g. SequenceTask
     select_metric: str  # what early stopping, the transfer guard and the benchmark reports select on
     head_name: str  # the attribute of MultiTaskAdapter that holds the head
+    fine_tunes: bool  # whether Guide.observe(fine_tune=True) may fine-tune on this task's sequences
 
     def head(self, config: "AdapterConfig") -> "nn.Module":
         """The task's part of the model, built from the adapter's config."""
@@ -71,6 +72,17 @@ class Task(Protocol):
     def ask(self, guide: "Guide", data: Any, example: int, k: int) -> list[int]:
         """The same validation example through the public ``Guide`` method (served by the adapter), as rows."""
 
+    def observe_metric(self, k: int) -> str:
+        """The metric ``Guide.observe`` decides on (e.g. ``Recall@10``, ``AUC``)."""
+
+    def check_observable(self, guide: "Guide", category: str) -> None:
+        """Refuse (``ValueError``) a category ``Guide.observe`` cannot measure, before any work."""
+
+    def observe_users(self, guide: "Guide", records: Any, category: str, weights: Any,
+                      k: int) -> tuple[dict[float, np.ndarray], dict[str, dict[float, np.ndarray]], int]:
+        """Per-user scores of the decision metric for every adapter weight, other metrics the same way, and
+        the number of candidates seen."""
+
 
 def check_dim(model: "MultiTaskAdapter", data: Any, name: str) -> None:
     """Raise ValueError unless ``data.item_emb`` has the model's input dimension."""
@@ -92,3 +104,67 @@ def toy_items(n: int, seed: int, categories: tuple[str, ...] = ("alpha", "beta",
         "text": [" ".join(rng.choice(words, size=3, replace=False)) + f" model {i}" for i in range(n)],
         "category": [categories[i % len(categories)] for i in range(n)],
     })
+
+
+def sequence_candidates(task: Any, guide: "Guide", category: str) -> np.ndarray:
+    """The live rows whose task field (``category`` for recommend, ``slot`` for outfits) is ``category``; an
+    error naming the field when there are none (``Guide.observe``'s first check, before any fine-tuning)."""
+    field = task.category_field(guide.adapter_meta)
+    in_cat = guide.index.mask({field: category}) if field in guide.index.metadata.columns else None
+    if in_cat is None or not in_cat.any():
+        raise ValueError(f"no live item has {field}={category!r}; onboard the category first")
+    return in_cat
+
+
+def sequence_evidence(task: Any, guide: "Guide", sequences: Any, category: str, weights: Any,
+                      k: int) -> tuple[dict[float, np.ndarray], dict[str, dict[float, np.ndarray]], int]:
+    """Per-user evidence for ``Guide.observe`` on a sequence-shaped task (recommend, outfit): in each sequence
+    the last item of ``category`` is the target, ``task.observe_context`` the query, and the category's live
+    items the candidates. Returns each user's hit@``k`` for every adapter weight, the same for NDCG@``k``, and the
+    number of candidates (the shape of :meth:`textguide.tasks.coupon.Coupon.observe_users`)."""
+    from .. import decisions as dec
+    from ..adapters import encode_items
+    from ..metrics import text_queries
+
+    in_cat = sequence_candidates(task, guide, category)
+    hist, targets = [], []
+    for n, seq in enumerate(sequences):
+        rows, _ = guide.rows(seq, f"sequence {n}", "error")
+        rows = list(dict.fromkeys(rows))
+        pos = [j for j, r in enumerate(rows) if in_cat[r]]
+        if not pos:
+            continue
+        context = task.observe_context(rows, pos[-1])
+        if context:
+            hist.append(context[-50:])
+            targets.append(rows[pos[-1]])
+    if len(hist) < 2:
+        raise ValueError(f"need at least 2 sequences with an item of {category!r} after at least one other item, "
+                         f"got {len(hist)}")
+    cand = np.flatnonzero(in_cat)
+    col = {int(r): i for i, r in enumerate(cand)}
+    emb = guide.index.embeddings
+    ranks = dec.ranks_by_weight(text_queries(emb, hist), emb[cand], task.observe_queries(guide, hist, category),
+                                encode_items(guide.adapter, emb[cand], task.name), [col[t] for t in targets],
+                                [[col[r] for r in h if r in col] for h in hist], weights)
+    hits = {w: dec.rank_metrics(r, k)[0] for w, r in ranks.items()}
+    ndcg = {w: dec.rank_metrics(r, k)[1] for w, r in ranks.items()}
+    return hits, {f"NDCG@{k}": ndcg}, len(cand)
+
+
+class SequenceObserving:
+    """``Guide.observe`` for the sequence-shaped tasks (recommend, outfit): a task using it has ``name``,
+    ``category_field``, ``observe_context`` (the query rows when row ``j`` is the target) and ``observe_queries``."""
+
+    def observe_metric(self, k: int) -> str:
+        """The metric ``Guide.observe`` decides on."""
+        return f"Recall@{k}"
+
+    def check_observable(self, guide: "Guide", category: str) -> None:
+        """Refuse a category with no live item, before ``Guide.observe`` does any work."""
+        sequence_candidates(self, guide, category)
+
+    def observe_users(self, guide: "Guide", sequences: Any, category: str, weights: Any,
+                      k: int) -> tuple[dict[float, np.ndarray], dict[str, dict[float, np.ndarray]], int]:
+        """Per-user hit@``k`` (and NDCG@``k``) by adapter weight (:func:`sequence_evidence`)."""
+        return sequence_evidence(self, guide, sequences, category, weights, k)

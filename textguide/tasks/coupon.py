@@ -319,6 +319,7 @@ class Coupon:
     data_type = CouponTask
     select_metric = "AUC"
     head_name = "coupon"  # MultiTaskAdapter.coupon
+    fine_tunes = False  # Guide.observe(fine_tune=True) may fine-tune on this task's data
 
     def head(self, config: AdapterConfig) -> nn.Module:
         """The task's part of the model."""
@@ -427,6 +428,18 @@ class Coupon:
             text_probs = ((text_cosines(emb, [rows], coupon_rows)[0] + 1) / 2).astype(np.float32)
         return adapter_probs, text_probs
 
+
+    def observe_metric(self, k: int) -> str:
+        """The metric ``Guide.observe`` decides on: each household's AUC of its redeemed coupons of the family."""
+        return "AUC"
+
+    def check_observable(self, guide: Guide, category: str) -> None:
+        """Refuse a coupon family no registered coupon belongs to, before ``Guide.observe`` does any work."""
+        if category not in {family(guide.index, [guide.index.row_of[i] for i in items if i in guide.index])
+                            for items in guide.coupons.values()}:
+            raise ValueError(f"no registered coupon is of family {category!r} (a coupon's family is the most common "
+                             f"category of its products); register its coupons with guide.add_coupons first")
+
     def observe_users(self, guide: Guide, records: Sequence[dict[str, Any]], category: str,
                       weights: Sequence[float], k: int) -> tuple[dict[float, np.ndarray], dict[str, dict], int]:
         """Per-user evidence on coupon family ``category`` for ``Guide.observe(task="coupon")``.
@@ -437,10 +450,7 @@ class Coupon:
         only users with at least one redeemed and one unredeemed coupon of it. Returns, for every adapter weight,
         each user's AUC of redeemed over unredeemed coupons (ties count half), the same for hit@``k`` (a redeemed
         coupon in the top ``k``), and the number of the family's coupons seen."""
-        if category not in {family(guide.index, [guide.index.row_of[i] for i in items if i in guide.index])
-                            for items in guide.coupons.values()}:
-            raise ValueError(f"no registered coupon is of family {category!r} (a coupon's family is the most common "
-                             f"category of its products); register its coupons with guide.add_coupons first")
+        self.check_observable(guide, category)
         auc: dict[float, list[float]] = {w: [] for w in weights}
         hit: dict[float, list[float]] = {w: [] for w in weights}
         seen: set[str] = set()
@@ -470,6 +480,9 @@ class Coupon:
                 pos, neg = s[y][:, None], s[~y][None, :]
                 auc[w].append(float(((pos > neg) + 0.5 * (pos == neg)).mean()))
                 hit[w].append(float(y[np.argsort(-s, kind="stable")[:k]].any()))
+        if len(auc[weights[0]]) < 2:
+            raise ValueError(f"need at least 2 records with a redeemed and an unredeemed coupon of family "
+                             f"{category!r} and a known history, got {len(auc[weights[0]])}")
         return ({w: np.asarray(v) for w, v in auc.items()}, {f"hit@{k}": {w: np.asarray(v) for w, v in hit.items()}},
                 len(seen))
 

@@ -29,7 +29,7 @@ from ..adapters import AdapterConfig, AttentionPool, MultiTaskAdapter, blend_tex
 from ..decisions import blend_scores, blend_search, hits_label
 from ..inputs import as_embeddings, check_weights, gather, index_lists, pad, sample_rows
 from ..metrics import fitb_accuracy, rank_of_target, text_queries
-from .base import Toy, check_dim, toy_items
+from .base import SequenceObserving, Toy, check_dim, toy_items
 
 if TYPE_CHECKING:
     from ..guide import Guide, Hits
@@ -409,13 +409,14 @@ def outfit_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None =
     raise ValueError(f"unknown method {method!r}: use text or adapter")
 
 
-class Outfit:
+class Outfit(SequenceObserving):
     """The ``outfit`` task (see the module docstring)."""
 
     name = "outfit"
     data_type = OutfitTask
     select_metric = "FITB"
     head_name = "outfit"  # MultiTaskAdapter.outfit
+    fine_tunes = False  # Guide.observe(fine_tune=True) may fine-tune on this task's data
 
     def head(self, config: AdapterConfig) -> nn.Module:
         """The task's part of the model."""
@@ -548,6 +549,7 @@ class Outfit:
         hits = guide.complete_outfit([ids[r] for r in part], k=k, slot=names[slot] if names else None,
                                      candidates=[ids[r] for r in cands], method="adapter")
         return [guide.index.row_of[i] for i in hits.ids]
+
 
     def observe_context(self, rows: list[int], j: int) -> list[int]:
         """What ``Guide.observe`` queries with when row ``j`` is the target: the rest of the outfit."""

@@ -25,7 +25,7 @@ from ..adapters import AdapterConfig, MultiTaskAdapter, blend_text, encode_items
 from ..decisions import blend_search, hits_label
 from ..inputs import as_embeddings, check_weights, gather, index_array, index_lists, pad, sample_rows
 from ..metrics import full_ranking_ranks, text_queries
-from .base import Toy, check_dim, toy_items
+from .base import SequenceObserving, Toy, check_dim, toy_items
 
 if TYPE_CHECKING:
     from ..guide import Guide, Hits
@@ -215,13 +215,14 @@ def history_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None 
     raise ValueError(f"unknown method {method!r}: use popularity, text or adapter")
 
 
-class Recommend:
+class Recommend(SequenceObserving):
     """The ``recommend`` task (see the module docstring)."""
 
     name = "recommend"
     data_type = SequenceTask
     select_metric = "Recall@10"
     head_name = "sequence"  # MultiTaskAdapter.sequence
+    fine_tunes = True  # Guide.observe(fine_tune=True) may fine-tune on this task's data
 
     def head(self, config: AdapterConfig) -> nn.Module:
         """The task's part of the model."""
@@ -299,6 +300,7 @@ class Recommend:
     def category_field(meta: dict) -> str:
         """The metadata field whose values the recommend decisions are kept per."""
         return "category"
+
 
     def observe_context(self, rows: list[int], j: int) -> list[int]:
         """What ``Guide.observe`` queries with when row ``j`` is the target: the items before it."""
