@@ -16,27 +16,9 @@ from pathlib import Path
 
 import torch
 
-from textguide.bench import amexpert as amx
-from textguide.bench import recipes, workflows
+from textguide.bench.coupons import amexpert_table, best_baseline_gain, uci_table
+from textguide.bench.workflows import md_table
 from textguide.encoder import EmbeddingCache, load_encoder
-from textguide.training import TrainConfig, train
-
-
-def train_coupon_adapter(task, dim: int, seconds: float, seed: int):
-    model = workflows.new_model(("coupon",), "hard", seed, input_dim=dim)
-    model.config.profile_dim = task.profiles.shape[1]
-    from textguide.adapters import MultiTaskAdapter
-
-    torch.manual_seed(seed)
-    model = MultiTaskAdapter(model.config)
-    train(model, {"coupon": task}, TrainConfig(steps=100_000, batch_size=128, eval_every=100, patience=6, seed=seed,
-                                               max_seconds=seconds))
-    return model
-
-
-def table(rows: dict[str, dict[str, float]]) -> str:
-    metrics = list(next(iter(rows.values())))
-    return workflows.md_table(list(rows.items()), metrics)
 
 
 def main() -> None:
@@ -50,33 +32,14 @@ def main() -> None:
     torch.set_num_threads(2)
     enc, cache = load_encoder(), EmbeddingCache()
     md, raw, t0 = [], {}, time.time()
-    if not a.skip_uci:
-        b = recipes.prepare_uci_coupon(enc, cache, a.seed, by_driver=True)
-        rows = {"popularity (offer acceptance rate)": recipes.uci_baseline_popularity(b),
-                "lightgbm (one-hot raw fields)": recipes.uci_baseline_gbt(b, a.seed)}
-        model = train_coupon_adapter(b.task, enc.dim, a.seconds, a.seed)
-        rows["adapter alone (text of context + driver + offer)"] = recipes.uci_adapter_metrics(b, model)
-        hybrid = recipes.uci_hybrid_metrics(b, model, a.seed)
-        rows["hybrid: trees + adapter (logistic layer, selection drivers)"] = hybrid
-        raw["uci"] = {"rows": rows, "info": b.info}
-        md += [f"### UCI in-vehicle coupons, split by driver (60/20/20 of {b.frame.shape[0]:,} rows' drivers)", "",
-               table(rows), ""]
-    if not a.skip_amexpert:
-        b = amx.prepare_amexpert(enc, cache, a.seed)
-        rep = b.mask("report")
-        gbt = amx.gbt_scores(b, a.seed)
-        pop = b.features[rep, 0]
-        rows = {"popularity (coupon's smoothed rate in training campaigns)": amx.metrics(b, pop),
-                "customer's past redemptions": amx.metrics(b, b.features[rep, 6]),
-                "lightgbm (priors + activity + demographics)": amx.metrics(b, gbt[rep])}
-        model = train_coupon_adapter(b.task, enc.dim, a.seconds, a.seed)
-        ad = amx.adapter_logits(b, model)
-        rows["adapter alone (history + demographics text vs coupon items)"] = amx.metrics(b, ad[rep])
-        rows["hybrid: trees + adapter (logistic layer, selection campaigns)"] = amx.metrics(
-            b, amx.hybrid_scores(b, gbt, ad)[rep])
-        raw["amexpert"] = {"rows": rows, "info": b.info}
-        md += ["### AmExpert 2019, split by campaign (train <= campaign 8, select 9-12, report 13)", "",
-               table(rows), ""]
+    for name, make, skip in (("uci", uci_table, a.skip_uci), ("amexpert", amexpert_table, a.skip_amexpert)):
+        if skip:
+            continue
+        title, rows, info = make(enc, cache, a.seconds, a.seed)
+        best, gain = best_baseline_gain(rows)
+        raw[name] = {"rows": rows, "info": info, "best_baseline": best, "hybrid_auc_gain": gain}
+        md += [f"### {title}", "", md_table(list(rows.items()), list(next(iter(rows.values())))), "",
+               f"Hybrid AUC vs the best baseline ({best}): {gain:+.2%}", ""]
     text = "\n".join(md + [f"`python scripts/bench_coupons.py --seconds {a.seconds:g}`: {time.time() - t0:.0f} s wall"])
     print(text)
     print(json.dumps(raw, default=float))

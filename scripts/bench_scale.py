@@ -13,7 +13,9 @@ Parts (``--part``):
                is not a model's), built on Ray into ``--shards`` shards with the index factory the single index
                picks for a shard's size; then loaded with ``Guide.load`` and queried: index bytes per item, query
                latency p50/p99 (one query at a time) and recall@10 against exact search on a sample of queries.
-``stream``     out of core: ``--rows`` (and a tenth of it) generated products saved as a ``datasets`` folder, built by
+``stream``     out of core: ``--rows`` (and a tenth of it) generated products saved as a ``datasets`` folder (with
+               ``--description-words``, each product carries a description: stored as metadata, only the title is
+               embedded, so the hashing encoder stays fast), built by
                ``build_index_streaming`` with each ``--stream-batches`` size and, at ``--rows``, by the in-memory
                ``build_index`` with the same factory; each child's peak resident memory (VmHWM) is the result.
 
@@ -194,7 +196,15 @@ KINDS = ("shirt dress boot scarf mug lamp sofa tote sneaker vase jacket skirt sa
 BRANDS = "Forge Verano Lumen Stride Northwind Pemberton Inox Aurora Kestrel Maple Solace Tundra".split()
 
 
-def synthetic_catalog(rows: int, path: Path, seed: int = 0) -> None:
+WORDS = ("soft warm light classic slim relaxed tailored washable breathable durable handmade recycled organic "
+         "lined quilted stretch waterproof padded woven knitted brushed printed striped plain fitted cropped long "
+         "short wide narrow round square deep shallow heavy matte glossy textured smooth vintage modern everyday "
+         "travel office garden kitchen outdoor indoor evening weekend summer winter spring autumn gift").split()
+
+
+def synthetic_catalog(rows: int, path: Path, seed: int = 0, description_words: int = 0) -> None:
+    """``rows`` generated products in a folder of 100k-row Parquet files; with ``description_words`` > 0 a
+    ``description`` column of that many words (a catalog's bulk is usually its descriptions)."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)
     for start in range(0, rows, 500_000):
@@ -206,6 +216,9 @@ def synthetic_catalog(rows: int, path: Path, seed: int = 0) -> None:
         title = (pd.Series(np.array(BRANDS)[b]) + " " + np.array(COLOURS)[c] + " " + np.array(MATERIALS)[m] + " "
                  + kinds + " size " + size.astype(str) + " model " + model.astype(str))
         frame = pd.DataFrame({"id": [f"s{i:08d}" for i in range(start, start + n)], "title": title, "category": kinds})
+        if description_words:
+            words = np.array(WORDS)[rng.integers(0, len(WORDS), (n, description_words))]
+            frame["description"] = [" ".join(w) for w in words]
         for j in range(0, n, 100_000):  # a folder of Parquet files, as a large catalog export would be
             frame.iloc[j:j + 100_000].to_parquet(path / f"part-{(start + j) // 100_000:05d}.parquet", index=False)
 
@@ -295,7 +308,7 @@ def part_stream(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for rows in sizes:
         parquet = work / f"synthetic-{rows}"
         t0 = time.perf_counter()
-        synthetic_catalog(rows, parquet)
+        synthetic_catalog(rows, parquet, description_words=args.description_words)
         ds_dir = work / f"dataset-{rows}"
         files = sorted(str(f) for f in parquet.glob("*.parquet"))
         datasets.Dataset.from_parquet(files, cache_dir=str(work / "hf-cache")).save_to_disk(str(ds_dir))
@@ -308,7 +321,7 @@ def part_stream(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             plans.append(("in memory (build_index)", "single", None))
         for name, kind, batch_rows in plans:
             cmd = _cmd(kind, ds_dir, work / "guide-stream", args, encoder=f"hashing:{args.dim}", backend="torch",
-                       batch_rows=batch_rows, factory=factory)
+                       batch_rows=batch_rows, factory=factory, template="{title}")  # descriptions: metadata
             print(f"running {rows:,} rows, {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
             load = os.getloadavg()[0]
             run = run_child(cmd, args.timeout)
@@ -319,7 +332,8 @@ def part_stream(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             print(json.dumps(run), file=sys.stderr, flush=True)
             shutil.rmtree(work / "guide-stream", ignore_errors=True)
         shutil.rmtree(ds_dir)
-    return {"encoder": f"hashing:{args.dim} (stands in for the model)", "runs": runs}
+    return {"encoder": f"hashing:{args.dim} (stands in for the model)", "description_words": args.description_words,
+            "runs": runs}
 
 
 def main() -> None:
@@ -336,6 +350,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--backend", default="torch", help="hm: the encoder runtime (torch, onnx, openvino, ...)")
     p.add_argument("--factory", default=None, help="FAISS factory (default: what the build picks for the size)")
+    p.add_argument("--description-words", type=int, default=0,
+                   help="stream: add a description of N generated words to every product (default 0: titles only)")
     p.add_argument("--stream-batches", type=lambda v: [int(x) for x in v.split(",")], default=[10_000, 50_000],
                    help="stream: batch_rows values to run (comma-separated)")
     p.add_argument("--timeout", type=float, default=3600)

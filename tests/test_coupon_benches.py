@@ -40,3 +40,13 @@ def test_uci_driver_ids_group_identical_driver_descriptions() -> None:
     ids = uci_driver_ids(df)
     assert ids[0] == ids[2] and ids[1] == ids[4]  # missing values group together
     assert len(set(ids.tolist())) == 3 and ids.max() == 2
+
+
+def test_best_baseline_gain_compares_the_hybrid_with_the_best_baseline_only() -> None:
+    from textguide.bench.coupons import best_baseline_gain
+
+    rows = {"popularity": {"AUC": 0.70}, "lightgbm": {"AUC": 0.80},
+            "adapter alone": {"AUC": 0.90},  # not a baseline: what the hybrid combines
+            "hybrid: trees + adapter": {"AUC": 0.84}}
+    best, gain = best_baseline_gain(rows)
+    assert best == "lightgbm" and abs(gain - (0.84 / 0.80 - 1)) < 1e-12
