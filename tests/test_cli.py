@@ -146,14 +146,15 @@ def test_transfer_between_task_kinds_is_refused(tmp_path: Path, capsys: pytest.C
         transfer_domains("hm-baskets", "or-baskets", out, target_fraction=1.5)
 
 
-@pytest.mark.parametrize("argv, seconds", [
-    (["train", "all", "OUT"], 1800.0),  # 10 minutes per task, three tasks in one model
-    (["train", "amazon-scientific", "OUT"], 600.0),
-    (["train", "all", "OUT", "--max-seconds", "10"], 30.0),
-    (["train", "polyvore", "OUT", "--max-seconds", "10"], 10.0),
+@pytest.mark.parametrize("argv, seconds, single", [
+    (["train", "all", "OUT"], 900.0, 300.0),  # 10 minutes per task: half shared model, half single-task challenger
+    (["train", "all", "OUT", "--no-single-task-challengers"], 1800.0, None),  # the shared model gets it all
+    (["train", "amazon-scientific", "OUT"], 600.0, None),
+    (["train", "all", "OUT", "--max-seconds", "10"], 15.0, 5.0),
+    (["train", "polyvore", "OUT", "--max-seconds", "10"], 10.0, None),
 ])
-def test_train_budget_is_per_task(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv, seconds
-                                  ) -> None:
+def test_train_budget_is_per_task(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv, seconds,
+                                  single) -> None:
     import textguide.bench.workflows as workflows
 
     seen = {}
@@ -164,5 +165,5 @@ def test_train_budget_is_per_task(monkeypatch: pytest.MonkeyPatch, capsys: pytes
 
     monkeypatch.setattr(workflows, "train_recipe", fake_train_recipe)
     assert main(argv) == 0
-    assert seen["max_seconds"] == seconds and seen["recipe"] == argv[1]
+    assert seen["max_seconds"] == seconds and seen["recipe"] == argv[1] and seen["single_seconds"] == single
     assert seen["steps"] >= 10_000  # the budget and early stopping end training, not a step cap

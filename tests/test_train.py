@@ -658,3 +658,29 @@ def test_select_per_task_waits_for_every_task_to_plateau():
     assert not keep_task_best(kept, {"recommend": 0.2, "coupon": 0.6}, 10, model)  # no task improved
     assert keep_task_best(kept, {"recommend": 0.3, "coupon": 0.5}, 15, model)  # one did: not a bad evaluation
     assert kept["recommend"][:2] == (0.3, 15) and kept["coupon"][:2] == (0.7, 5)
+
+
+def test_train_all_serves_the_better_validated_adapter_per_task() -> None:
+    """`textguide train all`: each task's guide gets the shared model unless its single-task challenger
+    validated strictly better on the task's select_metric (best over the run's evaluations)."""
+    from textguide.bench.workflows import pick_adapters, selection_table, task_best_metric
+    from textguide.training import TrainResult
+
+    joint = TrainResult(history=[{"step": 100, "valid/recommend": 0.10, "valid/outfit": 0.40},
+                                 {"step": 200, "valid/recommend": 0.12, "valid/outfit": 0.38}],
+                        best_step=200, best_metrics={})
+    rec = TrainResult(history=[{"step": 100, "valid/recommend": 0.13}, {"step": 200, "valid/recommend": 0.11}],
+                      best_step=100, best_metrics={})
+    out = TrainResult(history=[{"step": 100, "valid/outfit": 0.40}], best_step=100, best_metrics={})
+    assert task_best_metric(joint, "recommend") == 0.12 and task_best_metric(out, "coupon") == float("-inf")
+    shared, single_rec, single_out = object(), object(), object()
+    trained, selected = pick_adapters(("recommend", "outfit", "coupon"), (shared, joint, "hard/dwa"),
+                                      {"recommend": (single_rec, rec), "outfit": (single_out, out)})
+    assert trained["recommend"] == (single_rec, rec, "single-task")  # .13 > .12
+    assert trained["outfit"][0] is shared  # a tie keeps the shared model
+    assert trained["coupon"][0] is shared and "coupon" not in selected  # no challenger
+    assert selected["recommend"] == {"metric": "Recall@10", "multi-task": 0.12, "single-task": 0.13,
+                                     "served": "single-task"}
+    table = selection_table(selected)
+    assert "| recommend | Recall@10 | 0.1200 | 0.1300 | single-task |" in table
+    assert "| outfit | FITB | 0.4000 | 0.4000 | multi-task |" in table

@@ -145,9 +145,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dp = dp_from_args(args)  # None without --dp-epsilon
     per_task = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
-    seconds = per_task * len(_recipe_tasks(args.recipe)) if per_task is not None else None
+    n_tasks = len(_recipe_tasks(args.recipe))
+    single = per_task / 2 if per_task is not None and n_tasks > 1 and args.single_task_challengers else None
+    # 'all': half of each task's budget trains the shared model, half its single-task challenger
+    seconds = (per_task - (single or 0)) * n_tasks if per_task is not None else None
     report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
-                          steps=args.steps, max_seconds=seconds, seed=args.seed,
+                          steps=args.steps, max_seconds=seconds, single_seconds=single, seed=args.seed,
                           checkpoint_dir=args.checkpoint_dir, resume=args.resume, dp=dp)
     print(report["markdown"] + (f"\n{describe(report['privacy'])}" if dp else ""))
     return 0
@@ -285,8 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20000, help="step cap (default 20000: the time budget and early "
                    "stopping end training first)")
     p.add_argument("--max-seconds", type=float, default=None,
-                   help="training time budget per task (default 600; 'all' trains one model for 3 x this); "
-                        "not with --dp-epsilon, which trains exactly --steps")
+                   help="training time budget per task (default 600; 'all' gives half of it to the shared model, "
+                        "3 x 300 s, and half to each task's single-task challenger); not with --dp-epsilon, which "
+                        "trains exactly --steps")
+    p.add_argument("--no-single-task-challengers", dest="single_task_challengers", action="store_false",
+                   help="'all': train only the shared multi-task model (for its whole budget) and serve it for "
+                        "every task; by default each task also trains its own adapter and serves whichever "
+                        "validates better")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")

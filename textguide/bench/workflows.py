@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +233,15 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
 
 
 def write_report(report_dir: Path, title: str, results: dict[str, dict[str, dict[str, float]]],
-                 curves: dict[str, list[dict]] | None = None, extra: dict[str, Any] | None = None) -> str:
-    """Write report.json, report.md (and curves.png); return the Markdown."""
+                 curves: dict[str, list[dict]] | None = None, extra: dict[str, Any] | None = None,
+                 notes: str = "") -> str:
+    """Write report.json, report.md (and curves.png); return the Markdown (``notes`` after the tables)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", ""]
     for task, rows in results.items():
         metrics = list(next(iter(rows.values())))
         lines += [f"## {task} ({TASK_RECIPE[task]})", "", md_table(list(rows.items()), metrics), ""]
-    md = "\n".join(lines)
+    md = "\n".join(lines + ([notes] if notes else []))
     (report_dir / "report.md").write_text(md + "\n", encoding="utf-8")
     (report_dir / "report.json").write_text(json.dumps({"results": results, "curves": curves or {}, **(extra or {})},
                                                        indent=1, default=float), encoding="utf-8")
@@ -256,6 +258,7 @@ def train_recipe(
     weighting: str = "dwa",
     steps: int = 3000,
     max_seconds: float | None = 600,
+    single_seconds: float | None = None,
     pretrain_seconds: float | None = 150,
     seed: int = 0,
     checkpoint_dir: str | None = None,
@@ -265,55 +268,118 @@ def train_recipe(
 ) -> dict[str, Any]:
     """Build the dataset's guide, train adapters (all three tasks jointly for ``all``), evaluate, save.
 
-    ``output`` is the guide directory, or for ``all`` a parent directory receiving one guide per dataset
-    (each with the shared multi-task adapter). A report (JSON, Markdown, training curves) is written into
-    each guide's ``reports/`` folder. ``dp`` (a :class:`textguide.privacy.DPConfig`) trains with DP-SGD
-    instead (one task, fixed steps, ``max_seconds=None``) and records the guarantee under ``privacy``.
-    Heads with pre-training data (polyvore: the NGNN category outfits) are pre-trained first, for up to
-    ``pretrain_seconds`` (0 skips it; never with ``dp``).
+    ``output`` is the guide directory, or for ``all`` a parent directory receiving one guide per dataset.
+    For ``all`` with ``single_seconds``, each task also trains a single-task challenger for up to that many
+    seconds, and each guide serves the adapter (the shared multi-task one or its task's own) whose validation
+    ``select_metric`` is higher: the comparison is recorded in the guide (``adapter.selected``) and the
+    report. A report (JSON, Markdown, training curves) is written into each guide's ``reports/`` folder.
+    ``dp`` (a :class:`textguide.privacy.DPConfig`) trains with DP-SGD instead (one task, fixed steps,
+    ``max_seconds=None``) and records the guarantee under ``privacy``. Heads with pre-training data (polyvore:
+    the NGNN category outfits) are pre-trained first, for up to ``pretrain_seconds`` (0 skips it; never with ``dp``).
     """
     tasks = _tasks_of(recipe)
     encoder = encoder or load_encoder()
     cache = EmbeddingCache()
     benches = {t: prepare(t, encoder, cache) for t in tasks}
-    model = new_model(tasks, sharing, seed, input_dim=encoder.dim)
     cfg = TrainConfig(steps=steps, batch_size=128, weighting=weighting, eval_every=100, patience=6, seed=seed,  # type: ignore[arg-type]
                       max_seconds=max_seconds, checkpoint_dir=checkpoint_dir, resume=resume,
                       select_per_task=len(tasks) > 1)
     t0 = time.time()
+    model, result, pretrained, privacy = _train_adapter(tasks, benches, cfg, sharing, seed, encoder.dim,
+                                                        pretrain_seconds, dp)
+    label = f"{sharing}/{weighting}"
+    challengers: dict[str, tuple[MultiTaskAdapter, TrainResult]] = {}
+    challenger_pre: dict[str, Any] = {}
+    if len(tasks) > 1 and dp is None and single_seconds:
+        single_cfg = replace(cfg, max_seconds=single_seconds, select_per_task=False, checkpoint_dir=None, resume=False)
+        for t in tasks:  # a single-task challenger per task
+            single, single_result, single_pre, _ = _train_adapter((t,), benches, single_cfg, sharing, seed,
+                                                                  encoder.dim, pretrain_seconds, None)
+            challengers[t] = (single, single_result)
+            challenger_pre.update(single_pre)
+    trained, selected = pick_adapters(tasks, (model, result, label), challengers)
+    pretrained = {t: (challenger_pre if trained[t][2] == "single-task" else pretrained).get(t) for t in tasks}
+    seconds = time.time() - t0
+    chosen, metrics, best_steps = {}, {}, {}
+    for t in tasks:  # each guide keeps the weights that validated best on its own task (select_per_task)
+        m, r, _ = trained[t]
+        use_task_best(m, r, t)
+        chosen[t] = serving_choice(benches[t], t, m, seed)
+        metrics[t] = evaluate_model(benches, m, (t,))[t]
+        best_steps[t] = r.task_best_steps.get(t, r.best_step)
+    results = {t: {f"{benches[t].label} ({trained[t][2]})": metrics[t]} for t in tasks}
+    curves = {label: result.history, **{f"single-task ({t})": r.history for t, (_, r, _) in trained.items()
+                                        if r is not result}}
+    md = ""
+    for t in tasks:
+        path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
+        g: Guide = benches[t].guide
+        m, r, as_ = trained[t]
+        use_task_best(m, r, t)
+        g.set_adapter(m, {**guide_meta(t, benches[t], m), **chosen[t],
+                          "trained_as": as_, "tasks": list(m.config.tasks),
+                          **({"pretrained": pretrained[t]} if pretrained[t] else {}),
+                          **({"selected": selected[t]} if t in selected else {}),
+                          "report_metrics": metrics[t], "train_seconds": seconds, "best_step": best_steps[t],
+                          **privacy})
+        g.save(path)
+        md = write_report(path / "reports", f"textguide train {recipe}: {label}, {seconds:.0f}s",
+                          {t2: results[t2] for t2 in tasks}, curves, {"info": {t2: benches[t2].info for t2 in tasks},
+                                                                       "selected": selected, **privacy},
+                          notes=selection_table(selected) if selected else "")
+        # the report lives inside the guide but is not part of its checksummed artifact
+    return {"results": results, "markdown": md, "seconds": seconds, "selected": selected, **privacy}
+
+
+def _train_adapter(tasks: tuple[str, ...], benches: dict[str, Any], cfg: TrainConfig, sharing: str, seed: int,
+                   input_dim: int, pretrain_seconds: float | None, dp: Any
+                   ) -> tuple[MultiTaskAdapter, TrainResult, dict[str, Any], dict[str, Any]]:
+    """A fresh adapter for ``tasks``, its heads pre-trained where there is data (not with ``dp``), then trained:
+    (model, result, pre-training records, privacy record)."""
+    model = new_model(tasks, sharing, seed, input_dim=input_dim)
     if "outfit" in tasks and getattr(benches["outfit"], "kind_prior", None) is not None:
         attach_kind_prior(model, *benches["outfit"].kind_prior)  # polyvore: category structure from NGNN
     pretrained = pretrain_heads(model, benches, tasks, seed=seed, max_seconds=pretrain_seconds) \
         if dp is None and pretrain_seconds != 0 else {}
     if dp is None:
-        result, privacy = train(model, {t: benches[t].task for t in tasks}, cfg), {}
-    else:  # DP-SGD, textguide.privacy
-        result, privacy = train_recipe_private(model, benches, cfg, dp)
-    seconds = time.time() - t0
-    chosen, metrics, best_steps = {}, {}, {}
-    for t in tasks:  # each guide keeps the weights that validated best on its own task (select_per_task)
-        use_task_best(model, result, t)
-        chosen[t] = serving_choice(benches[t], t, model, seed)
-        metrics[t] = evaluate_model(benches, model, (t,))[t]
-        best_steps[t] = result.task_best_steps.get(t, result.best_step)
-    results = {t: {f"{benches[t].label} ({sharing}/{weighting})": metrics[t]} for t in tasks}
-    curves = {f"{sharing}/{weighting}": result.history}
-    md = ""
-    for t in tasks:
-        path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
-        g: Guide = benches[t].guide
-        use_task_best(model, result, t)
-        g.set_adapter(model, {**guide_meta(t, benches[t], model), **chosen[t],
-                              "trained_as": f"{sharing}/{weighting}", "tasks": list(tasks),
-                              **({"pretrained": pretrained[t]} if t in pretrained else {}),
-                              "report_metrics": metrics[t], "train_seconds": seconds, "best_step": best_steps[t],
-                              **privacy})
-        g.save(path)
-        md = write_report(path / "reports", f"textguide train {recipe}: {sharing}/{weighting}, {seconds:.0f}s",
-                          {t2: results[t2] for t2 in tasks}, curves, {"info": {t2: benches[t2].info for t2 in tasks},
-                                                                       **privacy})
-        # the report lives inside the guide but is not part of its checksummed artifact
-    return {"results": results, "markdown": md, "seconds": seconds, **privacy}
+        return model, train(model, {t: benches[t].task for t in tasks}, cfg), pretrained, {}
+    result, privacy = train_recipe_private(model, benches, cfg, dp)  # DP-SGD, textguide.privacy
+    return model, result, pretrained, privacy
+
+
+def pick_adapters(tasks: tuple[str, ...], joint: tuple[MultiTaskAdapter, TrainResult, str],
+                  challengers: dict[str, tuple[MultiTaskAdapter, TrainResult]]
+                  ) -> tuple[dict[str, tuple[MultiTaskAdapter, TrainResult, str]], dict[str, dict[str, Any]]]:
+    """Per task, the adapter to serve: the shared one (``joint``: model, result, label) unless the task's
+    single-task challenger reached a strictly higher best validation ``select_metric``. Returns
+    ({task: (model, result, label)}, {task: the comparison} for the tasks that had a challenger)."""
+    trained = {t: joint for t in tasks}
+    selected: dict[str, dict[str, Any]] = {}
+    for t, (single, single_result) in challengers.items():
+        joint_v, single_v = task_best_metric(joint[1], t), task_best_metric(single_result, t)
+        winner = "single-task" if single_v > joint_v else "multi-task"
+        selected[t] = {"metric": TASKS[t].select_metric, "multi-task": joint_v, "single-task": single_v,
+                       "served": winner}
+        logger.warning("%s: validation %s multi-task %.4f, single-task %.4f -> serving the %s adapter", t,
+                       TASKS[t].select_metric, joint_v, single_v, winner)
+        if winner == "single-task":
+            trained[t] = (single, single_result, "single-task")
+    return trained, selected
+
+
+def task_best_metric(result: TrainResult, task: str) -> float:
+    """The best validation ``select_metric`` of ``task`` over a training run's evaluations (-inf if none)."""
+    values = [h[f"valid/{task}"] for h in result.history if f"valid/{task}" in h]
+    return max(values) if values else float("-inf")
+
+
+def selection_table(selected: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per task, the validation metric of the multi-task and the single-task adapter, and the served one."""
+    lines = ["which adapter each guide serves (validation split, the metric early stopping watches):", "",
+             "| task | metric | multi-task | single-task | served |", "|---|---|---|---|---|"]
+    lines += [f"| {t} | {v['metric']} | {v['multi-task']:.4f} | {v['single-task']:.4f} | {v['served']} |"
+              for t, v in selected.items()]
+    return "\n".join(lines)
 
 
 def example_users(bench: Any) -> np.ndarray:
