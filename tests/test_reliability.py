@@ -644,6 +644,21 @@ def test_trained_guide_reports_and_checkpoints_hold_no_user_ids(tmp_path: Path, 
     assert not any(u.encode() in (tmp_path / "guide").parent.joinpath(".guide.lock").read_bytes() for u in users)
 
 
+def test_evaluate_writes_beside_the_training_report(tmp_path: Path, monkeypatch) -> None:
+    from textguide.bench.workflows import evaluate_recipe, train_recipe
+
+    _fake_scientific(tmp_path / "data")
+    monkeypatch.setenv("TEXTGUIDE_DATA", str(tmp_path / "data"))
+    out = tmp_path / "guide"
+    train_recipe("amazon-scientific", out, steps=20, max_seconds=30, encoder=HashingEncoder(384))
+    trained = (out / "reports" / "report.md").read_text(encoding="utf-8")
+    assert trained.startswith("# textguide train amazon-scientific")
+    evaluate_recipe("amazon-scientific", out)
+    assert (out / "reports" / "report.md").read_text(encoding="utf-8") == trained  # not overwritten
+    evaluated = (out / "reports" / "evaluate" / "report.md").read_text(encoding="utf-8")
+    assert evaluated.startswith("# textguide evaluate amazon-scientific") and "| text similarity |" in evaluated
+
+
 def test_damage_inside_the_manifest_is_blamed_on_the_manifest_not_a_data_file(saved: Path, enc) -> None:
     m = _manifest(saved)
     assert m["manifest_sha256"] == storage.manifest_digest(m)  # written with its own checksum

@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a trained guide on its dataset's protocol (JSON + Markdown report)")
     p.add_argument("recipe", help=recipes_help)
     p.add_argument("guide")
-    p.add_argument("--report-dir", default=None, help="where to write report.json / report.md / curves.png")
+    p.add_argument("--report-dir", default=None,
+                   help="where to write report.json / report.md (default GUIDE/reports/evaluate/)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("transfer", help="transfer an adapter between domains (negative-transfer guard)")

@@ -421,7 +421,8 @@ def use_task_best(model: MultiTaskAdapter, result: Any, task: str) -> None:
 
 
 def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a saved guide's adapter on its dataset's report split, against the text-similarity baseline."""
+    """Evaluate a saved guide's adapter on its dataset's report split, against the text-similarity baseline;
+    the report goes to ``report_dir`` (default ``<guide>/reports/evaluate/``, so the training report stays)."""
     tasks = _tasks_of(recipe)
     if len(tasks) != 1:
         raise ValueError("evaluate one dataset at a time: amazon-scientific, polyvore or completejourney")
@@ -439,7 +440,7 @@ def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Pa
     results: dict[str, dict[str, float]] = bench.baselines()
     name = f"trained ({bench.label})"
     results[f"{name}{'' if served == 'adapter' else ' [not served: auto uses text]'}"] = rows[task]
-    out = Path(report_dir) if report_dir else Path(guide_path) / "reports"
+    out = Path(report_dir) if report_dir else Path(guide_path) / "reports" / "evaluate"  # beside train's report
     md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results})
     md += "\n" + gain_table(results)
     (out / "report.md").write_text(md + "\n", encoding="utf-8")

@@ -428,7 +428,6 @@ class Coupon:
             text_probs = ((text_cosines(emb, [rows], coupon_rows)[0] + 1) / 2).astype(np.float32)
         return adapter_probs, text_probs
 
-
     def observe_metric(self, k: int) -> str:
         """The metric ``Guide.observe`` decides on: each household's AUC of its redeemed coupons of the family."""
         return "AUC"
