@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def main() -> None:
 
     # ---- tables
     lines = [f"# Multi-task results ({time.strftime('%Y-%m-%d')})", "",
-             f"Command: `python scripts/bench_multitask.py --budget {args.budget:g} --steps {args.steps}`; "
+             f"Command: `python scripts/bench_multitask.py {' '.join(sys.argv[1:])}`; "
              f"2-core CPU; total {time.time() - t0:.0f}s.", ""]
     gains = {}
     for t_ in tasks:
