@@ -300,7 +300,7 @@ def part_stream(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     gets the same factory as the streamed one, so the difference is the catalog held in memory, not the index."""
     import datasets
 
-    from textguide.stream import _stream_factory
+    from textguide.stream import stream_factory
     from textguide.index import IndexConfig
 
     runs: dict[str, Any] = {}
@@ -315,7 +315,7 @@ def part_stream(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         shutil.rmtree(parquet)
         shutil.rmtree(work / "hf-cache", ignore_errors=True)
         gen_s = time.perf_counter() - t0
-        factory = args.factory or _stream_factory(IndexConfig(), rows, args.dim)
+        factory = args.factory or stream_factory(IndexConfig(), rows, args.dim)
         plans = [(f"stream, batch_rows {b:,}", "stream", b) for b in args.stream_batches]
         if rows == args.rows:
             plans.append(("in memory (build_index)", "single", None))

@@ -79,8 +79,8 @@ def test_streamed_build_picks_a_compressed_index_above_the_exact_limit(saved: Pa
     from textguide import stream
     from textguide.index import IndexConfig
 
-    assert stream._stream_factory(IndexConfig(), 2_000_000, 64) == "IVF1024,SQ8"
-    assert stream._stream_factory(IndexConfig(), 1000, 64) == "Flat"
+    assert stream.stream_factory(IndexConfig(), 2_000_000, 64) == "IVF1024,SQ8"
+    assert stream.stream_factory(IndexConfig(), 1000, 64) == "Flat"
 
 
 def test_streamed_build_errors_leave_the_previous_guide(saved: Path, tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ def load_encoder(spec: str | None = None, *, precision: Precision = "fp32", back
     """
     if backend == "auto":
         return _load_auto(spec, precision)
-    if backend != "torch" and spec is not None and (spec == MULTILINGUAL_ENCODER or spec.startswith("hashing:")):
+    if backend != "torch" and not _is_sentence_transformer(spec):
         raise ValueError(f"backend {backend!r} needs a sentence-transformers encoder; {spec!r} has its own runtime: "
                          "leave backend='torch'")
     if spec is None or spec == DEFAULT_ENCODER:
@@ -286,10 +286,16 @@ def load_encoder(spec: str | None = None, *, precision: Precision = "fp32", back
     return SentenceTransformerEncoder(spec, precision=precision, backend=backend)
 
 
+def _is_sentence_transformer(spec: str | None) -> bool:
+    """Whether ``spec`` names a sentence-transformers model (the packaged MiniLM, a path), not an encoder with a
+    runtime of its own (``use-multilingual``, ``hashing:DIM``)."""
+    return spec is None or not (spec == MULTILINGUAL_ENCODER or spec.startswith("hashing:"))
+
+
 def _load_auto(spec: str | None, precision: Precision) -> TextEncoder:
     from .backends import BackendError, backend_available
 
-    if (spec is not None and (spec == MULTILINGUAL_ENCODER or spec.startswith("hashing:"))) or precision != "fp32":
+    if not _is_sentence_transformer(spec) or precision != "fp32":
         return load_encoder(spec, precision=precision, backend="torch")
     if not backend_available(AUTO_BACKEND):
         logger.info("backend auto: %s is not installed (pip install 'textguide[fast]'); using torch", AUTO_BACKEND)

@@ -701,8 +701,9 @@ class Guide:
         """
         from .tasks import TASKS
 
-        if task not in ("recommend", "outfit", "coupon"):
-            raise ValueError(f"observe supports task 'recommend', 'outfit' or 'coupon', got {task!r}")
+        if task not in TASKS:
+            names = [repr(t) for t in TASKS]
+            raise ValueError(f"observe supports task {', '.join(names[:-1])} or {names[-1]}, got {task!r}")
         self.require_task(task)
         k = _check_k(k)
         if not isinstance(category, str) or not category:

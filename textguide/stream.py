@@ -109,7 +109,9 @@ def _files_are_the_table(ds: Any) -> bool:
     return rows == ds.num_rows
 
 
-def _stream_factory(config: IndexConfig, n: int, dim: int) -> str:
+def stream_factory(config: IndexConfig, n: int, dim: int) -> str:
+    """The FAISS factory a streamed build of ``n`` rows uses: ``config.factory`` if set, ``Flat`` up to
+    ``config.exact_max_items``, else ``IVF{nlist},SQ8`` (its memory does not hold float vectors)."""
     if config.factory:
         return config.factory
     if n <= config.exact_max_items:
@@ -155,7 +157,7 @@ def build_index_streaming(
         raise ValueError("the catalog is empty (no rows); add products or check the file")
     enc = encoder if encoder is not None and not isinstance(encoder, str) else load_encoder(encoder, backend=backend)
     config = IndexConfig(factory=factory)
-    fac = _stream_factory(config, n_rows, enc.dim)
+    fac = stream_factory(config, n_rows, enc.dim)
     cache = EmbeddingCache(cache_dir) if use_cache else None
     columns = columns or ColumnMap()
 

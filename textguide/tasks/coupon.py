@@ -448,8 +448,8 @@ class Coupon:
         coupons must be registered (``guide.add_coupons``). Only the offered coupons of the family count, and
         only users with at least one redeemed and one unredeemed coupon of it. Returns, for every adapter weight,
         each user's AUC of redeemed over unredeemed coupons (ties count half), the same for hit@``k`` (a redeemed
-        coupon in the top ``k``), and the number of the family's coupons seen."""
-        self.check_observable(guide, category)
+        coupon in the top ``k``), and the number of the family's coupons seen. ``Guide.observe`` has already
+        checked the family (:meth:`check_observable`)."""
         auc: dict[float, list[float]] = {w: [] for w in weights}
         hit: dict[float, list[float]] = {w: [] for w in weights}
         seen: set[str] = set()
