@@ -4,7 +4,7 @@ Prints one JSON line per run: the selection users' Recall@10 (text, the guarded 
 Recall@10 / NDCG@10 of what ``method="auto"`` would serve. Decisions are made on the selection numbers only.
 
     python scripts/rec_levers.py --seconds 150 --tasks recommend
-    python scripts/rec_levers.py --seconds 150 --tasks recommend --lr 2e-3 --lr-decay cosine
+    python scripts/rec_levers.py --seconds 300 --ema 0.99
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ def main() -> None:
     p.add_argument("--weighting", default="dwa")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-decay", default="none", choices=["none", "cosine"])
+    p.add_argument("--ema", type=float, default=0.0, help="TrainConfig.ema_decay (0: off)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--hard-negatives", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", default="")
     a = p.parse_args()
@@ -52,11 +51,8 @@ def main() -> None:
         cfg = AdapterConfig(**{**model.config.__dict__, "dropout": a.dropout, "dim": a.dim})
         torch.manual_seed(a.seed)
         model = MultiTaskAdapter(cfg)
-    kw = {"lr_decay": a.lr_decay} if a.lr_decay != "none" else {}
-    if a.hard_negatives:
-        kw["hard_negatives"] = a.hard_negatives
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, weighting=a.weighting, eval_every=a.eval_every,
-                      patience=a.patience, seed=a.seed, max_seconds=a.seconds, **kw)
+                      patience=a.patience, seed=a.seed, max_seconds=a.seconds, ema_decay=a.ema)
     t0 = time.time()
     result = train(model, {t: benches[t].task for t in tasks}, cfg)
     seconds = time.time() - t0

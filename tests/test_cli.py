@@ -151,7 +151,9 @@ def test_transfer_between_task_kinds_is_refused(tmp_path: Path, capsys: pytest.C
     (["train", "all", "OUT", "--no-single-task-challengers"], 1800.0, None),  # the shared model gets it all
     (["train", "amazon-scientific", "OUT"], 600.0, None),
     (["train", "all", "OUT", "--max-seconds", "10"], 15.0, 5.0),
-    (["train", "polyvore", "OUT", "--max-seconds", "10"], 10.0, None),
+    (["train", "polyvore", "OUT", "--max-seconds", "10"], 5.0, 5.0),  # half to the cross-validated challenger
+    (["train", "polyvore", "OUT", "--outfit-folds", "0"], 600.0, None),
+    (["train", "all", "OUT", "--outfit-folds", "0"], 900.0, 300.0),  # still a challenger per task
 ])
 def test_train_budget_is_per_task(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv, seconds,
                                   single) -> None:
@@ -166,4 +168,5 @@ def test_train_budget_is_per_task(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     monkeypatch.setattr(workflows, "train_recipe", fake_train_recipe)
     assert main(argv) == 0
     assert seen["max_seconds"] == seconds and seen["recipe"] == argv[1] and seen["single_seconds"] == single
+    assert seen["outfit_folds"] == (0 if "--outfit-folds" in argv else 5)
     assert seen["steps"] >= 10_000  # the budget and early stopping end training, not a step cap

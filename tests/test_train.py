@@ -684,3 +684,57 @@ def test_train_all_serves_the_better_validated_adapter_per_task() -> None:
     table = selection_table(selected)
     assert "| recommend | Recall@10 | 0.1200 | 0.1300 | single-task |" in table
     assert "| outfit | FITB | 0.4000 | 0.4000 | multi-task |" in table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weight averaging (TrainConfig.ema_decay)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_ema_is_the_moving_average_of_the_trajectory_and_does_not_change_it():
+    """With ema_decay the returned weights are the warmed-up moving average of the weights after each step
+    (recomputed here from runs of 1..n steps without averaging); evaluating the average every 2 steps must not
+    perturb the trajectory (the optimizer's weights are swapped back after each evaluation)."""
+    emb, slots, train_outfits, valid_outfits = outfit_world()
+    task = OutfitTask(emb, train_outfits[:200], slots, valid_outfits[:40])
+    kw = dict(batch_size=32, lr=3e-3, eval_every=2, slot_negatives=8, restore_best=False, patience=None)
+    make = lambda: model_for(("outfit",), n_slots=3)  # noqa: E731
+    decay, n = 0.8, 6
+    trajectory = [make().state_dict()]
+    for steps in range(1, n + 1):
+        m = make()
+        train(m, {"outfit": task}, TrainConfig(steps=steps, **kw))
+        trajectory.append(m.state_dict())
+    expected = {k: v.clone() for k, v in trajectory[0].items()}
+    for t in range(n):
+        d = min(decay, (1 + t) / (10 + t))
+        for k in expected:
+            expected[k] = d * expected[k] + (1 - d) * trajectory[t + 1][k]
+    averaged = make()
+    result = train(averaged, {"outfit": task}, TrainConfig(steps=n, ema_decay=decay, **kw))
+    for k, v in averaged.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6, msg=k)
+    last = trajectory[-1]
+    assert any(not torch.allclose(v, last[k]) for k, v in averaged.state_dict().items())  # not the last step
+    assert [row["step"] for row in result.history] == [2, 4, 6]
+
+
+def test_ema_resumes_from_a_checkpoint(tmp_path):
+    emb, slots, train_outfits, valid_outfits = outfit_world()
+    task = {"outfit": OutfitTask(emb, train_outfits[:200], slots, valid_outfits[:40])}
+    kw = dict(batch_size=32, lr=3e-3, eval_every=2, slot_negatives=8, restore_best=False, patience=None,
+              ema_decay=0.9)
+    full = model_for(("outfit",), n_slots=3)
+    train(full, task, TrainConfig(steps=8, **kw))
+    first = model_for(("outfit",), n_slots=3)
+    train(first, task, TrainConfig(steps=4, checkpoint_dir=str(tmp_path), **kw))
+    resumed = model_for(("outfit",), n_slots=3)
+    train(resumed, task, TrainConfig(steps=8, checkpoint_dir=str(tmp_path), resume=True, **kw))
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_decay_out_of_range_is_refused(decay):
+    with pytest.raises(ValueError, match=r"TrainConfig.ema_decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=decay)

@@ -146,12 +146,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     dp = dp_from_args(args)  # None without --dp-epsilon
     per_task = args.max_seconds if args.max_seconds is not None or dp else 600  # DP: fixed steps, no time budget
     n_tasks = len(_recipe_tasks(args.recipe))
-    single = per_task / 2 if per_task is not None and n_tasks > 1 and args.single_task_challengers else None
-    # 'all': half of each task's budget trains the shared model, half its single-task challenger
+    cv = args.recipe in ("polyvore", "all") and args.outfit_folds >= 2
+    challenge = args.single_task_challengers and dp is None and (n_tasks > 1 or cv)
+    single = per_task / 2 if per_task is not None and challenge else None
+    # half of each task's budget trains the shared model (or polyvore's adapter), half its challenger (outfits:
+    # the recipe trained on train + validation outfits, checked by cross-validation)
     seconds = (per_task - (single or 0)) * n_tasks if per_task is not None else None
     report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
                           steps=args.steps, max_seconds=seconds, single_seconds=single, seed=args.seed,
-                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, dp=dp)
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume, dp=dp,
+                          outfit_folds=args.outfit_folds)
     print(report["markdown"] + (f"\n{describe(report['privacy'])}" if dp else ""))
     return 0
 
@@ -295,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all': train only the shared multi-task model (for its whole budget) and serve it for "
                         "every task; by default each task also trains its own adapter and serves whichever "
                         "validates better")
+    p.add_argument("--outfit-folds", type=int, default=5,
+                   help="polyvore / all: the outfit challenger trains on train + validation outfits, its recipe "
+                        "checked by this many folds of cross-validation, and is served when it validates better "
+                        "(0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")

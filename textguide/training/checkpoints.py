@@ -85,10 +85,13 @@ def save_checkpoint(
     best_weights: dict[str, torch.Tensor] | None,
     config: TrainConfig,
     names: list[str],
+    average: dict[str, torch.Tensor] | None = None,
 ) -> None:
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if best_weights is not None:
         tensors |= {f"best.{k}": v.contiguous() for k, v in best_weights.items()}
+    if average is not None:  # TrainConfig.ema_decay: the moving average of the weights
+        tensors |= {f"ema.{k}": v.contiguous() for k, v in average.items()}
     opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict(), "optimizer")
     w_tensors, w_meta = weighting.state()
     tensors |= opt_tensors
@@ -119,7 +122,10 @@ def load_checkpoint(
     weighting: LossWeighting,
     rng: np.random.Generator,
     names: list[str],
+    average: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Progress, dict[str, torch.Tensor] | None]:
+    """Restore a checkpoint into the model, optimizer, weighting and RNGs (and ``average``, the weights' moving
+    average, in place when the checkpoint has one); returns the loop's progress and the best weights."""
     meta = json.loads((directory / "checkpoint.json").read_text(encoding="utf-8"))
     hint = "use another checkpoint_dir or resume=False"
     if meta.get("format_version") != CHECKPOINT_FORMAT_VERSION:
@@ -136,6 +142,11 @@ def load_checkpoint(
     tensors = load_file(str(directory / "checkpoint.safetensors"))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    if average is not None:
+        saved = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
+        for k, v in saved.items():
+            if k in average:
+                average[k].copy_(v)
     optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizer"], "optimizer"))
     weighting_tensors = {k[len("weighting.") :]: v for k, v in tensors.items() if k.startswith("weighting.")}
     weighting.load_state(weighting_tensors, meta["weighting"])

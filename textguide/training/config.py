@@ -39,6 +39,9 @@ class TrainConfig:
         full_softmax_max: catalogs up to this size use a softmax over all items.
         checkpoint_dir, resume: where to checkpoint; continue from the last checkpoint there.
         max_seconds: time budget; training stops (after a final evaluation) once it is spent.
+        ema_decay: if > 0, keep an exponential moving average of the weights (decay per step, warmed up as
+            ``min(ema_decay, (1 + t) / (10 + t))``); validation, best-weight selection and the returned model
+            use the averaged weights, which are less noisy than the last step's. 0 turns it off.
         select_per_task: with several tasks, also keep each task's own best validated weights
             (``TrainResult.task_weights``) and count an evaluation as an improvement when any task improved
             (early stopping waits for every task to plateau, not for their mean). Kept in memory only.
@@ -71,6 +74,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     resume: bool = False
     max_seconds: float | None = None
+    ema_decay: float = 0.0
     select_per_task: bool = False
     show_progress: bool | None = None
 
@@ -90,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lambdas has unknown task(s) {unknown}; valid tasks: {', '.join(TASKS)}")
         if not 0.0 <= self.slot_dropout <= 1.0:
             raise ValueError(f"TrainConfig.slot_dropout must be in [0, 1], got {self.slot_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1) (0 turns averaging off), got {self.ema_decay}")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"TrainConfig.epochs must be > 0, got {self.epochs}")
 

@@ -104,9 +104,11 @@ def train(
     best_weights: dict[str, torch.Tensor] | None = None
     task_best: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = {}  # select_per_task: (metric, step, weights)
     checkpoint = Path(config.checkpoint_dir) / CHECKPOINT_SUBDIR if config.checkpoint_dir else None
+    average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     if config.resume:
         if checkpoint is not None and checkpoint.is_dir():
-            progress, best_weights = load_checkpoint(checkpoint, model, optimizer, weighting, rng, names)
+            progress, best_weights = load_checkpoint(checkpoint, model, optimizer, weighting, rng, names,
+                                                     average.weights if average else None)
             logger.info("resumed from %s at step %d", checkpoint, progress.step)
         else:
             logger.warning("resume=True but no checkpoint in %s; starting from scratch", config.checkpoint_dir)
@@ -138,6 +140,8 @@ def train(
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
+        if average is not None:
+            average.update(model, progress.step)
 
         values = {n: float(loss.detach()) for n, loss in losses.items()}
         if not all(math.isfinite(v) for v in values.values()):
@@ -153,7 +157,8 @@ def train(
         out_of_time = config.max_seconds is not None and time.monotonic() - start_time > config.max_seconds
         if progress.step % config.eval_every and progress.step < steps and not out_of_time:
             continue
-        # evaluate, keep the best weights, checkpoint
+        # evaluate (the averaged weights, with ema_decay), keep the best weights, checkpoint
+        live = average.swap_in(model) if average is not None else None
         metrics = {n: m for n in names if (m := tasks[n].valid_metric(model)) is not None}
         row: dict[str, float] = {"step": progress.step, "seconds": round(time.monotonic() - start_time, 3)}
         row |= {f"loss/{n}": loss_sums[n] / n_summed for n in names}
@@ -172,11 +177,14 @@ def train(
                 progress.bad_evals = 0
             else:
                 progress.bad_evals += 1
+        if live is not None:
+            model.load_state_dict(live)  # back to the optimizer's weights
         progress.history.append(row)
         bar.set_postfix({k.split("/")[-1]: round(v, 4) for k, v in row.items() if k.startswith("valid/")})
         logger.info("step %d: %s", progress.step, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, weighting, rng, progress, best_weights, config, names)
+            save_checkpoint(checkpoint, model, optimizer, weighting, rng, progress, best_weights, config, names,
+                            average.weights if average else None)
         if config.patience is not None and progress.bad_evals >= config.patience:
             logger.info("early stopping at step %d (best %d)", progress.step, progress.best_step)
             stopped = True
@@ -187,12 +195,36 @@ def train(
 
     if config.restore_best and best_weights is not None:
         model.load_state_dict(best_weights)
+    elif average is not None:  # no validation (or restore_best=False): the averaged weights are the result
+        average.swap_in(model)
     model.eval()
     if progress.best_score is None:  # no validation data: the last step is the result
         progress.best_step = progress.step
     return TrainResult(history=progress.history, best_step=progress.best_step, best_metrics=progress.best_metrics,
                        task_weights={n: b[2] for n, b in task_best.items()},
                        task_best_steps={n: b[1] for n, b in task_best.items()})
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights (``TrainConfig.ema_decay``)."""
+
+    def __init__(self, model: MultiTaskAdapter, decay: float) -> None:
+        self.decay = decay
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: MultiTaskAdapter, step: int) -> None:
+        """Fold in the weights after optimizer step ``step`` (0-based), with the warmed-up decay."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if k in self.weights:
+                self.weights[k].lerp_(v.detach(), 1.0 - d)
+
+    def swap_in(self, model: MultiTaskAdapter) -> dict[str, torch.Tensor]:
+        """Load the averaged weights into ``model``; return (a copy of) the weights they replaced."""
+        live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict({**live, **self.weights})
+        return live
 
 
 def keep_task_best(task_best: dict[str, tuple[float, int, dict[str, torch.Tensor]]], metrics: dict[str, float],

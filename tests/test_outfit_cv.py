@@ -1,0 +1,120 @@
+"""Outfits trained on train + validation outfits, checked by K-fold cross-validation (textguide.bench.outfit_cv)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from textguide.bench import outfit_cv, recipes, workflows
+from textguide.tasks.outfit import OutfitTask
+from textguide.training import TrainConfig, train
+from test_train import model_for, outfit_world
+
+
+def toy_bench() -> recipes.OutfitBench:
+    """The outfit world of test_train as a benchmark: 150 training outfits, 60 selection and 100 report outfits."""
+    emb, slots, train_outfits, valid_outfits = outfit_world()
+    task = OutfitTask(emb, train_outfits[:150], slots, valid_outfits[:60])
+    guide = SimpleNamespace(index=SimpleNamespace(embeddings=emb))  # what the outfit metrics read of a guide
+    return recipes.OutfitBench("toy", guide, task, valid_outfits[60:160], ["a", "b", "c"])
+
+
+CFG = TrainConfig(steps=60, batch_size=32, lr=3e-3, eval_every=20, slot_negatives=8, patience=None, seed=0)
+
+
+def test_fold_parts_cover_every_outfit_once():
+    parts = outfit_cv.fold_parts(23, 5, seed=1)
+    assert len(parts) == 5 and sorted(np.concatenate(parts).tolist()) == list(range(23))
+    assert {len(p) for p in parts} == {4, 5}
+    assert all(np.array_equal(a, b) for a, b in zip(parts, outfit_cv.fold_parts(23, 5, seed=1)))  # seeded
+    for folds in (1, 24):
+        with pytest.raises(ValueError, match=r"cross-validation needs 2 <= folds <= 23"):
+            outfit_cv.fold_parts(23, folds)
+
+
+def test_each_fold_trains_without_its_held_out_outfits_and_scores_them_once(monkeypatch):
+    bench = toy_bench()
+    seen = []
+    real_train = train
+
+    def spy(model, tasks, config=None, regularizer=None):
+        seen.append([list(o) for o in tasks["outfit"].outfits])
+        return real_train(model, tasks, config, regularizer)
+
+    monkeypatch.setattr(outfit_cv, "train", spy)
+    base = model_for(("outfit",), n_slots=3)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    cv = outfit_cv.cross_validate_outfits(bench, base, CFG, folds=4, fold_seconds=None)
+    valid = outfit_cv.validation_outfits(bench)
+    parts = outfit_cv.fold_parts(len(valid), 4)
+    assert len(seen) == 4
+    for part, trained_on in zip(parts, seen):  # the training outfits + every other fold, never its own
+        others = sorted(set(range(len(valid))) - set(part.tolist()))
+        assert sorted(trained_on) == sorted(bench.task.outfits + [valid[i] for i in others])
+    # every held-out fold's 70 % part is scored once: 160 validation outfits in folds of 40 -> 28 each
+    assert cv.questions == len(cv.hits) == len(cv.text_hits) == 4 * 28
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the base model is untouched
+    # the text baseline is scored on exactly the questions another model would be compared on
+    assert np.array_equal(outfit_cv.candidate_hits(bench, None, 4), cv.text_hits)
+    assert cv.table["text similarity"]["FITB"] == pytest.approx(cv.text_hits.mean(), abs=0.02)
+    assert cv.table[outfit_cv.TRAINED]["FITB"] == pytest.approx(cv.hits.mean(), abs=0.02)
+    assert cv.gain == pytest.approx(float((cv.hits - cv.text_hits).mean()))
+    # the length and weight are those with the best pooled selection FITB (ties: fewer steps, smaller w)
+    assert [row["step"] for row in cv.curve] == [20, 40, 60]  # CFG: 60 steps, evaluated every 20
+    best = max((row[str(w)], -i, -w, row["step"]) for i, row in enumerate(cv.curve) for w in outfit_cv.CV_BLEND_GRID)
+    assert (cv.refit_steps, cv.blend_weight) == (best[3], -best[2])
+    assert cv.hits.mean() > cv.text_hits.mean() + 0.2  # this world's compatibility is invisible to text
+    record = cv.to_dict()
+    assert record["folds"] == 4 and len(record["per_fold"]) == 4 and "hits" not in record
+
+
+def test_the_refit_trains_on_every_outfit_for_the_cross_validated_steps(monkeypatch):
+    bench = toy_bench()
+    calls = []
+    real_train = train
+
+    def spy(model, tasks, config=None, regularizer=None):
+        calls.append((len(tasks["outfit"].outfits), tasks["outfit"].valid_outfits, config.steps))
+        return real_train(model, tasks, config, regularizer)
+
+    monkeypatch.setattr(outfit_cv, "train", spy)
+    cv = outfit_cv.OutfitCV(5, 40, 2.0, [], {}, 0.1, (0.05, 0.2), 100, 1.0)
+    model, result = outfit_cv.refit_outfits(bench, model_for(("outfit",), n_slots=3), CFG, cv)
+    assert calls == [(150 + 160, None, 40)]  # train + all 160 validation outfits, the chosen steps, nothing held out
+    assert result.best_step == 40 and model.config.text_blend["outfit"] == 2.0
+
+
+def test_the_cross_validated_outfit_recipe_is_served_only_when_it_beats_text_and_the_incumbent(monkeypatch):
+    bench = toy_bench()
+    incumbent = model_for(("outfit",), n_slots=3)
+    train(incumbent, {"outfit": bench.task}, CFG)
+    monkeypatch.setattr(workflows, "pretrain_heads", lambda *a, **k: {})
+    monkeypatch.setattr(workflows, "new_model", lambda *a, **k: model_for(("outfit",), n_slots=3))
+    other = outfit_cv.candidate_hits(bench, incumbent, 4)  # the incumbent on the same 112 questions
+    assert len(other) == 112 and 0 < other.mean() < 1
+    fixed = {}
+
+    def fake_cv(bench_, base, config, *, folds, fold_seconds, seed):
+        hits = fixed["hits"]
+        return outfit_cv.OutfitCV(folds, 40, 1.0, [], {outfit_cv.TRAINED: {"FITB": hits.mean()}}, 0.1, fixed["ci"],
+                                  112, 1.0, hits, np.zeros(112))
+
+    monkeypatch.setattr(outfit_cv, "cross_validate_outfits", fake_cv)
+    fixed.update(hits=np.ones(112), ci=(0.02, 0.2))  # above text and the incumbent: the refit is served
+    won = workflows.outfit_cv_challenger(bench, incumbent, CFG, 0, 64, 0, 4, "multi-task")
+    assert won["chosen"]["methods"] == {"outfit": "adapter"} and won["chosen"]["selection"]["text_blend"] == 1.0
+    assert won["record"]["served"] == "cross-validated refit" and won["metrics"] == {"FITB": 1.0}
+    assert won["trained"][2] == "single-task, train + validation outfits (4-fold CV)"
+    assert won["trained"][1].best_step == 40
+    assert won["record"]["incumbent"] == {"adapter": "multi-task", "FITB": round(float(other.mean()), 6)}
+    below = np.r_[np.ones(int(other.sum()) - 1), np.zeros(113 - int(other.sum()))]
+    for hits, ci, incumbent_served in ((np.ones(112), (-0.01, 0.2), False),  # not significantly above text
+                                       (below, (0.02, 0.2), False), (below, (0.02, 0.2), True)):  # below incumbent
+        fixed.update(hits=hits, ci=ci)  # the incumbent stays
+        lost = workflows.outfit_cv_challenger(bench, incumbent, CFG, 0, 64, 0, 4, "multi-task", incumbent_served)
+        assert "trained" not in lost and lost["record"]["served"] == "multi-task"
+    fixed.update(hits=np.ones(112), ci=(-0.01, 0.2))  # above an incumbent that itself passed the guard: served
+    assert "trained" in workflows.outfit_cv_challenger(bench, incumbent, CFG, 0, 64, 0, 4, "multi-task", True)
