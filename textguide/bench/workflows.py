@@ -282,8 +282,8 @@ def train_recipe(
     the NGNN category outfits) are pre-trained first, for up to ``pretrain_seconds`` (0 skips it; never with ``dp``).
     With ``single_seconds`` and ``outfit_folds`` (>= 2), the outfit task's challenger is instead trained on the
     training *and* validation outfits, its recipe checked by ``outfit_folds``-fold cross-validation
-    (:mod:`textguide.bench.outfit_cv`); it is served when its out-of-fold FITB beats both text similarity
-    (95 % interval) and the other outfit adapter on the same questions.
+    (:mod:`textguide.bench.outfit_cv`); its refit is served when its out-of-fold FITB beats the other outfit
+    adapter on the same questions, and text similarity (see :func:`outfit_cv_challenger`).
     """
     tasks = _tasks_of(recipe)
     encoder = encoder or load_encoder()
@@ -380,7 +380,7 @@ def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainC
     against text (``incumbent_served``). (The incumbent chose its weights and blend on some of these questions,
     so the comparison leans its way.) Returns ``{"record": ...}``, plus, when it is served,
     ``trained`` / ``chosen`` / ``metrics`` / ``pretrained`` for the guide (metrics: out-of-fold)."""
-    from .outfit_cv import candidate_hits, cross_validate_outfits, refit_outfits
+    from .outfit_cv import TRAINED, candidate_hits, cross_validate_outfits, refit_outfits
 
     base = new_model(("outfit",), "hard", seed, input_dim=input_dim)
     if bench.kind_prior is not None:
@@ -411,7 +411,7 @@ def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainC
                                       "verdict": verdict, "observed_at": decisions.now()}}}
     label = f"single-task, train + validation outfits ({folds}-fold CV)"
     return {"record": record, "trained": (model, result, label), "chosen": chosen, "pretrained": pre.get("outfit"),
-            "metrics": cv.table["trained (adapter, cross-validated)"]}
+            "metrics": cv.table[TRAINED]}
 
 
 def cv_table(record: dict[str, Any], with_table: bool = True) -> str:
