@@ -118,3 +118,27 @@ def test_the_cross_validated_outfit_recipe_is_served_only_when_it_beats_text_and
         assert "trained" not in lost and lost["record"]["served"] == "multi-task"
     fixed.update(hits=np.ones(112), ci=(-0.01, 0.2))  # above an incumbent that itself passed the guard: served
     assert "trained" in workflows.outfit_cv_challenger(bench, incumbent, CFG, 0, 64, 0, 4, "multi-task", True)
+
+
+def test_evaluate_shows_the_out_of_fold_table_of_a_guide_trained_on_its_report_outfits(guide, enc, tmp_path,
+                                                                                      monkeypatch):
+    """A guide whose outfit adapter was refit on the validation outfits is not re-scored on them: `evaluate`
+    prints the out-of-fold table recorded at training time (and never prepares the benchmark)."""
+    from textguide.adapters import AdapterConfig, MultiTaskAdapter
+
+    table = {"text similarity": {"NearDup@10": 0.0, "AUC": 0.63, "FITB": 0.377},
+             outfit_cv.TRAINED: {"NearDup@10": 0.0, "AUC": 0.71, "FITB": 0.437}}
+    record = outfit_cv.OutfitCV(5, 300, 2.0, [], table, 0.06, (0.026, 0.089), 840, 263.0).to_dict()
+    record |= {"incumbent": {"adapter": "hard/dwa", "FITB": 0.4155}, "served": "cross-validated refit"}
+    guide.set_adapter(MultiTaskAdapter(AdapterConfig(input_dim=enc.dim, dim=16, tasks=("outfit",), n_slots=2)),
+                      {"slot_field": "category", "slots": ["Tops", "Shoes"], "cross_validation": record})
+    guide.save(tmp_path / "pv")
+    monkeypatch.setattr(workflows, "prepare", lambda *a: pytest.fail("must not re-score the report outfits"))
+    out = workflows.evaluate_recipe("polyvore", tmp_path / "pv", report_dir=tmp_path / "rep")
+    assert out["results"]["outfit"] == {"text similarity": {"FITB": 0.377, "AUC": 0.63, "NearDup@10": 0.0},
+                                        outfit_cv.TRAINED: {"FITB": 0.437, "AUC": 0.71, "NearDup@10": 0.0}}
+    assert list(out["results"]["outfit"]["text similarity"]) == ["FITB", "AUC", "NearDup@10"]  # the usual order
+    md = out["markdown"]
+    assert "out-of-fold estimate recorded at training time" in md and "95% CI [+0.0260, +0.0890]" in md
+    assert "| text similarity | +15.9% | +12.7% |" in md  # the gain table: .437/.377 - 1, .71/.63 - 1
+    assert (tmp_path / "rep" / "report.md").read_text(encoding="utf-8").startswith(md[:40])
