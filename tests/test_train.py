@@ -734,6 +734,18 @@ def test_ema_resumes_from_a_checkpoint(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
+def test_ema_resumed_from_a_checkpoint_without_an_average_starts_from_its_weights(tmp_path):
+    emb, slots, train_outfits, _ = outfit_world()
+    task = {"outfit": OutfitTask(emb, train_outfits[:200], slots)}
+    kw = dict(batch_size=32, lr=3e-3, eval_every=2, slot_negatives=8, restore_best=False, patience=None, steps=4)
+    first = model_for(("outfit",), n_slots=3)
+    train(first, task, TrainConfig(checkpoint_dir=str(tmp_path), **kw))  # no averaging
+    resumed = model_for(("outfit",), n_slots=3)
+    train(resumed, task, TrainConfig(checkpoint_dir=str(tmp_path), resume=True, ema_decay=0.9, **kw))  # nothing left
+    for (k, a), b in zip(first.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)  # not the fresh model's initial weights
+
+
 @pytest.mark.parametrize("decay", [-0.1, 1.0])
 def test_ema_decay_out_of_range_is_refused(decay):
     with pytest.raises(ValueError, match=r"TrainConfig.ema_decay must be in \[0, 1\)"):

@@ -142,8 +142,8 @@ def load_checkpoint(
     tensors = load_file(str(directory / "checkpoint.safetensors"))
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    if average is not None:
-        saved = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if average is not None:  # a checkpoint written without averaging: the average starts from its weights
+        saved = {k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")} or model.state_dict()
         for k, v in saved.items():
             if k in average:
                 average[k].copy_(v)
