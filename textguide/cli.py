@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-single-task-challengers", dest="single_task_challengers", action="store_false",
                    help="'all': train only the shared multi-task model (for its whole budget) and serve it for "
                         "every task; by default each task also trains its own adapter and serves whichever "
-                        "validates better")
+                        "validates better ('polyvore': no cross-validated outfit challenger either)")
     p.add_argument("--outfit-folds", type=int, default=5,
                    help="polyvore / all: the outfit challenger trains on train + validation outfits, its recipe "
                         "checked by this many folds of cross-validation, and is served when it validates better "
