@@ -33,9 +33,8 @@ from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.training import TrainConfig, train
 from textguide.bench.workflows import (EMA_DECAY, SELECT_METRIC, choose_text_blend, evaluate_model, guide_meta,
-                                      md_table, new_model, plot_curves, pretrain_heads, serving_choice)
+                                      md_table, new_model, plot_curves, prepared_model, serving_choice)
 from textguide.bench import outfit_cv
-from textguide.tasks.outfit import attach_kind_prior
 
 logger = logging.getLogger("textguide")
 
@@ -133,9 +132,7 @@ def main() -> None:
     cv_lines: list[str] = []
     if "outfit" in tasks and args.outfit_folds >= 2:
         b, t = benches["outfit"], time.time()
-        base = new_model(("outfit",), "hard", args.seed)
-        attach_kind_prior(base, *b.kind_prior)
-        pretrain_heads(base, {"outfit": b}, ("outfit",), seed=args.seed)
+        base, _ = prepared_model(("outfit",), {"outfit": b}, seed=args.seed)
         cfg = TrainConfig(steps=args.steps * 10, batch_size=128, eval_every=100, seed=args.seed, ema_decay=args.ema,
                           show_progress=False)
         cv = outfit_cv.cross_validate_outfits(b, base, cfg, folds=args.outfit_folds, fold_seconds=args.budget / 5,

@@ -145,7 +145,7 @@ def cross_validate_outfits(bench: recipes.OutfitBench, base: MultiTaskAdapter, c
     best_i, best_w = max(((i, w) for i in range(n_evals) for w in CV_BLEND_GRID),
                          key=lambda iw: (pooled(iw[0], iw[1], 0).mean(), -iw[0], -iw[1]))
     hits = pooled(best_i, best_w, 1)
-    text_hits = np.concatenate([TASKS["outfit"].per_example(bench.task, None, rep) for _, _, rep in parts])
+    text_hits = candidate_hits(bench, None, folds, select_frac, seed)
 
     sums: dict[str, dict[str, float]] = {"text similarity": {}, TRAINED: {}}
     per_fold = []

@@ -357,15 +357,26 @@ def _train_adapter(tasks: tuple[str, ...], benches: dict[str, Any], cfg: TrainCo
                    ) -> tuple[MultiTaskAdapter, TrainResult, dict[str, Any], dict[str, Any]]:
     """A fresh adapter for ``tasks``, its heads pre-trained where there is data (not with ``dp``), then trained:
     (model, result, pre-training records, privacy record)."""
-    model = new_model(tasks, sharing, seed, input_dim=input_dim)
-    if "outfit" in tasks and getattr(benches["outfit"], "kind_prior", None) is not None:
-        attach_kind_prior(model, *benches["outfit"].kind_prior)  # polyvore: category structure from NGNN
-    pretrained = pretrain_heads(model, benches, tasks, seed=seed, max_seconds=pretrain_seconds) \
-        if dp is None and pretrain_seconds != 0 else {}
+    model, pretrained = prepared_model(tasks, benches, sharing, seed, input_dim,
+                                       pretrain_seconds if dp is None else 0)
     if dp is None:
         return model, train(model, {t: benches[t].task for t in tasks}, cfg), pretrained, {}
     result, privacy = train_recipe_private(model, benches, cfg, dp)  # DP-SGD, textguide.privacy
     return model, result, pretrained, privacy
+
+
+def prepared_model(tasks: tuple[str, ...], benches: dict[str, Any], sharing: str = "hard", seed: int = 0,
+                   input_dim: int = 384, pretrain_seconds: float | None = 150
+                   ) -> tuple[MultiTaskAdapter, dict[str, Any]]:
+    """A fresh adapter for ``tasks`` before its main training: the outfit head gets the benchmark's kind prior
+    (polyvore: category structure from NGNN) and heads with pre-training data are pre-trained for up to
+    ``pretrain_seconds`` (0 skips it). Returns (model, pre-training records)."""
+    model = new_model(tasks, sharing, seed, input_dim=input_dim)
+    if "outfit" in tasks and getattr(benches["outfit"], "kind_prior", None) is not None:
+        attach_kind_prior(model, *benches["outfit"].kind_prior)
+    pretrained = pretrain_heads(model, benches, tasks, seed=seed, max_seconds=pretrain_seconds) \
+        if pretrain_seconds != 0 else {}
+    return model, pretrained
 
 
 def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainConfig, seed: int, input_dim: int,
@@ -382,11 +393,7 @@ def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainC
     ``trained`` / ``chosen`` / ``metrics`` / ``pretrained`` for the guide (metrics: out-of-fold)."""
     from .outfit_cv import TRAINED, candidate_hits, cross_validate_outfits, refit_outfits
 
-    base = new_model(("outfit",), "hard", seed, input_dim=input_dim)
-    if bench.kind_prior is not None:
-        attach_kind_prior(base, *bench.kind_prior)
-    pre = pretrain_heads(base, {"outfit": bench}, ("outfit",), seed=seed, max_seconds=pretrain_seconds) \
-        if pretrain_seconds != 0 else {}
+    base, pre = prepared_model(("outfit",), {"outfit": bench}, "hard", seed, input_dim, pretrain_seconds)
     per_fit = config.max_seconds / (folds + 1) if config.max_seconds else None
     cv = cross_validate_outfits(bench, base, config, folds=folds, fold_seconds=per_fit, seed=seed)
     other = candidate_hits(bench, incumbent, folds, seed=seed)

@@ -141,7 +141,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         if average is not None:
-            average.update(model, progress.step)
+            average.update(progress.step)
 
         values = {n: float(loss.detach()) for n, loss in losses.items()}
         if not all(math.isfinite(v) for v in values.values()):
@@ -210,15 +210,16 @@ class WeightAverage:
 
     def __init__(self, model: MultiTaskAdapter, decay: float) -> None:
         self.decay = decay
-        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        # the model's tensors (state_dict aliases them; load_state_dict copies in place, so they stay valid)
+        self.live = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.weights = {k: v.detach().clone() for k, v in self.live.items()}
 
     @torch.no_grad()
-    def update(self, model: MultiTaskAdapter, step: int) -> None:
+    def update(self, step: int) -> None:
         """Fold in the weights after optimizer step ``step`` (0-based), with the warmed-up decay."""
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if k in self.weights:
-                self.weights[k].lerp_(v.detach(), 1.0 - d)
+        for k, v in self.live.items():
+            self.weights[k].lerp_(v, 1.0 - d)
 
     def swap_in(self, model: MultiTaskAdapter) -> dict[str, torch.Tensor]:
         """Load the averaged weights into ``model``; return (a copy of) the weights they replaced."""
