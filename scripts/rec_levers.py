@@ -14,6 +14,7 @@ import json
 import logging
 import time
 
+import numpy as np
 import torch
 
 from textguide.bench import recipes, workflows
@@ -36,13 +37,29 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop-last-train", action="store_true",
+                   help="leave out each user's latest training example (history -> last training item): the "
+                        "refit question one step back (does training on the newest item per user help the next?)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1: two runs side by side on 2 cores)")
     p.add_argument("--label", default="")
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
     tasks = tuple(a.tasks.split(","))
     enc, cache = load_encoder(), EmbeddingCache()
     benches = {t: workflows.prepare(t, enc, cache) for t in tasks}
+    if a.drop_last_train:
+        from textguide.bench.datasets.amazon_scientific import load_scientific
+
+        last: dict[str, tuple[int, int]] = {}  # user -> (history length, row) of their latest training example
+        for i, ex in enumerate(load_scientific().train):  # prepare_scientific keeps ds.train's row order
+            last[ex.user] = max(last.get(ex.user, (-1, -1)), (len(ex.history), i))
+        t = benches["recommend"].task
+        keep = np.setdiff1d(np.arange(len(t.targets)), [i for _, i in last.values()])
+        benches["recommend"].task = recipes.SequenceTask(t.item_emb, [t.histories[i] for i in keep],
+                                                         t.targets[keep].tolist(), t.valid_histories,
+                                                         t.valid_targets.tolist())
+        print(f"dropped {len(last)} latest training rows, {len(keep)} left", flush=True)
     model = workflows.new_model(tasks, a.sharing, a.seed, input_dim=enc.dim)
     model.config.dropout = a.dropout
     if a.dropout != 0.1 or a.dim != 128:

@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = train_recipe(args.recipe, args.output, sharing=args.sharing, weighting=args.weighting,
                           steps=args.steps, max_seconds=seconds, single_seconds=single, seed=args.seed,
                           checkpoint_dir=args.checkpoint_dir, resume=args.resume, dp=dp,
-                          outfit_folds=args.outfit_folds)
+                          outfit_folds=args.outfit_folds, refit=args.refit)
     print(report["markdown"] + (f"\n{describe(report['privacy'])}" if dp else ""))
     return 0
 
@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all': train only the shared multi-task model (for its whole budget) and serve it for "
                         "every task; by default each task also trains its own adapter and serves whichever "
                         "validates better ('polyvore': no cross-validated outfit challenger either)")
+    p.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="amazon-scientific / all: serve the recommend adapter as trained on the training examples "
+                        "(its report metrics then describe the served weights); by default a single-task recommend "
+                        "adapter is trained again on them plus every user's validation item, for the steps that "
+                        "validated best")
     p.add_argument("--outfit-folds", type=int, default=5,
                    help="polyvore / all: the outfit challenger trains on train + validation outfits, its recipe "
                         "checked by this many folds of cross-validation, and is served when it validates better "

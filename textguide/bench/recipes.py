@@ -85,6 +85,15 @@ class SequenceBench:
         """What the guide must remember to serve this task (nothing besides the adapter)."""
         return {}
 
+    def refit_task(self) -> SequenceTask:
+        """The training examples plus every validation user's (history, validation item), selection and report
+        users alike, without validation data: what a model is trained on once its recipe is chosen."""
+        t = self.task
+        return SequenceTask(t.item_emb, t.histories + list(t.valid_histories or []) + self.report_histories,
+                            np.concatenate([t.targets, np.asarray(t.valid_targets if t.valid_targets is not None
+                                                                   else [], dtype=np.int64),
+                                            self.report_targets]).astype(np.int64).tolist())
+
 
 def prepare_scientific(encoder: TextEncoder, cache: EmbeddingCache | None = None, select_frac: float = 0.2,
                        seed: int = 0) -> SequenceBench:

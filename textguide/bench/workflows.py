@@ -269,6 +269,7 @@ def train_recipe(
     encoder: TextEncoder | None = None,
     dp: Any = None,
     outfit_folds: int = 5,
+    refit: bool = True,
 ) -> dict[str, Any]:
     """Build the dataset's guide, train adapters (all three tasks jointly for ``all``), evaluate, save.
 
@@ -284,6 +285,9 @@ def train_recipe(
     training *and* validation outfits, its recipe checked by ``outfit_folds``-fold cross-validation
     (:mod:`textguide.bench.outfit_cv`); its refit is served when its out-of-fold FITB beats the other outfit
     adapter on the same questions, and text similarity (see :func:`outfit_cv_challenger`).
+    With ``refit`` (not with ``dp``), a served single-task recommend adapter is trained again on the training
+    examples plus every user's validation item for the steps that validated best (:func:`refit_recommend`); its
+    report metrics stay those of the run before the refit (the report users' items are in the refit's data).
     """
     tasks = _tasks_of(recipe)
     encoder = encoder or load_encoder()
@@ -315,7 +319,8 @@ def train_recipe(
         m, r, _ = trained[t]
         use_task_best(m, r, t)
         chosen[t] = serving_choice(benches[t], t, m, seed)
-        metrics[t] = evaluate_model(benches, m, (t,))[t]
+        if not (t == "outfit" and cross_validate):  # (the outfit incumbent is scored below, if it stays)
+            metrics[t] = evaluate_model(benches, m, (t,))[t]
         best_steps[t] = r.task_best_steps.get(t, r.best_step)
     cv_meta: dict[str, Any] = {}
     if cross_validate:
@@ -326,8 +331,23 @@ def train_recipe(
         if "trained" in cv:  # the cross-validated recipe won: its refit is served
             trained["outfit"], chosen["outfit"], metrics["outfit"] = cv["trained"], cv["chosen"], cv["metrics"]
             best_steps["outfit"], pretrained["outfit"] = cv["trained"][1].best_step, cv["pretrained"]
+        else:
+            metrics["outfit"] = evaluate_model(benches, m, ("outfit",))["outfit"]
+    refit_meta: dict[str, Any] = {}
+    if refit and "recommend" in tasks and dp is None:
+        m, r, as_ = trained["recommend"]
+        if chosen["recommend"]["methods"]["recommend"] != "adapter":
+            logger.warning("recommend: the guide serves text similarity; the adapter is not refit")
+        elif tuple(m.config.tasks) == ("recommend",):
+            new, new_result, record = refit_recommend(benches["recommend"], m, r, cfg, sharing, seed,
+                                                      encoder.dim)
+            trained["recommend"] = (new, new_result, f"{as_}, refit on train + validation")
+            refit_meta = {"refit": {**record, "report_metrics_of": f"the {as_} adapter before its refit"}}
+        else:
+            logger.warning("recommend: the served adapter is the multi-task one; not refit (only single-task "
+                           "recommend adapters are)")
     seconds = time.time() - t0
-    results = {t: {f"{benches[t].label} ({trained[t][2]})": metrics[t]} for t in tasks}
+    results = {t: {f"{benches[t].label} ({trained[t][2].split(', refit')[0]})": metrics[t]} for t in tasks}
     curves = {label: result.history, **{f"single-task ({t})": r.history for t, (_, r, _) in trained.items()
                                         if r is not result}}
     md = ""
@@ -341,13 +361,15 @@ def train_recipe(
                           **({"pretrained": pretrained[t]} if pretrained[t] else {}),
                           **({"selected": selected[t]} if t in selected else {}),
                           "report_metrics": metrics[t], "train_seconds": seconds, "best_step": best_steps[t],
-                          **(cv_meta if t == "outfit" else {}), **privacy})
+                          **(cv_meta if t == "outfit" else {}), **(refit_meta if t == "recommend" else {}),
+                          **privacy})
         g.save(path)
         md = write_report(path / "reports", f"textguide train {recipe}: {label}, {seconds:.0f}s",
                           {t2: results[t2] for t2 in tasks}, curves, {"info": {t2: benches[t2].info for t2 in tasks},
                                                                        "selected": selected, **privacy},
                           notes="\n\n".join(([selection_table(selected)] if selected else [])
-                                              + ([cv_table(cv_meta["cross_validation"])] if cv_meta else [])))
+                                              + ([cv_table(cv_meta["cross_validation"])] if cv_meta else [])
+                                              + ([refit_note(refit_meta["refit"])] if refit_meta else [])))
         # the report lives inside the guide but is not part of its checksummed artifact
     return {"results": results, "markdown": md, "seconds": seconds, "selected": selected, **privacy}
 
@@ -419,6 +441,36 @@ def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainC
     label = f"single-task, train + validation outfits ({folds}-fold CV)"
     return {"record": record, "trained": (model, result, label), "chosen": chosen, "pretrained": pre.get("outfit"),
             "metrics": cv.table[TRAINED]}
+
+
+def refit_recommend(bench: Any, served: MultiTaskAdapter, result: TrainResult, config: TrainConfig,
+                    sharing: str, seed: int, input_dim: int) -> tuple[MultiTaskAdapter, TrainResult, dict[str, Any]]:
+    """The served single-task recommend recipe trained again, from the same start, on the training examples plus
+    every validation user's (history, validation item) (:meth:`SequenceBench.refit_task`: the newest interaction
+    of each user), for as many epochs as ``result`` took to its best validation (its best step times the ratio
+    of examples), with ``served``'s text blend. Nothing is held out, so its report metrics are those of
+    ``served``. Returns (model, result, record for the guide)."""
+    task = bench.refit_task()
+    best = result.task_best_steps.get("recommend", result.best_step)
+    steps = max(1, round(best * len(task) / len(bench.task)))
+    model, _ = prepared_model(("recommend",), {"recommend": bench}, sharing, seed, input_dim, 0)
+    t0 = time.time()
+    refit = train(model, {"recommend": task}, replace(config, steps=steps, max_seconds=None, patience=None,
+                                                      select_per_task=False, checkpoint_dir=None, resume=False))
+    model.config.text_blend["recommend"] = served.config.text_blend.get("recommend", 0.0)
+    record = {"examples": len(task), "added": len(task) - len(bench.task), "steps": steps, "first_run_steps": best,
+              "seconds": round(time.time() - t0, 1)}
+    logger.warning("recommend: refit on %d examples (%d validation items added) for %d steps in %.0f s",
+                   record["examples"], record["added"], steps, record["seconds"])
+    return model, refit, record
+
+
+def refit_note(record: dict[str, Any]) -> str:
+    """Markdown: what the served recommend adapter was refit on (its report metrics are the run's before it)."""
+    return (f"recommend: the guide serves this recipe refit on the training examples plus every user's validation "
+            f"item ({record['examples']} examples, {record['added']} added; {record['steps']} steps: the epochs "
+            f"of the run above to its best step, {record['first_run_steps']}; {record['seconds']:.0f} s); the report users' items are in its data, so the table "
+            f"shows {record['report_metrics_of']}")
 
 
 def cv_table(record: dict[str, Any], with_table: bool = True) -> str:
@@ -533,13 +585,19 @@ def evaluate_recipe(recipe: str, guide_path: str | Path, *, report_dir: str | Pa
         raise ValueError(f"{guide_path} does not hold the {recipe} catalog in the expected order; rebuild it with "
                          f"`textguide train {recipe} {guide_path}`")
     hybrid = guide.adapter_meta.get("coupon_hybrid")
-    rows = evaluate_model({task: bench}, guide.adapter, (task,), CouponHybrid.from_dict(hybrid) if hybrid else None)
+    refit = guide.adapter_meta.get("refit")
     served = guide.adapter_meta.get("methods", {}).get(task, "adapter")
     results: dict[str, dict[str, float]] = bench.baselines()
-    name = f"trained ({bench.label})"
-    results[f"{name}{'' if served == 'adapter' else ' [not served: auto uses text]'}"] = rows[task]
+    name = f"trained ({bench.label}{', before its refit, recorded at training' if refit else ''})"
+    results[f"{name}{'' if served == 'adapter' else ' [not served: auto uses text]'}"] = (
+        {k: guide.adapter_meta["report_metrics"][k] for k in next(iter(results.values()))} if refit else
+        evaluate_model({task: bench}, guide.adapter, (task,), CouponHybrid.from_dict(hybrid) if hybrid else None)[task])
+    notes = ("The served adapter was refit on the training examples plus every user's validation item (the report "
+             f"users' included: {refit['added']} examples added, {refit['steps']} steps), so it is not re-scored "
+             "here: the trained row is the same recipe before the refit, scored when it was trained."
+             if refit else "")
     out = Path(report_dir) if report_dir else Path(guide_path) / "reports" / "evaluate"  # beside train's report
-    md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results})
+    md = write_report(out, f"textguide evaluate {recipe} {guide_path}", {task: results}, notes=notes)
     md += "\n" + gain_table(results)
     (out / "report.md").write_text(md + "\n", encoding="utf-8")
     return {"results": {task: results}, "markdown": md}
