@@ -2,9 +2,9 @@
 """Multi-task benchmark: recommendation (Amazon Scientific), outfits (Polyvore) and coupons (Complete Journey).
 
 In one run: baselines (popularity, text similarity without adapters, LightGBM on the coupon hybrid's features),
-the single-task adapter for every task, and multi-task configurations (hard / soft / experts sharing, static /
-uncertainty / GradNorm / DWA weighting), each reported per metric against single-task, with the multi-task
-gain Delta_m. Coupon rows of trained models are the served hybrid (priors + household activity + adapter).
+the single-task adapter for every task (recommendation also as the ensemble ``textguide train`` serves), and
+multi-task configurations (hard / soft / experts sharing, static / uncertainty / GradNorm / DWA weighting), each
+reported per metric against single-task, with the multi-task gain Delta_m. Coupon rows of trained models are the served hybrid (priors + household activity + adapter).
 Training keeps a moving average of the weights (``--ema``, textguide train's default), and the outfit recipe that
 ``textguide train`` also tries, trained on train + validation outfits, is measured by 5-fold cross-validation
 (``--outfit-folds``; a table of its own: its out-of-fold questions are not the report split). The best model per
@@ -33,7 +33,8 @@ from textguide.encoder import EmbeddingCache, load_encoder
 from textguide.evaluate import multitask_gain
 from textguide.training import TrainConfig, train
 from textguide.bench.workflows import (EMA_DECAY, SELECT_METRIC, choose_text_blend, evaluate_model, guide_meta,
-                                      md_table, new_model, plot_curves, prepared_model, serving_choice)
+                                      RECOMMEND_MEMBERS, md_table, new_model, plot_curves, prepared_model,
+                                      serving_choice, train_members)
 from textguide.bench import outfit_cv
 
 logger = logging.getLogger("textguide")
@@ -99,15 +100,19 @@ def main() -> None:
     models: dict[str, tuple[MultiTaskAdapter, dict]] = {}
     curves: dict[str, list[dict]] = {}
 
-    def run(name: str, run_tasks: tuple[str, ...], sharing: str, weighting: str) -> None:
-        model = new_model(run_tasks, sharing, args.seed)
+    def run(name: str, run_tasks: tuple[str, ...], sharing: str, weighting: str, members: int = 1) -> None:
         cfg = TrainConfig(steps=args.steps, batch_size=128, lr=1e-3, weighting=weighting, eval_every=100,
-                          patience=6, seed=args.seed, max_seconds=args.budget * len(run_tasks), show_progress=False,
-                          ema_decay=args.ema)
+                          patience=6, seed=args.seed, max_seconds=args.budget * len(run_tasks) * members,
+                          show_progress=False, ema_decay=args.ema)
         t = time.time()
-        res = train(model, {t_: benches[t_].task for t_ in run_tasks}, cfg)
+        if members > 1:  # textguide train's recommendation ensemble: members trained apart, then joined
+            model, res = train_members(benches["recommend"], cfg, sharing, args.seed, enc.dim, members)
+        else:
+            model = new_model(run_tasks, sharing, args.seed)
+            res = train(model, {t_: benches[t_].task for t_ in run_tasks}, cfg)
         timing[name] = time.time() - t
         curves[name] = res.history
+        curves.update({f"{name} member {i}": m.history for i, m in enumerate(res.members)})
         blend_select = {t_: choose_text_blend(benches[t_], t_, model) for t_ in run_tasks if t_ in SELECT_METRIC}
         ev = evaluate_model(benches, model, run_tasks)
         if run_tasks == ("coupon",):  # the adapter's own score, before the hybrid adds the priors
@@ -123,6 +128,9 @@ def main() -> None:
 
     for t_ in tasks:
         run(f"single-task ({t_})", (t_,), "hard", "static")
+    if "recommend" in tasks and RECOMMEND_MEMBERS > 1:  # what textguide train serves for recommendation
+        run(f"single-task ensemble of {RECOMMEND_MEMBERS} (recommend)", ("recommend",), "hard", "static",
+            RECOMMEND_MEMBERS)
     if len(tasks) > 1:
         for c in args.configs.split(","):
             sharing, weighting = c.split("-")

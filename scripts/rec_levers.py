@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--ema", type=float, default=0.0, help="TrainConfig.ema_decay (0: off)")
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--members", type=int, default=1, help="AdapterConfig.members: an ensemble trained on the same batches")
     p.add_argument("--patience", type=int, default=6)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -62,10 +63,11 @@ def main() -> None:
         print(f"dropped {len(last)} latest training rows, {len(keep)} left", flush=True)
     model = workflows.new_model(tasks, a.sharing, a.seed, input_dim=enc.dim)
     model.config.dropout = a.dropout
-    if a.dropout != 0.1 or a.dim != 128:
+    if a.dropout != 0.1 or a.dim != 128 or a.members != 1:
         from textguide.adapters import AdapterConfig, MultiTaskAdapter
 
-        cfg = AdapterConfig(**{**model.config.__dict__, "dropout": a.dropout, "dim": a.dim})
+        cfg = AdapterConfig(**{**model.config.__dict__, "dropout": a.dropout, "dim": a.dim,
+                                                  "members": a.members})
         torch.manual_seed(a.seed)
         model = MultiTaskAdapter(cfg)
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch, lr=a.lr, weighting=a.weighting, eval_every=a.eval_every,

@@ -275,3 +275,53 @@ def test_slot_pair_projections_shapes_start_and_round_trip(tmp_path):
     loaded = load_adapter(save_adapter(typed, tmp_path / "typed"))
     assert loaded.config.outfit_pair_rank == 8
     assert torch.equal(loaded.outfit_query(hist, mask, slot, kinds), q)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_cosines_and_trains_each_as_if_alone(tmp_path):
+    import numpy as np
+
+    from textguide.adapters import encode_items
+    from textguide.tasks.recommend import recommend_queries
+
+    model = make(tasks=("recommend",), members=3, dropout=0.0)
+    assert len(model.members) == 3 and model.config.out_dim == 192
+    weights = [torch.cat([p.flatten() for p in m.parameters()]) for m in model.members]
+    assert not torch.equal(weights[0], weights[1])  # each member has its own initialisation
+    emb = clustered(30).numpy()
+    hists = [[0, 5, 7], [3], [10, 11, 12, 13]]
+    scores = recommend_queries(model, emb, hists) @ encode_items(model, emb, "recommend").T
+    alone = [recommend_queries(m, emb, hists) @ encode_items(m, emb, "recommend").T for m in model.members]
+    np.testing.assert_allclose(scores, np.mean(alone, axis=0), atol=1e-5)
+    model.config.text_blend["recommend"] = 0.5  # the blend applies once, to the ensemble's mean cosine
+    blended = recommend_queries(model, emb, hists) @ encode_items(model, emb, "recommend").T
+    text = emb[hists[0]].mean(0)
+    np.testing.assert_allclose(blended[0], scores[0] + 0.5 * (emb @ (text / np.linalg.norm(text))), atol=1e-5)
+    model.config.text_blend.clear()
+
+    # training: the summed loss gives each member the gradient it would get trained alone on that batch
+    hist, mask = inputs()
+    batch = {"history": hist, "history_mask": mask, "candidates": clustered(10, seed=3),
+             "targets": torch.tensor([1, 2, 3, 4])}
+    model.train()
+    logits, loss = model(batch, "recommend")
+    member_logits, member_losses = zip(*(m(batch, "recommend") for m in model.members))
+    torch.testing.assert_close(logits, torch.stack(member_logits).mean(0))
+    torch.testing.assert_close(loss, sum(member_losses))
+    loss.backward()
+    ensemble_grad = model.members[1].sequence.out.weight.grad.clone()
+    model.zero_grad()
+    model.members[1](batch, "recommend")[1].backward()
+    torch.testing.assert_close(ensemble_grad, model.members[1].sequence.out.weight.grad)
+    out, none = model({"history": hist, "history_mask": mask}, "recommend")  # queries only: joined
+    assert out.shape == (4, 192) and none is None
+
+    # save / load round trip
+    model.eval()
+    loaded = load_adapter(save_adapter(model, tmp_path / "ens"))
+    assert loaded.config == model.config and loaded.config.members == 3
+    torch.testing.assert_close(loaded.recommend_query(hist, mask), model.recommend_query(hist, mask), rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match=r"members > 1 \(an ensemble\) is for tasks=\('recommend',\) only"):
+        AdapterConfig(input_dim=384, tasks=("recommend", "outfit"), members=2)
+    with pytest.raises(ValueError, match="AdapterConfig.members must be a positive integer, got 0"):
+        AdapterConfig(input_dim=384, tasks=("recommend",), members=0)

@@ -181,6 +181,8 @@ def test_settings_the_accountant_cannot_cover_are_refused():
         train_private(_model(), {"recommend": task}, _cfg(), dp, users, regularizer=lambda m: torch.zeros(()))
     with pytest.raises(ValueError, match="cannot reach --dp-epsilon 1e-06.*raise --dp-epsilon"):
         train_private(_model(), {"recommend": task}, _cfg(), DPConfig(epsilon=1e-6), users)
+    with pytest.raises(ValueError, match="DP training takes one adapter, not an ensemble of 2.*members=1"):
+        train_private(_model(members=2), {"recommend": task}, _cfg(), dp, users)
 
 
 def test_tasks_whose_loss_mixes_examples_are_refused():
@@ -230,8 +232,9 @@ def fake_scientific(guide: Guide, monkeypatch: pytest.MonkeyPatch, enc):
     users = np.repeat(np.arange(200), 2)  # 200 users, two examples each (train_recipe samples 128 per step)
     monkeypatch.setattr(workflows, "prepare", lambda t, e, c: bench)
     monkeypatch.setattr(workflows, "load_encoder", lambda: enc)
-    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384: MultiTaskAdapter(
-        AdapterConfig(input_dim=emb.shape[1], dim=8, max_history=6, seq_layers=1, seq_heads=2, tasks=tasks)))
+    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384, members=1:
+                        MultiTaskAdapter(AdapterConfig(input_dim=emb.shape[1], dim=8, max_history=6, seq_layers=1,
+                                                       seq_heads=2, tasks=tasks, members=members)))
     monkeypatch.setattr(workflows, "example_users", lambda b: users)
     return guide
 

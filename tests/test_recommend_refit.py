@@ -1,8 +1,10 @@
-"""The served recommend adapter refit on the training examples plus every user's validation item
-(textguide.bench.workflows.refit_recommend) and how `train` / `evaluate` report it."""
+"""The recommendation adapter `textguide train` serves: an ensemble of members trained apart
+(textguide.bench.workflows.train_members, textguide.adapters.ensemble), optionally refit on the training
+examples plus every user's validation item (refit_recommend), and how `train` / `evaluate` report it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,6 +32,37 @@ def toy_bench() -> recipes.SequenceBench:
 CFG = TrainConfig(steps=60, batch_size=32, lr=3e-3, eval_every=20, patience=None, seed=0, ema_decay=0.9)
 
 
+def test_members_are_trained_apart_with_their_own_seed_budget_and_checkpoints_then_joined(monkeypatch, tmp_path):
+    from textguide.adapters import encode_items, ensemble
+    from textguide.tasks import TASKS
+    from textguide.tasks.recommend import recommend_queries
+
+    bench = toy_bench()
+    calls = []
+
+    def spy(model, tasks, config=None, regularizer=None):
+        calls.append((config.seed, config.max_seconds, config.checkpoint_dir))
+        return train(model, tasks, config, regularizer)
+
+    monkeypatch.setattr(workflows, "train", spy)
+    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384, members=1:
+                        model_for(tasks, seed_=seed))
+    cfg = replace(CFG, max_seconds=60.0, checkpoint_dir=str(tmp_path))
+    model, result = workflows.train_members(bench, cfg, "hard", 5, 64, 2)
+    assert calls == [(5, 30.0, str(tmp_path / "member0")), (6, 30.0, str(tmp_path / "member1"))]
+    assert model.config.members == 2 and len(result.members) == 2
+    assert result.best_metrics["recommend"] == pytest.approx(TASKS["recommend"].validate(bench.task, model))
+    assert result.best_step == max(r.best_step for r in result.members)
+    emb, hists = bench.task.item_emb, bench.report_histories[:5]
+    alone = [recommend_queries(m, emb, hists) @ encode_items(m, emb, "recommend").T for m in model.members]
+    joined = recommend_queries(model, emb, hists) @ encode_items(model, emb, "recommend").T
+    np.testing.assert_allclose(joined, np.mean(alone, axis=0), atol=1e-5)
+    with pytest.raises(ValueError, match="an ensemble needs at least 2 models, got 1"):
+        ensemble([model.members[0]])
+    with pytest.raises(ValueError, match="model 1 of the ensemble has another configuration than model 0"):
+        ensemble([model.members[0], model_for(("recommend",), dim=16)])
+
+
 def test_the_refit_task_holds_the_training_selection_and_report_examples_in_order_and_no_validation():
     bench = toy_bench()
     task = bench.refit_task()
@@ -53,7 +86,8 @@ def test_the_refit_trains_a_fresh_single_task_adapter_on_every_example_for_the_b
         return train(model, tasks, config, regularizer)
 
     monkeypatch.setattr(workflows, "train", spy)
-    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384: model_for(tasks))
+    monkeypatch.setattr(workflows, "new_model", lambda tasks, sharing="hard", seed=0, input_dim=384, members=1:
+                        model_for(tasks, members=members))
     model, refit, record = workflows.refit_recommend(bench, served, result, CFG, "hard", 0, 64)
     fresh = sum(float(p.detach().abs().sum()) for p in model_for(("recommend",)).parameters())
     best = result.task_best_steps.get("recommend", result.best_step)
@@ -63,8 +97,8 @@ def test_the_refit_trains_a_fresh_single_task_adapter_on_every_example_for_the_b
     assert calls == [(440, None, steps, None, 0.9, pytest.approx(fresh))]
     assert refit.history[-1]["step"] == steps and model is not served
     assert model.config.text_blend["recommend"] == 0.5 and model.config.tasks == ("recommend",)
-    assert record["examples"] == 440 and record["added"] == 140 and record["steps"] == steps
-    assert record["first_run_steps"] == best
+    assert record["examples"] == 440 and record["added"] == 140 and record["steps"] == [steps]
+    assert record["first_run_steps"] == [best]
 
 
 def test_train_serves_the_refit_reports_the_run_before_it_and_evaluate_does_not_rescore_it(tmp_path: Path,
@@ -83,25 +117,27 @@ def test_train_serves_the_refit_reports_the_run_before_it_and_evaluate_does_not_
     monkeypatch.setattr(workflows, "serving_choice", choice)
     monkeypatch.setattr(workflows, "train", lambda m, t, c=None, r=None: seen.append(len(t["recommend"]))
                         or real_train(m, t, c, r))
-    first = workflows.train_recipe("amazon-scientific", tmp_path / "plain", steps=20, max_seconds=30, encoder=enc,
-                                   refit=False)
-    refit = workflows.train_recipe("amazon-scientific", tmp_path / "refit", steps=20, max_seconds=30, encoder=enc)
-    assert seen == [96, 96, 96 + 24]  # 24 users x 4 training examples; the refit adds each user's validation item
+    first = workflows.train_recipe("amazon-scientific", tmp_path / "plain", steps=20, max_seconds=30, encoder=enc)
+    refit = workflows.train_recipe("amazon-scientific", tmp_path / "refit", steps=20, max_seconds=30, encoder=enc,
+                                   refit=True)
+    # two ensembles of two members on 24 users x 4 training examples; the refit adds each user's validation item
+    assert seen == [96, 96, 96, 96, 96 + 24, 96 + 24]
     assert refit["results"] == first["results"]  # the report metrics are the run's before its refit
     plain, served = Guide.load(tmp_path / "plain", encoder=enc), Guide.load(tmp_path / "refit", encoder=enc)
     assert "refit" not in plain.adapter_meta
     rec = served.adapter_meta["refit"]
-    assert rec["examples"] == 120 and rec["added"] == 24 and rec["first_run_steps"] == served.adapter_meta["best_step"]
-    assert rec["steps"] == round(rec["first_run_steps"] * 120 / 96)
+    assert rec["examples"] == 120 and rec["added"] == 24 and len(rec["first_run_steps"]) == workflows.RECOMMEND_MEMBERS
+    assert rec["steps"] == [round(s * 120 / 96) for s in rec["first_run_steps"]]
+    assert served.adapter.config.members == workflows.RECOMMEND_MEMBERS
     assert served.adapter_meta["trained_as"].endswith("refit on train + validation")
     assert any((a != b).any() for a, b in zip(plain.adapter.state_dict().values(),
                                               served.adapter.state_dict().values()))
 
     adapter_wins["on"] = False  # a guide that serves text similarity: its adapter is not refit
     seen.clear()
-    workflows.train_recipe("amazon-scientific", tmp_path / "text", steps=20, max_seconds=30, encoder=enc)
+    workflows.train_recipe("amazon-scientific", tmp_path / "text", steps=20, max_seconds=30, encoder=enc, refit=True)
     text = Guide.load(tmp_path / "text", encoder=enc)
-    assert seen == [96] and "refit" not in text.adapter_meta and text.adapter_meta["methods"]["recommend"] == "text"
+    assert seen == [96, 96] and "refit" not in text.adapter_meta and text.adapter_meta["methods"]["recommend"] == "text"
 
     stored = served.adapter_meta["report_metrics"]
     monkeypatch.setattr(workflows, "evaluate_model", lambda *a, **k: pytest.fail("must not re-score the refit"))

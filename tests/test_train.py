@@ -32,8 +32,8 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def model_for(tasks: tuple[str, ...], **kw) -> MultiTaskAdapter:
-    torch.manual_seed(0)
+def model_for(tasks: tuple[str, ...], seed_: int = 0, **kw) -> MultiTaskAdapter:
+    torch.manual_seed(seed_)
     cfg = dict(input_dim=D, dim=32, seq_layers=1, seq_heads=2, max_history=8, dropout=0.0, tasks=tasks)
     return MultiTaskAdapter(AdapterConfig(**(cfg | kw)))
 

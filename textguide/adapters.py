@@ -48,7 +48,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "blend_text",
     "encode_items",
+    "ensemble",
     "load_adapter",
     "require_keys",
     "save_adapter",
@@ -117,6 +118,10 @@ class AdapterConfig:
         text_blend: per task ("recommend", "outfit"), weight ``w`` of plain text similarity added to the adapter's
             score at serving time: ``score = adapter cosine + w * text cosine`` (0 or absent = adapter only;
             chosen on a selection split after training).
+        members: ``M > 1`` makes the model an ensemble of M adapters of this configuration, each with its own
+            parameters and initialisation (recommendation only): item vectors and queries are the members'
+            concatenated and divided by sqrt(M), so a score is the mean of the members' cosines; training sums
+            the members' losses on the same batches (each member learns as if alone).
     """
 
     input_dim: int
@@ -137,6 +142,7 @@ class AdapterConfig:
     outfit_kind_weight: float = 0.1
     outfit_kind_temperature: float = 20.0
     text_blend: dict[str, float] = field(default_factory=dict)
+    members: int = 1
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -144,7 +150,7 @@ class AdapterConfig:
         if bad:
             raise ValueError(f"AdapterConfig.text_blend takes weights >= 0 for 'recommend' / 'outfit', got {bad}")
         self.text_blend = {k: float(v) for k, v in self.text_blend.items()}
-        for name in ("input_dim", "dim", "n_experts", "seq_heads", "max_history"):
+        for name in ("input_dim", "dim", "n_experts", "seq_heads", "max_history", "members"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"AdapterConfig.{name} must be a positive integer, got {value!r}")
@@ -172,6 +178,14 @@ class AdapterConfig:
                              f"{self.outfit_kind_weight} and {self.outfit_kind_temperature}")
         if not self.init_temperature > 0:
             raise ValueError(f"AdapterConfig.init_temperature must be > 0, got {self.init_temperature}")
+        if self.members > 1 and self.tasks != ("recommend",):
+            raise ValueError(f"AdapterConfig.members > 1 (an ensemble) is for tasks=('recommend',) only; got "
+                             f"tasks={list(self.tasks)}: use members=1, or an ensemble of recommendation only")
+
+    @property
+    def out_dim(self) -> int:
+        """Dimension of the item vectors and queries (``dim``, times ``members`` for an ensemble)."""
+        return self.dim * self.members
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tasks as a list)."""
@@ -260,6 +274,10 @@ class MultiTaskAdapter(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        if c.members > 1:  # an ensemble: the members hold every parameter (the text blend is applied here)
+            one = replace(c, members=1, text_blend={})
+            self.members = nn.ModuleList([MultiTaskAdapter(one) for _ in range(c.members)])
+            return
         if c.sharing == "hard":
             self.item_adapter = ItemAdapter(c.input_dim, c.dim, c.dropout)
         elif c.sharing == "soft":
@@ -318,6 +336,8 @@ class MultiTaskAdapter(nn.Module):
         """Adapted, L2-normalised item vectors (..., dim) from text embeddings (..., input_dim)."""
         self.check_task(task)
         self._check_emb(emb, "item embeddings")
+        if self.config.members > 1:
+            return self._joined([m.item_vectors(emb, task) for m in self.members])
         if self.config.sharing == "hard":
             return self.item_adapter(emb)
         if self.config.sharing == "soft":
@@ -330,7 +350,14 @@ class MultiTaskAdapter(nn.Module):
         """Next-item query (B, dim) from a history (B, L, input_dim) in time order with a bool mask (B, L)."""
         self.check_task("recommend")
         self._check_set(hist, mask, "history")
+        if self.config.members > 1:
+            return self._joined([m.recommend_query(hist, mask) for m in self.members])
         return self.sequence(self.item_vectors(hist, "recommend"), mask)
+
+    @staticmethod
+    def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+        """The members' unit vectors side by side, / sqrt(M): inner products are the mean of the members'."""
+        return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
 
     def outfit_query(self, items: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor,
                      items_slot: torch.Tensor | None = None) -> torch.Tensor:
@@ -401,6 +428,11 @@ class MultiTaskAdapter(nn.Module):
         from .tasks import TASKS
 
         self.check_task(task)
+        if self.config.members > 1:  # each member on the same batch: mean logits (or joined queries), summed loss
+            outputs, losses = zip(*(m(batch, task) for m in self.members))
+            scored = "candidates" in batch or "row_candidates" in batch
+            out = torch.stack(outputs).mean(dim=0) if scored else self._joined(list(outputs))
+            return out, None if losses[0] is None else torch.stack(losses).sum()
         return TASKS[task].forward(self, batch)
 
     def retrieval_output(self, query: torch.Tensor, batch: dict[str, torch.Tensor], task: str
@@ -429,6 +461,8 @@ class MultiTaskAdapter(nn.Module):
         """Soft sharing: ``soft_penalty * sum over tower pairs of ||theta_i - theta_j||^2``; 0 otherwise."""
         ref = next(self.parameters())
         total = ref.new_zeros(())
+        if self.config.members > 1:
+            return sum((m.sharing_penalty() for m in self.members), total)
         if self.config.sharing != "soft" or self.config.soft_penalty == 0:
             return total
         towers = list(self.towers.values())
@@ -441,6 +475,8 @@ class MultiTaskAdapter(nn.Module):
     def gradnorm_parameters(self, task: str) -> list[nn.Parameter]:
         """The last shared layer's weights that ``task`` reaches (its own tower's in soft mode), for GradNorm."""
         self.check_task(task)
+        if self.config.members > 1:
+            return [p for m in self.members for p in m.gradnorm_parameters(task)]
         if self.config.sharing == "hard":
             return [self.item_adapter.last_layer.weight]
         if self.config.sharing == "soft":
@@ -460,6 +496,23 @@ def require_keys(batch: dict[str, torch.Tensor], keys: tuple[str, ...], task: st
 # ----------------------------------------------------------------------------------------------------------
 
 
+def ensemble(models: list[MultiTaskAdapter]) -> MultiTaskAdapter:
+    """One adapter (``AdapterConfig.members = len(models)``) that scores with the mean of ``models``' cosines:
+    trained apart (e.g. with different seeds), they must share their configuration but for the text blend;
+    the ensemble takes the first model's blend (the members' own are not used)."""
+    if len(models) < 2:
+        raise ValueError(f"an ensemble needs at least 2 models, got {len(models)}")
+    base = replace(models[0].config, text_blend={})
+    for i, m in enumerate(models):
+        if m.config.members != 1 or replace(m.config, text_blend={}) != base:
+            raise ValueError(f"model {i} of the ensemble has another configuration than model 0 (or is an ensemble "
+                             f"itself): {m.config} vs {models[0].config}; train the members with one AdapterConfig")
+    out = MultiTaskAdapter(replace(base, members=len(models), text_blend=dict(models[0].config.text_blend)))
+    for member, m in zip(out.members, models):
+        member.load_state_dict(m.state_dict())
+    return out.eval()
+
+
 @torch.inference_mode()
 def encode_items(model: MultiTaskAdapter, item_emb: Any, task: str, batch_size: int = 4096) -> np.ndarray:
     """Adapted item vectors (N, dim) float32, L2-normalised, for ``task`` (index these with FAISS)."""
@@ -467,7 +520,7 @@ def encode_items(model: MultiTaskAdapter, item_emb: Any, task: str, batch_size: 
     emb = as_embeddings(item_emb, "item_emb", model.config.input_dim)
     model.check_task(task)
     out = [model.item_vectors(gather(emb, slice(i, i + batch_size)), task) for i in range(0, len(emb), batch_size)]
-    vecs = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    vecs = torch.cat(out).numpy() if out else np.zeros((0, model.config.out_dim), dtype=np.float32)
     vecs = blend_text(model, task, vecs, emb)
     if task == "outfit" and model.config.outfit_kinds and model.config.text_blend.get("outfit"):
         vecs = np.concatenate([vecs, model.outfit.kind_item_columns(emb, model.config)], axis=1)

@@ -299,11 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'all': train only the shared multi-task model (for its whole budget) and serve it for "
                         "every task; by default each task also trains its own adapter and serves whichever "
                         "validates better ('polyvore': no cross-validated outfit challenger either)")
-    p.add_argument("--no-refit", dest="refit", action="store_false",
-                   help="amazon-scientific / all: serve the recommend adapter as trained on the training examples "
-                        "(its report metrics then describe the served weights); by default a single-task recommend "
-                        "adapter is trained again on them plus every user's validation item, for the steps that "
-                        "validated best")
+    p.add_argument("--refit", action="store_true",
+                   help="amazon-scientific / all: train the served single-task recommendation adapter once more on "
+                        "the training examples plus every user's validation item, for the epochs that validated "
+                        "best (about doubles recommendation's training time; its report metrics stay the first "
+                        "run's, since the report users' items are in its data)")
     p.add_argument("--outfit-folds", type=int, default=5,
                    help="polyvore / all: the outfit challenger trains on train + validation outfits, its recipe "
                         "checked by this many folds of cross-validation, and is served when it validates better "

@@ -151,6 +151,9 @@ def check_private(model: MultiTaskAdapter, tasks: dict[str, Task], config: Train
     if name not in PRIVATE_TASKS or not isinstance(task, (SequenceTask, CouponTask)):
         raise ValueError(f"DP training supports the tasks {', '.join(PRIVATE_TASKS)}, not {name!r}: its loss mixes "
                          "examples (in-batch negatives), so one example's gradient cannot be clipped alone")
+    if model.config.members > 1:
+        raise ValueError(f"DP training takes one adapter, not an ensemble of {model.config.members}; build the model "
+                         "with AdapterConfig(members=1)")
     if model.config.sharing == "soft" and len(model.config.tasks) > 1:
         raise ValueError("DP training cannot account the soft-sharing penalty between task towers; "
                          "use sharing='hard' or 'experts' (--sharing hard)")

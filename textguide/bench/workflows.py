@@ -51,13 +51,16 @@ OUTFIT_PAIR_RANK = 16
 #: moving average of the weights that training validates and keeps (TrainConfig.ema_decay); chosen on the
 #: Scientific selection users (scripts/rec_levers.py --ema: 0 / .99 / .998 -> Recall@10 .1440 / .1511 / .1552)
 EMA_DECAY = 0.998
+#: a single-task recommendation adapter is an ensemble of this many (AdapterConfig.members), trained for this many
+#: times the budget; chosen on the Scientific selection users (RESULTS: two seeds' mean cosine vs each alone)
+RECOMMEND_MEMBERS = 2
 
 
 def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0, *,
-              input_dim: int = 384) -> MultiTaskAdapter:
+              input_dim: int = 384, members: int = 1) -> MultiTaskAdapter:
     """A fresh adapter for these benchmark tasks (``input_dim``: the encoder's dimension, MiniLM's by default;
     128-d adapted space, last 20 items read; coupon profiles are encoded text, so of the same dimension;
-    the outfit head is type-aware, :data:`OUTFIT_PAIR_RANK`)."""
+    the outfit head is type-aware, :data:`OUTFIT_PAIR_RANK`; ``members``: an ensemble, recommendation only)."""
     import torch
 
     torch.manual_seed(seed)
@@ -65,7 +68,7 @@ def new_model(tasks: tuple[str, ...], sharing: str = "hard", seed: int = 0, *,
         input_dim=input_dim, dim=128, max_history=20, sharing=sharing, tasks=tasks,  # type: ignore[arg-type]
         n_slots=len(recipes.POLYVORE_SLOTS) if "outfit" in tasks else 0,
         profile_dim=input_dim if "coupon" in tasks else 0,
-        outfit_pair_rank=OUTFIT_PAIR_RANK if "outfit" in tasks else 0,
+        outfit_pair_rank=OUTFIT_PAIR_RANK if "outfit" in tasks else 0, members=members,
     ))
 
 
@@ -269,14 +272,15 @@ def train_recipe(
     encoder: TextEncoder | None = None,
     dp: Any = None,
     outfit_folds: int = 5,
-    refit: bool = True,
+    refit: bool = False,
 ) -> dict[str, Any]:
     """Build the dataset's guide, train adapters (all three tasks jointly for ``all``), evaluate, save.
 
     ``output`` is the guide directory, or for ``all`` a parent directory receiving one guide per dataset.
     For ``all`` with ``single_seconds``, each task also trains a single-task challenger for up to that many
-    seconds, and each guide serves the adapter (the shared multi-task one or its task's own) whose validation
-    ``select_metric`` is higher: the comparison is recorded in the guide (``adapter.selected``) and the
+    seconds (recommendation: an ensemble of :data:`RECOMMEND_MEMBERS` adapters, for that many times as long; so is
+    the adapter of ``amazon-scientific`` alone), and each guide serves the adapter (the shared multi-task one or
+    its task's own) whose validation ``select_metric`` is higher: the comparison is recorded in the guide (``adapter.selected``) and the
     report. A report (JSON, Markdown, training curves) is written into each guide's ``reports/`` folder.
     ``dp`` (a :class:`textguide.privacy.DPConfig`) trains with DP-SGD instead (one task, fixed steps,
     ``max_seconds=None``) and records the guarantee under ``privacy``. Heads with pre-training data (polyvore:
@@ -286,7 +290,7 @@ def train_recipe(
     (:mod:`textguide.bench.outfit_cv`); its refit is served when its out-of-fold FITB beats the other outfit
     adapter on the same questions, and text similarity (see :func:`outfit_cv_challenger`).
     With ``refit`` (not with ``dp``), a served single-task recommend adapter is trained again on the training
-    examples plus every user's validation item for the steps that validated best (:func:`refit_recommend`); its
+    examples plus every user's validation item for the epochs that validated best (:func:`refit_recommend`); its
     report metrics stay those of the run before the refit (the report users' items are in the refit's data).
     """
     tasks = _tasks_of(recipe)
@@ -308,7 +312,9 @@ def train_recipe(
         for t in tasks:  # a single-task challenger per task (outfits: the cross-validated one, below)
             if t == "outfit" and cross_validate:
                 continue
-            single, single_result, single_pre, _ = _train_adapter((t,), benches, single_cfg, sharing, seed,
+            budget = single_cfg if t != "recommend" else replace(  # an ensemble: its members' budgets
+                single_cfg, max_seconds=single_seconds * RECOMMEND_MEMBERS)
+            single, single_result, single_pre, _ = _train_adapter((t,), benches, budget, sharing, seed,
                                                                   encoder.dim, pretrain_seconds, None)
             challengers[t] = (single, single_result)
             challenger_pre.update(single_pre)
@@ -349,7 +355,9 @@ def train_recipe(
     seconds = time.time() - t0
     results = {t: {f"{benches[t].label} ({trained[t][2].split(', refit')[0]})": metrics[t]} for t in tasks}
     curves = {label: result.history, **{f"single-task ({t})": r.history for t, (_, r, _) in trained.items()
-                                        if r is not result}}
+                                        if r is not result},
+              **{f"single-task ({t}) member {i}": m.history for t, (_, r, _) in trained.items()
+                 for i, m in enumerate(r.members)}}
     md = ""
     for t in tasks:
         path = Path(output) / TASK_RECIPE[t] if recipe == "all" else Path(output)
@@ -379,12 +387,42 @@ def _train_adapter(tasks: tuple[str, ...], benches: dict[str, Any], cfg: TrainCo
                    ) -> tuple[MultiTaskAdapter, TrainResult, dict[str, Any], dict[str, Any]]:
     """A fresh adapter for ``tasks``, its heads pre-trained where there is data (not with ``dp``), then trained:
     (model, result, pre-training records, privacy record)."""
+    if tasks == ("recommend",) and dp is None and RECOMMEND_MEMBERS > 1:
+        return (*train_members(benches["recommend"], cfg, sharing, seed, input_dim, RECOMMEND_MEMBERS), {}, {})
     model, pretrained = prepared_model(tasks, benches, sharing, seed, input_dim,
                                        pretrain_seconds if dp is None else 0)
     if dp is None:
         return model, train(model, {t: benches[t].task for t in tasks}, cfg), pretrained, {}
     result, privacy = train_recipe_private(model, benches, cfg, dp)  # DP-SGD, textguide.privacy
     return model, result, pretrained, privacy
+
+
+def train_members(bench: Any, cfg: TrainConfig, sharing: str, seed: int, input_dim: int, members: int
+                  ) -> tuple[MultiTaskAdapter, TrainResult]:
+    """``members`` recommendation adapters trained apart (seeds ``seed``, ``seed + 1``, ...; ``cfg``'s time budget
+    split evenly; checkpoints in ``member<i>/`` under ``cfg.checkpoint_dir``; each keeps its best weights),
+    joined by :func:`textguide.adapters.ensemble`. The result has one evaluation, the ensemble's on the
+    selection users at the members' latest best step, and each member's own result in ``members``."""
+    from ..adapters import ensemble
+
+    parts, results = [], []
+    for i in range(members):
+        model = new_model(("recommend",), sharing, seed + i, input_dim=input_dim)
+        ckpt = str(Path(cfg.checkpoint_dir) / f"member{i}") if cfg.checkpoint_dir else None
+        results.append(train(model, {"recommend": bench.task}, replace(
+            cfg, seed=seed + i, checkpoint_dir=ckpt, select_per_task=False,
+            max_seconds=cfg.max_seconds / members if cfg.max_seconds else None)))
+        parts.append(model)
+    model = ensemble(parts)
+    valid = TASKS["recommend"].validate(bench.task, model)
+    step = max(r.best_step for r in results)
+    logger.warning("recommend: ensemble of %d: validation %s %.4f (members alone: %s)", members,
+                   TASKS["recommend"].select_metric, valid,
+                   ", ".join(f"{r.best_metrics.get('recommend', float('nan')):.4f}" for r in results))
+    row = {"step": step, "seconds": sum(r.history[-1]["seconds"] for r in results if r.history),
+           "valid/recommend": valid, "valid_mean": valid}
+    return model, TrainResult(history=[row], best_step=step, best_metrics={"recommend": valid},
+                              task_best_steps={"recommend": step}, members=results)
 
 
 def prepared_model(tasks: tuple[str, ...], benches: dict[str, Any], sharing: str = "hard", seed: int = 0,
@@ -448,19 +486,29 @@ def refit_recommend(bench: Any, served: MultiTaskAdapter, result: TrainResult, c
     """The served single-task recommend recipe trained again, from the same start, on the training examples plus
     every validation user's (history, validation item) (:meth:`SequenceBench.refit_task`: the newest interaction
     of each user), for as many epochs as ``result`` took to its best validation (its best step times the ratio
-    of examples), with ``served``'s text blend. Nothing is held out, so its report metrics are those of
-    ``served``. Returns (model, result, record for the guide)."""
+    of examples), with ``served``'s text blend; an ensemble's members (``result.members``) each as they were
+    trained. Nothing is held out, so its report metrics are those of ``served``. Returns (model, result, record
+    for the guide)."""
+    from ..adapters import ensemble
+
     task = bench.refit_task()
-    best = result.task_best_steps.get("recommend", result.best_step)
-    steps = max(1, round(best * len(task) / len(bench.task)))
-    model, _ = prepared_model(("recommend",), {"recommend": bench}, sharing, seed, input_dim, 0)
     t0 = time.time()
-    refit = train(model, {"recommend": task}, replace(config, steps=steps, max_seconds=None, patience=None,
-                                                      select_per_task=False, checkpoint_dir=None, resume=False))
+    parts, results, firsts, steps = [], [], [], []
+    for i, first in enumerate(result.members or [result]):
+        firsts.append(first.task_best_steps.get("recommend", first.best_step))
+        steps.append(max(1, round(firsts[-1] * len(task) / len(bench.task))))
+        model = new_model(("recommend",), sharing, seed + i, input_dim=input_dim)
+        results.append(train(model, {"recommend": task}, replace(
+            config, seed=seed + i, steps=steps[-1], max_seconds=None, patience=None, select_per_task=False,
+            checkpoint_dir=None, resume=False)))
+        parts.append(model)
+    model = ensemble(parts) if len(parts) > 1 else parts[0]
+    refit = results[0] if len(results) == 1 else TrainResult(
+        history=[{"step": max(steps)}], best_step=max(steps), best_metrics={}, members=results)
     model.config.text_blend["recommend"] = served.config.text_blend.get("recommend", 0.0)
-    record = {"examples": len(task), "added": len(task) - len(bench.task), "steps": steps, "first_run_steps": best,
+    record = {"examples": len(task), "added": len(task) - len(bench.task), "steps": steps, "first_run_steps": firsts,
               "seconds": round(time.time() - t0, 1)}
-    logger.warning("recommend: refit on %d examples (%d validation items added) for %d steps in %.0f s",
+    logger.warning("recommend: refit on %d examples (%d validation items added) for %s steps in %.0f s",
                    record["examples"], record["added"], steps, record["seconds"])
     return model, refit, record
 
@@ -468,8 +516,8 @@ def refit_recommend(bench: Any, served: MultiTaskAdapter, result: TrainResult, c
 def refit_note(record: dict[str, Any]) -> str:
     """Markdown: what the served recommend adapter was refit on (its report metrics are the run's before it)."""
     return (f"recommend: the guide serves this recipe refit on the training examples plus every user's validation "
-            f"item ({record['examples']} examples, {record['added']} added; {record['steps']} steps: the epochs "
-            f"of the run above to its best step, {record['first_run_steps']}; {record['seconds']:.0f} s); the report users' items are in its data, so the table "
+            f"item ({record['examples']} examples, {record['added']} added; steps {record['steps']}: the epochs "
+            f"of the run above to its best steps, {record['first_run_steps']}; {record['seconds']:.0f} s); the report users' items are in its data, so the table "
             f"shows {record['report_metrics_of']}")
 
 

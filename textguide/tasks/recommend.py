@@ -189,7 +189,7 @@ def recommend_queries(
     for start in range(0, len(histories), batch_size):
         idx, mask = pad(histories[start : start + batch_size], model.config.max_history)
         out.append(model.recommend_query(gather(emb, idx), torch.from_numpy(mask)))
-    q = torch.cat(out).numpy() if out else np.zeros((0, model.config.dim), dtype=np.float32)
+    q = torch.cat(out).numpy() if out else np.zeros((0, model.config.out_dim), dtype=np.float32)
     return blend_text(model, "recommend", q, _mean_text(emb, histories)) if model.config.text_blend else q
 
 

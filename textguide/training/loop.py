@@ -54,13 +54,15 @@ class TrainResult:
     """What :func:`train` returns. ``history`` has one row per evaluation with keys ``step``, ``seconds``,
     ``loss/<task>`` (mean training loss since the previous row), ``weight/<task>``, ``valid/<task>`` and
     ``valid_mean``. With ``TrainConfig.select_per_task``: ``task_weights`` (task -> the state dict at that
-    task's best validation metric) and ``task_best_steps``; empty otherwise."""
+    task's best validation metric) and ``task_best_steps``; empty otherwise. ``members``: for an ensemble whose
+    members were trained apart (textguide.bench.workflows.train_members), each member's own result."""
 
     history: list[dict[str, float]]
     best_step: int
     best_metrics: dict[str, float]
     task_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     task_best_steps: dict[str, int] = field(default_factory=dict)
+    members: list["TrainResult"] = field(default_factory=list)  # an ensemble trained member by member: theirs
 
 
 Task = Union[SequenceTask, OutfitTask, CouponTask]  # the training data of one task
