@@ -4,7 +4,8 @@
 In one run: baselines (popularity, text similarity without adapters, LightGBM on the coupon hybrid's features),
 the single-task adapter for every task (recommendation also as the ensemble ``textguide train`` serves), and
 multi-task configurations (hard / soft / experts sharing, static / uncertainty / GradNorm / DWA weighting), each
-reported per metric against single-task, with the multi-task gain Delta_m. Coupon rows of trained models are the served hybrid (priors + household activity + adapter).
+reported per metric against single-task, with the multi-task gain Delta_m. Coupon rows of trained models are the
+served hybrid (priors + household activity + adapter).
 Training keeps a moving average of the weights (``--ema``, textguide train's default), and the outfit recipe that
 ``textguide train`` also tries, trained on train + validation outfits, is measured by 5-fold cross-validation
 (``--outfit-folds``; a table of its own: its out-of-fold questions are not the report split). The best model per

@@ -339,6 +339,7 @@ def train_recipe(
             best_steps["outfit"], pretrained["outfit"] = cv["trained"][1].best_step, cv["pretrained"]
         else:
             metrics["outfit"] = evaluate_model(benches, m, ("outfit",))["outfit"]
+    labels = {t: trained[t][2] for t in tasks}  # the report rows' models (a refit is not re-scored)
     refit_meta: dict[str, Any] = {}
     if refit and "recommend" in tasks and dp is None:
         m, r, as_ = trained["recommend"]
@@ -353,7 +354,7 @@ def train_recipe(
             logger.warning("recommend: the served adapter is the multi-task one; not refit (only single-task "
                            "recommend adapters are)")
     seconds = time.time() - t0
-    results = {t: {f"{benches[t].label} ({trained[t][2].split(', refit')[0]})": metrics[t]} for t in tasks}
+    results = {t: {f"{benches[t].label} ({labels[t]})": metrics[t]} for t in tasks}
     curves = {label: result.history, **{f"single-task ({t})": r.history for t, (_, r, _) in trained.items()
                                         if r is not result},
               **{f"single-task ({t}) member {i}": m.history for t, (_, r, _) in trained.items()
@@ -403,17 +404,10 @@ def train_members(bench: Any, cfg: TrainConfig, sharing: str, seed: int, input_d
     split evenly; checkpoints in ``member<i>/`` under ``cfg.checkpoint_dir``; each keeps its best weights),
     joined by :func:`textguide.adapters.ensemble`. The result has one evaluation, the ensemble's on the
     selection users at the members' latest best step, and each member's own result in ``members``."""
-    from ..adapters import ensemble
-
-    parts, results = [], []
-    for i in range(members):
-        model = new_model(("recommend",), sharing, seed + i, input_dim=input_dim)
-        ckpt = str(Path(cfg.checkpoint_dir) / f"member{i}") if cfg.checkpoint_dir else None
-        results.append(train(model, {"recommend": bench.task}, replace(
-            cfg, seed=seed + i, checkpoint_dir=ckpt, select_per_task=False,
-            max_seconds=cfg.max_seconds / members if cfg.max_seconds else None)))
-        parts.append(model)
-    model = ensemble(parts)
+    model, results = _train_apart(bench.task, [replace(
+        cfg, checkpoint_dir=str(Path(cfg.checkpoint_dir) / f"member{i}") if cfg.checkpoint_dir else None,
+        select_per_task=False, max_seconds=cfg.max_seconds / members if cfg.max_seconds else None)
+        for i in range(members)], sharing, seed, input_dim)
     valid = TASKS["recommend"].validate(bench.task, model)
     step = max(r.best_step for r in results)
     logger.warning("recommend: ensemble of %d: validation %s %.4f (members alone: %s)", members,
@@ -423,6 +417,19 @@ def train_members(bench: Any, cfg: TrainConfig, sharing: str, seed: int, input_d
            "valid/recommend": valid, "valid_mean": valid}
     return model, TrainResult(history=[row], best_step=step, best_metrics={"recommend": valid},
                               task_best_steps={"recommend": step}, members=results)
+
+
+def _train_apart(task: Any, configs: list[TrainConfig], sharing: str, seed: int, input_dim: int
+                 ) -> tuple[MultiTaskAdapter, list[TrainResult]]:
+    """One fresh recommendation adapter per config, trained on ``task`` with seed ``seed + i``; with more than one,
+    joined by :func:`textguide.adapters.ensemble`. Returns (model, each one's result)."""
+    from ..adapters import ensemble
+
+    parts, results = [], []
+    for i, config in enumerate(configs):
+        parts.append(new_model(("recommend",), sharing, seed + i, input_dim=input_dim))
+        results.append(train(parts[-1], {"recommend": task}, replace(config, seed=seed + i)))
+    return (ensemble(parts) if len(parts) > 1 else parts[0]), results
 
 
 def prepared_model(tasks: tuple[str, ...], benches: dict[str, Any], sharing: str = "hard", seed: int = 0,
@@ -489,20 +496,13 @@ def refit_recommend(bench: Any, served: MultiTaskAdapter, result: TrainResult, c
     of examples), with ``served``'s text blend; an ensemble's members (``result.members``) each as they were
     trained. Nothing is held out, so its report metrics are those of ``served``. Returns (model, result, record
     for the guide)."""
-    from ..adapters import ensemble
-
     task = bench.refit_task()
     t0 = time.time()
-    parts, results, firsts, steps = [], [], [], []
-    for i, first in enumerate(result.members or [result]):
-        firsts.append(first.task_best_steps.get("recommend", first.best_step))
-        steps.append(max(1, round(firsts[-1] * len(task) / len(bench.task))))
-        model = new_model(("recommend",), sharing, seed + i, input_dim=input_dim)
-        results.append(train(model, {"recommend": task}, replace(
-            config, seed=seed + i, steps=steps[-1], max_seconds=None, patience=None, select_per_task=False,
-            checkpoint_dir=None, resume=False)))
-        parts.append(model)
-    model = ensemble(parts) if len(parts) > 1 else parts[0]
+    firsts = [r.task_best_steps.get("recommend", r.best_step) for r in result.members or [result]]
+    steps = [max(1, round(f * len(task) / len(bench.task))) for f in firsts]
+    model, results = _train_apart(task, [replace(config, steps=n, max_seconds=None, patience=None,
+                                                 select_per_task=False, checkpoint_dir=None, resume=False)
+                                         for n in steps], sharing, seed, input_dim)
     refit = results[0] if len(results) == 1 else TrainResult(
         history=[{"step": max(steps)}], best_step=max(steps), best_metrics={}, members=results)
     model.config.text_blend["recommend"] = served.config.text_blend.get("recommend", 0.0)
@@ -517,8 +517,8 @@ def refit_note(record: dict[str, Any]) -> str:
     """Markdown: what the served recommend adapter was refit on (its report metrics are the run's before it)."""
     return (f"recommend: the guide serves this recipe refit on the training examples plus every user's validation "
             f"item ({record['examples']} examples, {record['added']} added; steps {record['steps']}: the epochs "
-            f"of the run above to its best steps, {record['first_run_steps']}; {record['seconds']:.0f} s); the report users' items are in its data, so the table "
-            f"shows {record['report_metrics_of']}")
+            f"of the run above to its best steps, {record['first_run_steps']}; {record['seconds']:.0f} s); the "
+            f"report users' items are in its data, so the table shows {record['report_metrics_of']}")
 
 
 def cv_table(record: dict[str, Any], with_table: bool = True) -> str:
