@@ -106,6 +106,18 @@ def test_column_map_and_extra(tmp_path: Path) -> None:
     assert cat.texts == ["Red mug. Kitchen", "Blue mug. Kitchen"]
 
 
+def test_keep_takes_the_named_columns_the_source_has(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text("id,title,slot,colour\nA1,Red boots,shoe,red\nA2,Blue bag,bag,blue\n", encoding="utf-8")
+    cat = load_catalog(path, keep=("slot", "season", "title"))  # 'season' absent: skipped; 'title' is mapped
+    assert list(cat.metadata.columns) == ["id", "title", "slot"]  # colour is not asked for: dropped as before
+    assert cat.metadata["slot"].tolist() == ["shoe", "bag"] and cat.texts == ["Red boots", "Blue bag"]
+    both = load_catalog(path, ColumnMap(extra=("colour",)), keep=("slot", "colour"))
+    assert list(both.metadata.columns) == ["id", "title", "colour", "slot"]
+    with pytest.raises(ValueError, match=r"extra column 'season' not found"):  # extra stays a requirement
+        load_catalog(path, ColumnMap(extra=("season",)), keep=("slot",))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # templates
 # ---------------------------------------------------------------------------------------------------------

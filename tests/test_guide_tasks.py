@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -112,6 +113,27 @@ def test_complete_outfit_candidates_and_slot(trained: Guide) -> None:
     assert len(shoes) == 3
     assert all(trained.index.item(i)["slot"] == "shoe" for i in shoes.ids)
     assert not {"p05", "p13"} & set(trained.complete_outfit(["p05", "p13"], k=19).ids)
+
+
+def test_onboarded_catalog_keeps_the_slot_field(trained: Guide, tmp_path: Path) -> None:
+    """A catalog file onboarded later with id,title,category,slot: its slot column reaches complete_outfit."""
+    new = tmp_path / "new.csv"
+    pd.DataFrame({"id": ["n1", "n2", "n3"], "title": ["Red leather ankle boots", "White canvas sneakers",
+                                                       "Quilted shoulder bag"],
+                  "category": ["Boots", "Sneakers", "Bags"], "slot": ["shoe", "shoe", "bag"]}).to_csv(new, index=False)
+    assert trained.extra_fields == ("slot",)
+    trained.onboard(new)
+    assert [trained.index.item(i)["slot"] for i in ("n1", "n2", "n3")] == ["shoe", "shoe", "bag"]
+    old_shoes = {i for i, s in zip(trained.index.ids, trained.index.metadata["slot"]) if s == "shoe"} - {"n1", "n2"}
+    for method in ("adapter", "text"):
+        shoes = trained.complete_outfit(["p05"], k=50, slot="shoe", method=method)
+        assert set(shoes.ids) == old_shoes | {"n1", "n2"}  # every shoe, the onboarded ones too, no bag
+    bags = trained.complete_outfit(["p05"], k=50, slot="bag", method="adapter")
+    assert "n3" in bags.ids and not {"n1", "n2"} & set(bags.ids)
+    # a catalog without the field onboards as before: its items have no slot, so no slot search finds them
+    pd.DataFrame({"id": ["n4"], "title": ["Suede loafers"]}).to_csv(tmp_path / "plain.csv", index=False)
+    trained.onboard(tmp_path / "plain.csv")
+    assert "n4" in trained.index and "n4" not in trained.complete_outfit(["p05"], k=50, slot="shoe").ids
 
 
 def test_complete_outfit_errors(trained: Guide) -> None:

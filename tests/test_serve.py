@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -289,6 +290,22 @@ def test_onboard_runs_as_a_job_and_is_served(client, guides) -> None:
     r = client.post("/guides/plain/onboard", content=csv_body(NEW), headers={"Content-Type": "text/csv", **AUTH})
     again = wait_job(client, r.json()["id"])["counts"]
     assert (again["added"], again["unchanged"], again["items"]) == (0, 6, 26)
+
+
+def test_onboarded_slot_column_reaches_complete_outfit(guides, tmp_path: Path) -> None:
+    """An upload with id,title,category,slot to an outfit guide: the new shoes answer slot='shoe' at once."""
+    shutil.copytree(guides[0], tmp_path / "shop")
+    app = create_app([tmp_path / "shop"], TOKEN, encoder=HashingEncoder(dim=32),
+                     config=ServeConfig(refresh_seconds=0, niceness=0))
+    rows = [{"id": "n1", "title": "Red leather ankle boots", "category": "Boots", "slot": "shoe"},
+            {"id": "n2", "title": "Quilted shoulder bag", "category": "Bags", "slot": "bag"}]
+    with BackgroundServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        r = c.post("/guides/shop/onboard", content=csv_body(rows), headers={"Content-Type": "text/csv", **AUTH})
+        assert wait_job(c, r.json()["id"])["state"] == "done"
+        shoes = c.post("/guides/shop/complete_outfit", json={"items": ["p05"], "k": 50, "slot": "shoe"}).json()
+        bags = c.post("/guides/shop/complete_outfit", json={"items": ["p05"], "k": 50, "slot": "bag"}).json()
+    assert "n1" in shoes["ids"] and "n2" not in shoes["ids"] and "n2" in bags["ids"]
+    assert Guide.load(tmp_path / "shop", HashingEncoder(dim=32)).index.item("n1")["slot"] == "shoe"  # on disk
 
 
 def test_onboard_jsonl_and_parquet_uploads(client) -> None:

@@ -9,7 +9,7 @@ import logging
 import re
 import string
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -370,8 +370,12 @@ def load_catalog(
     *,
     strict: bool = False,
     on_duplicate: Literal["error", "last"] = "error",
+    keep: Sequence[str] = (),
 ) -> Catalog:
     """Read and validate a product catalog file (or a ``datasets.Dataset`` / its ``save_to_disk`` folder).
+
+    ``keep`` names more columns to keep as metadata *where the source has them* (``columns.extra`` must be
+    there): a guide onboarding a catalog keeps its own fields this way, e.g. the outfit slot field.
 
     Rules: a missing required column (id, title) is an error naming it and the columns found; an
     empty or NaN title is skipped and counted in ``catalog.report`` (an error when ``strict``);
@@ -389,4 +393,9 @@ def load_catalog(
         frame, path = dataset_frame(path), "<dataset>"
     else:
         frame = read_table(path)
-    return catalog_from_frame(frame, columns or ColumnMap(), template, strict, on_duplicate, str(path))
+    columns = columns or ColumnMap()
+    mapped = {columns.id, columns.title, *columns.optional().values(), *columns.extra}
+    more = tuple(c for c in dict.fromkeys(keep) if c in frame.columns and c not in mapped)
+    if more:
+        columns = replace(columns, extra=columns.extra + more)
+    return catalog_from_frame(frame, columns, template, strict, on_duplicate, str(path))

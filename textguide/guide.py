@@ -329,7 +329,9 @@ class Guide:
         readers see the old or the new state and a failure leaves everything as it was. Items whose id
         and text are already present are skipped (re-onboarding is idempotent); an id present with a
         different text is an error unless ``replace=True``. ``category`` sets the category of every
-        new item (it becomes filterable at once).
+        new item (it becomes filterable at once). A catalog file keeps the guide's own fields where it has
+        them (:attr:`extra_fields`, e.g. the outfit slot field, so ``complete_outfit(slot=...)`` finds the new
+        items), besides ``columns.extra``.
 
         Embedding is nearly all of the time. ``batch_size`` sets the encoder's batch; ``precision="bf16"``
         embeds the new items with the guide's sentence-transformers model in bfloat16 (AMX on recent Intel
@@ -345,7 +347,7 @@ class Guide:
         if precision not in (None, "fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if not isinstance(catalog, Catalog):
-            catalog = load_catalog(catalog, columns, template)
+            catalog = load_catalog(catalog, columns, template, keep=self.extra_fields)
         meta = catalog.metadata.copy()
         meta["text"] = catalog.texts
         if category is not None:
@@ -391,6 +393,12 @@ class Guide:
         report.items = self.index.count
         logger.info("onboarded: %s", report)
         return report
+
+    @property
+    def extra_fields(self) -> tuple[str, ...]:
+        """The guide's metadata fields beyond the standard catalog fields (e.g. an outfit guide's slot field)."""
+        standard = {"id", "title", "description", "category", "brand", "price", "text"}
+        return tuple(str(c) for c in self.index.metadata.columns if c not in standard)
 
     def use_onboard_encoder(self, encoder: TextEncoder, precision: str, backend: str = "torch") -> None:
         """Use ``encoder`` (this guide's model at ``precision`` / ``backend``) when :meth:`onboard` asks for that

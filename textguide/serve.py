@@ -687,7 +687,7 @@ def create_app(
                             category=opt(category_column), brand=opt(brand_column), price=opt(price_column),
                             extra=tuple(extra_column))
         catalog = parse_catalog(body, CATALOG_TYPES[ctype], columns, template, strict=strict,
-                                on_duplicate=on_duplicate)
+                                on_duplicate=on_duplicate, keep=slot.guide.extra_fields)
         use_cache = config.use_cache
 
         def work(g: Guide) -> dict[str, Any]:
