@@ -11,6 +11,7 @@ scores it on the selection and report parts of the MCN valid outfits, raw and bl
     python scripts/bench_outfit_levers.py prior lever=prior weight=0.1
     python scripts/bench_outfit_levers.py cv0 rank=16 cv=0/2      # train on MCN train + valid folds != 0
     python scripts/bench_outfit_levers.py cv0_train rank=16 cv=0/2 only_train=1   # same questions, MCN train only
+    python scripts/bench_outfit_levers.py cv0_ens2 rank=16 cv=0/2 ensemble=2   # two seeds, alone and summed
 
 Each run appends a JSON line to ``reports/outfit_levers.jsonl``. The MCN test outfits are never read.
 """
@@ -80,35 +81,55 @@ def main(argv: list[str]) -> None:
             out[split + "_text"] = {k: round(v, 4) for k, v in
                                     recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text")).items()}
     else:
-        torch.manual_seed(seed)
-        model = MultiTaskAdapter(AdapterConfig(input_dim=enc.dim, dim=128, max_history=20, tasks=("outfit",),
-                                               n_slots=len(recipes.POLYVORE_SLOTS), outfit_pair_rank=o("rank", 0)))
-        tc = dict(batch_size=128, eval_every=100, seed=seed, show_progress=False,
-                  outfit_visible_negatives=o("visneg", True))
-        if o("pretrain", "") == "cat":  # NGNN outfits of category names
-            frozen = [p for n, p in model.named_parameters()
-                      if o("pre_freeze", False) and not n.startswith(("outfit.", "logit_scale"))]
-            for p in frozen:
-                p.requires_grad_(False)
-            r = train(model, {"outfit": bench.pretrain}, TrainConfig(steps=2000, patience=4, max_seconds=150, **tc))
-            for p in frozen:
-                p.requires_grad_(True)
-            out["pretrain"] = {"best_step": r.best_step, "valid": r.best_metrics}
-        res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
-        out["best_step"] = res.best_step
+        models = []
+        for i in range(o("ensemble", 1)):  # ensemble=N: N seeds, scored alone and as the sum of their scores
+            models.append(train_one(bench, task, enc.dim, seed + i, o, out))
         for split, outfits in (("sel", sel), ("rep", rep)):
             b = NS(guide=bench.guide, task=task, report_outfits=outfits)
-            out[split] = {k: round(v, 4) for k, v in
-                          recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model)).items()}
-            model.config.text_blend["outfit"] = 1.0
-            out[split + "_blend1"] = {k: round(v, 4) for k, v in
-                                      recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model)).items()}
-            model.config.text_blend.pop("outfit")
+            for j, model in enumerate(models):
+                tag = split if j == 0 else f"{split}_seed{seed + j}"
+                out[tag] = {k: round(v, 4) for k, v in
+                            recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "adapter", model)).items()}
+                model.config.text_blend["outfit"] = 1.0
+                out[tag + "_blend1"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
+                    b, recipes.outfit_scorer(b, "adapter", model)).items()}
+            if len(models) > 1:  # inner products of the joined (query, item) vectors: the sum of the members'
+                scorers = [recipes.outfit_scorer(b, "adapter", m) for m in models]
+
+                def joined(partials, slots_, scorers=scorers):
+                    parts = [f(partials, slots_) for f in scorers]
+                    return np.hstack([q for q, _ in parts]), np.hstack([v for _, v in parts])
+
+                out[split + "_ensemble_blend1"] = {k: round(v, 4) for k, v in
+                                                   recipes.evaluate_outfits(b, joined).items()}
+            for model in models:
+                model.config.text_blend.pop("outfit")
     out["seconds"] = round(time.time() - t0)
     print(json.dumps(out), flush=True)
     Path("reports").mkdir(exist_ok=True)
     with open("reports/outfit_levers.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(out) + "\n")
+
+
+def train_one(bench, task: OutfitTask, input_dim: int, seed: int, o, out: dict) -> MultiTaskAdapter:
+    """One single-task outfit adapter (optionally NGNN-pre-trained), early-stopped on ``task``'s selection."""
+    torch.manual_seed(seed)
+    model = MultiTaskAdapter(AdapterConfig(input_dim=input_dim, dim=128, max_history=20, tasks=("outfit",),
+                                           n_slots=len(recipes.POLYVORE_SLOTS), outfit_pair_rank=o("rank", 0)))
+    tc = dict(batch_size=128, eval_every=100, seed=seed, show_progress=False,
+              outfit_visible_negatives=o("visneg", True))
+    if o("pretrain", "") == "cat":  # NGNN outfits of category names
+        frozen = [p for n, p in model.named_parameters()
+                  if o("pre_freeze", False) and not n.startswith(("outfit.", "logit_scale"))]
+        for p in frozen:
+            p.requires_grad_(False)
+        r = train(model, {"outfit": bench.pretrain}, TrainConfig(steps=2000, patience=4, max_seconds=150, **tc))
+        for p in frozen:
+            p.requires_grad_(True)
+        out["pretrain"] = {"best_step": r.best_step, "valid": r.best_metrics}
+    res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
+    out.setdefault("best_steps", []).append(res.best_step)
+    return model
 
 
 if __name__ == "__main__":
