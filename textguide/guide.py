@@ -397,7 +397,7 @@ class Guide:
     @property
     def extra_fields(self) -> tuple[str, ...]:
         """The guide's metadata fields beyond the standard catalog fields (e.g. an outfit guide's slot field)."""
-        standard = {"id", "title", "description", "category", "brand", "price", "text"}
+        standard = {"id", "title", "text", *ColumnMap().optional()}
         return tuple(str(c) for c in self.index.metadata.columns if c not in standard)
 
     def use_onboard_encoder(self, encoder: TextEncoder, precision: str, backend: str = "torch") -> None:
