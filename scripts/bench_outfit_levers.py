@@ -12,6 +12,8 @@ scores it on the selection and report parts of the MCN valid outfits, raw and bl
     python scripts/bench_outfit_levers.py cv0 rank=16 cv=0/2      # train on MCN train + valid folds != 0
     python scripts/bench_outfit_levers.py cv0_train rank=16 cv=0/2 only_train=1   # same questions, MCN train only
     python scripts/bench_outfit_levers.py cv0_ens2 rank=16 cv=0/2 ensemble=2   # two seeds, alone and summed
+    python scripts/bench_outfit_levers.py cv0_mango rank=16 cv=0/2 pretrain=mango   # or hm, mango+hm; pre_freeze=1
+    python scripts/bench_outfit_levers.py cv0_hard rank=16 cv=0/2 hard=0.5     # half the slot negatives mined
 
 Each run appends a JSON line to ``reports/outfit_levers.jsonl``. The MCN test outfits are never read.
 """
@@ -61,6 +63,9 @@ def main(argv: list[str]) -> None:
         if not o("only_train", False):  # only_train=1: the same fold's questions, trained on MCN train alone
             train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
     task = OutfitTask(emb, train_o, slots, sel)
+    if o("hard", 0.0) > 0:  # a fraction of the same-slot negatives mined by text similarity to the answer
+        task = HardNegativeOutfitTask(emb, train_o, slots, sel)
+        task.mine(o("hard", 0.0), o("hard_k", 50))
     out: dict = {"name": name, "opt": opt}
     t0 = time.time()
 
@@ -127,9 +132,81 @@ def train_one(bench, task: OutfitTask, input_dim: int, seed: int, o, out: dict) 
         for p in frozen:
             p.requires_grad_(True)
         out["pretrain"] = {"best_step": r.best_step, "valid": r.best_metrics}
+    for source in [x for x in o("pretrain", "").split("+") if x in ("mango", "hm")]:  # named outfits elsewhere
+        frozen = [p for n, p in model.named_parameters()
+                  if o("pre_freeze", False) and not n.startswith(("outfit.", "logit_scale"))]
+        for p in frozen:
+            p.requires_grad_(False)
+        pre_task = mango_task(o("mango_text", "title")) if source == "mango" else hm_task()
+        r = train(model, {"outfit": pre_task}, TrainConfig(steps=4000, patience=4, max_seconds=o("pre_secs", 150.0), **tc))
+        for p in frozen:
+            p.requires_grad_(True)
+        out.setdefault("pretrain_" + source, []).append({"best_step": r.best_step, "valid": r.best_metrics})
     res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
     out.setdefault("best_steps", []).append(res.best_step)
     return model
+
+
+class HardNegativeOutfitTask(OutfitTask):
+    """OutfitTask whose same-slot negatives are partly the answer's nearest same-slot items by text (below the
+    near-duplicate threshold): harder than random ones."""
+
+    def mine(self, fraction: float, k: int, threshold: float = 0.9) -> None:
+        self.fraction, self.neighbours = fraction, {}
+        for slot, pool in self.slot_pools.items():
+            sims = self.item_emb[pool] @ self.item_emb[pool].T
+            sims[sims > threshold] = -np.inf  # itself and its near-duplicates
+            top = np.argsort(-sims, axis=1)[:, :k]
+            for r, row in enumerate(pool):
+                self.neighbours[int(row)] = pool[top[r]]
+
+    def assemble(self, rng, positives, visible, max_history, config):
+        n_hard, task = int(round(self.fraction * config.slot_negatives)), self
+
+        class Draws:  # the base class draws each answer's negatives with rng.choice(pool, size), in order
+            i = 0
+
+            def choice(self, pool, size):
+                p, self.i = positives[self.i], self.i + 1
+                return np.concatenate([rng.choice(task.neighbours[int(p)], size=n_hard),
+                                       rng.choice(pool, size=size - n_hard)])
+
+            def __getattr__(self, name):
+                return getattr(rng, name)
+
+        return super().assemble(Draws(), positives, visible, max_history, config)
+
+
+MANGO_SLOTS = {"Bottoms": "bottom", "Footwear": "shoe", "Bags": "bag", "Wallets & cases": "bag",
+               "Jewellery": "accessory", "Glasses": "accessory", "Hats, scarves and gloves": "accessory",
+               "Belts and Ties": "accessory", "Tops": "upper", "Outerwear": "upper",
+               "Dresses, jumpsuits and Complete set": "upper"}
+
+
+def mango_task(text: str = "title") -> OutfitTask:
+    """The 7,842 Mango outfits (attribute text) in Polyvore's slots; 10 % of the outfits validate."""
+    from textguide.bench.datasets.mango import load_mango
+    from textguide.encoder import encode_texts
+
+    ds = load_mango()
+    items = ds.items.reset_index(drop=True)
+    row = {i: r for r, i in enumerate(items["id"])}
+    slot = [MANGO_SLOTS.get(f, MANGO_SLOTS.get(c, "")) for f, c in zip(items["category"], items["slot"])]
+    slots = np.array([recipes.POLYVORE_SLOTS.index(s) if s else -1 for s in slot], dtype=np.int64)
+    emb = encode_texts(load_encoder(), items[text].tolist(), cache=EmbeddingCache())
+    outfits = [[row[i] for i in x.item_ids] for x in ds.outfits]
+    order = np.random.default_rng(7).permutation(len(outfits))
+    cut = len(outfits) // 10
+    return OutfitTask(emb, [outfits[i] for i in order[cut:]], slots, [outfits[i] for i in order[:cut]])
+
+
+def hm_task() -> OutfitTask:
+    """H&M same-day baskets of different product groups, in Polyvore's slots where one fits (others: -1)."""
+    b = recipes.prepare_hm_baskets(load_encoder(), EmbeddingCache())
+    names = {"Garment Upper body": "upper", "Garment Full body": "upper", "Garment Lower body": "bottom",
+             "Shoes": "shoe", "Bags": "bag", "Accessories": "accessory"}
+    poly = np.array([recipes.POLYVORE_SLOTS.index(names[g]) if g in names else -1 for g in b.slots])
+    return OutfitTask(b.task.item_emb, b.task.outfits, poly[b.task.item_slots], b.task.valid_outfits)
 
 
 if __name__ == "__main__":
