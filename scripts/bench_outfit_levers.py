@@ -86,6 +86,7 @@ def main(argv: list[str]) -> None:
             out[split + "_text"] = {k: round(v, 4) for k, v in
                                     recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text")).items()}
     else:
+        lexical = token_matrix(bench.guide.index.metadata["title"].tolist()) if "lex" in opt else None
         models = []
         for i in range(o("ensemble", 1)):  # ensemble=N: N seeds, scored alone and as the sum of their scores
             models.append(train_one(bench, task, enc.dim, seed + i, o, out))
@@ -98,6 +99,11 @@ def main(argv: list[str]) -> None:
                 model.config.text_blend["outfit"] = 1.0
                 out[tag + "_blend1"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
                     b, recipes.outfit_scorer(b, "adapter", model)).items()}
+            for lw in [float(x) for x in opt["lex"].split(",")] if "lex" in opt else []:  # + idf token overlap
+                out[f"{split}_blend1_lex{lw:g}"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
+                    b, with_lexical(recipes.outfit_scorer(b, "adapter", models[0]), lexical, lw)).items()}
+                out[f"{split}_text_lex{lw:g}"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
+                    b, with_lexical(recipes.outfit_scorer(b, "text"), lexical, lw)).items()}
             if len(models) > 1:  # inner products of the joined (query, item) vectors: the sum of the members'
                 scorers = [recipes.outfit_scorer(b, "adapter", m) for m in models]
 
@@ -145,6 +151,30 @@ def train_one(bench, task: OutfitTask, input_dim: int, seed: int, o, out: dict) 
     res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
     out.setdefault("best_steps", []).append(res.best_step)
     return model
+
+
+def token_matrix(titles: list[str]) -> np.ndarray:
+    """Binary word-occurrence matrix of the titles (items x vocabulary), each column times its idf."""
+    import re
+
+    words = [set(re.findall(r"[a-z0-9]+", t.lower())) for t in titles]
+    vocab = {w: j for j, w in enumerate(sorted(set().union(*words)))}
+    m = np.zeros((len(titles), len(vocab)), dtype=np.float32)
+    for i, ws in enumerate(words):
+        m[i, [vocab[w] for w in ws]] = 1.0
+    return m * np.log(len(titles) / (1.0 + m.sum(0)))
+
+
+def with_lexical(scorer, lexical: np.ndarray, weight: float):
+    """``scorer`` plus ``weight`` x the idf mass of the candidate's words found in the partial outfit's titles."""
+    unit = (lexical > 0).astype(np.float32)
+
+    def scored(partials, slots_):
+        q, v = scorer(partials, slots_)
+        seen = np.stack([unit[list(p)].max(0) if len(p) else np.zeros(unit.shape[1], np.float32) for p in partials])
+        return np.hstack([q, weight * seen]), np.hstack([v, lexical])
+
+    return scored
 
 
 class HardNegativeOutfitTask(OutfitTask):
