@@ -62,10 +62,11 @@ def main(argv: list[str]) -> None:
         sel, rep = held[: int(0.3 * len(held))], held[int(0.3 * len(held)):]
         if not o("only_train", False):  # only_train=1: the same fold's questions, trained on MCN train alone
             train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
-    task = OutfitTask(emb, train_o, slots, sel)
     if o("hard", 0.0) > 0:  # a fraction of the same-slot negatives mined by text similarity to the answer
         task = HardNegativeOutfitTask(emb, train_o, slots, sel)
         task.mine(o("hard", 0.0), o("hard_k", 50))
+    else:
+        task = OutfitTask(emb, train_o, slots, sel)
     out: dict = {"name": name, "opt": opt}
     t0 = time.time()
 
@@ -87,9 +88,12 @@ def main(argv: list[str]) -> None:
                                     recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text")).items()}
     else:
         lexical = token_matrix(bench.guide.index.metadata["title"].tolist()) if "lex" in opt else None
+        sources = {"cat": lambda: bench.pretrain, "mango": lambda: mango_task(enc, cache, o("mango_text", "title")),
+                   "hm": lambda: hm_task(enc, cache)}
+        pretrain = [(x, sources[x]()) for x in o("pretrain", "").split("+") if x]  # built once for all members
         models = []
         for i in range(o("ensemble", 1)):  # ensemble=N: N seeds, scored alone and as the sum of their scores
-            models.append(train_one(bench, task, enc.dim, seed + i, o, out))
+            models.append(train_one(task, pretrain, enc.dim, seed + i, o, out))
         for split, outfits in (("sel", sel), ("rep", rep)):
             b = NS(guide=bench.guide, task=task, report_outfits=outfits)
             for j, model in enumerate(models):
@@ -122,29 +126,23 @@ def main(argv: list[str]) -> None:
         f.write(json.dumps(out) + "\n")
 
 
-def train_one(bench, task: OutfitTask, input_dim: int, seed: int, o, out: dict) -> MultiTaskAdapter:
-    """One single-task outfit adapter (optionally NGNN-pre-trained), early-stopped on ``task``'s selection."""
+def train_one(task: OutfitTask, pretrain: list[tuple[str, OutfitTask]], input_dim: int, seed: int, o,
+              out: dict) -> MultiTaskAdapter:
+    """One single-task outfit adapter, pre-trained on each ``(source, task)`` in turn (``pre_freeze=1``: the
+    outfit head only), then early-stopped on ``task``'s selection. Records go to ``out["pretrain_<source>"]``."""
     torch.manual_seed(seed)
     model = MultiTaskAdapter(AdapterConfig(input_dim=input_dim, dim=128, max_history=20, tasks=("outfit",),
                                            n_slots=len(recipes.POLYVORE_SLOTS), outfit_pair_rank=o("rank", 0)))
     tc = dict(batch_size=128, eval_every=100, seed=seed, show_progress=False,
               outfit_visible_negatives=o("visneg", True))
-    if o("pretrain", "") == "cat":  # NGNN outfits of category names
+    for source, pre_task in pretrain:
         frozen = [p for n, p in model.named_parameters()
                   if o("pre_freeze", False) and not n.startswith(("outfit.", "logit_scale"))]
         for p in frozen:
             p.requires_grad_(False)
-        r = train(model, {"outfit": bench.pretrain}, TrainConfig(steps=2000, patience=4, max_seconds=150, **tc))
-        for p in frozen:
-            p.requires_grad_(True)
-        out["pretrain"] = {"best_step": r.best_step, "valid": r.best_metrics}
-    for source in [x for x in o("pretrain", "").split("+") if x in ("mango", "hm")]:  # named outfits elsewhere
-        frozen = [p for n, p in model.named_parameters()
-                  if o("pre_freeze", False) and not n.startswith(("outfit.", "logit_scale"))]
-        for p in frozen:
-            p.requires_grad_(False)
-        pre_task = mango_task(o("mango_text", "title")) if source == "mango" else hm_task()
-        r = train(model, {"outfit": pre_task}, TrainConfig(steps=4000, patience=4, max_seconds=o("pre_secs", 150.0), **tc))
+        # the NGNN category outfits as measured first (2000 steps, 150 s); other catalogs' outfits longer
+        steps, secs = (2000, 150.0) if source == "cat" else (4000, o("pre_secs", 150.0))
+        r = train(model, {"outfit": pre_task}, TrainConfig(steps=steps, patience=4, max_seconds=secs, **tc))
         for p in frozen:
             p.requires_grad_(True)
         out.setdefault("pretrain_" + source, []).append({"best_step": r.best_step, "valid": r.best_metrics})
@@ -190,21 +188,11 @@ class HardNegativeOutfitTask(OutfitTask):
             for r, row in enumerate(pool):
                 self.neighbours[int(row)] = pool[top[r]]
 
-    def assemble(self, rng, positives, visible, max_history, config):
-        n_hard, task = int(round(self.fraction * config.slot_negatives)), self
-
-        class Draws:  # the base class draws each answer's negatives with rng.choice(pool, size), in order
-            i = 0
-
-            def choice(self, pool, size):
-                p, self.i = positives[self.i], self.i + 1
-                return np.concatenate([rng.choice(task.neighbours[int(p)], size=n_hard),
-                                       rng.choice(pool, size=size - n_hard)])
-
-            def __getattr__(self, name):
-                return getattr(rng, name)
-
-        return super().assemble(Draws(), positives, visible, max_history, config)
+    def draw_negatives(self, rng, positives, size):
+        n_hard = int(round(self.fraction * size))
+        return np.stack([np.concatenate([rng.choice(self.neighbours[int(p)], size=n_hard),
+                                         rng.choice(self.slot_pools[int(self.item_slots[p])], size=size - n_hard)])
+                         for p in positives])
 
 
 MANGO_SLOTS = {"Bottoms": "bottom", "Footwear": "shoe", "Bags": "bag", "Wallets & cases": "bag",
@@ -213,7 +201,7 @@ MANGO_SLOTS = {"Bottoms": "bottom", "Footwear": "shoe", "Bags": "bag", "Wallets 
                "Dresses, jumpsuits and Complete set": "upper"}
 
 
-def mango_task(text: str = "title") -> OutfitTask:
+def mango_task(enc, cache, text: str = "title") -> OutfitTask:
     """The 7,842 Mango outfits (attribute text) in Polyvore's slots; 10 % of the outfits validate."""
     from textguide.bench.datasets.mango import load_mango
     from textguide.encoder import encode_texts
@@ -223,16 +211,16 @@ def mango_task(text: str = "title") -> OutfitTask:
     row = {i: r for r, i in enumerate(items["id"])}
     slot = [MANGO_SLOTS.get(f, MANGO_SLOTS.get(c, "")) for f, c in zip(items["category"], items["slot"])]
     slots = np.array([recipes.POLYVORE_SLOTS.index(s) if s else -1 for s in slot], dtype=np.int64)
-    emb = encode_texts(load_encoder(), items[text].tolist(), cache=EmbeddingCache())
+    emb = encode_texts(enc, items[text].tolist(), cache=cache)
     outfits = [[row[i] for i in x.item_ids] for x in ds.outfits]
     order = np.random.default_rng(7).permutation(len(outfits))
     cut = len(outfits) // 10
     return OutfitTask(emb, [outfits[i] for i in order[cut:]], slots, [outfits[i] for i in order[:cut]])
 
 
-def hm_task() -> OutfitTask:
+def hm_task(enc, cache) -> OutfitTask:
     """H&M same-day baskets of different product groups, in Polyvore's slots where one fits (others: -1)."""
-    b = recipes.prepare_hm_baskets(load_encoder(), EmbeddingCache())
+    b = recipes.prepare_hm_baskets(enc, cache)
     names = {"Garment Upper body": "upper", "Garment Full body": "upper", "Garment Lower body": "bottom",
              "Shoes": "shoe", "Bags": "bag", "Accessories": "accessory"}
     poly = np.array([recipes.POLYVORE_SLOTS.index(names[g]) if g in names else -1 for g in b.slots])

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How stable is the coupon LightGBM baseline (Complete Journey) under last-bit changes of the embeddings?
 
-    python scripts/probe_lightgbm_spread.py --draws 8 --noise 3e-7      # ~3 min (embeddings cached)
+    python scripts/probe_lightgbm_spread.py --draws 8 --noise 3e-7      # ~75 s (embeddings cached)
 
 Prepares the Complete Journey coupon benchmark, scores popularity and LightGBM (priors + household activity +
 text cosine) on the report households once as they are, then again after each of ``--draws`` draws of Gaussian

@@ -112,10 +112,9 @@ class OutfitTask:
     def assemble(self, rng: np.random.Generator, positives: np.ndarray, visible: list[list[int]], max_history: int,
                  config: TrainConfig) -> dict:
         """The batch for hidden items ``positives`` and the visible rest of their outfits."""
-        pools = self.slot_pools
         batch_size = len(positives)
         slots = self.item_slots[positives]
-        negatives = np.stack([rng.choice(pools[int(s)], size=config.slot_negatives) for s in slots])
+        negatives = self.draw_negatives(rng, positives, config.slot_negatives)
         vis, vis_mask = pad(visible, max_history)
         row_ids = np.concatenate([negatives, vis], axis=1)
         row_valid = np.concatenate([np.ones(negatives.shape, dtype=bool), vis_mask], axis=1)
@@ -141,6 +140,10 @@ class OutfitTask:
             "exclude": torch.from_numpy(exclude),
             "targets": torch.arange(batch_size),
         }
+
+    def draw_negatives(self, rng: np.random.Generator, positives: np.ndarray, size: int) -> np.ndarray:
+        """(B, size) negatives for the answers ``positives``: random items of each answer's slot."""
+        return np.stack([rng.choice(self.slot_pools[int(s)], size=size) for s in self.item_slots[positives]])
 
     def example_items(self) -> list[list[int]]:
         """Each training example's items: the outfit."""
