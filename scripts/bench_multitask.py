@@ -151,7 +151,8 @@ def main() -> None:
                 for n, m in models.items() if "outfit" in m[0].config.tasks}
         cv_lines = [f"## outfit — {args.outfit_folds}-fold cross-validation, trained on train + validation outfits",
                     "", f"Each fold trains on the training outfits + the other folds ({args.budget / 5:.0f} s), the "
-                    f"length ({cv.refit_steps} steps) and blend weight (w = {cv.blend_weight:g}) are chosen on the "
+                    f"length ({cv.refit_steps} steps), blend weight (w = {cv.blend_weight:g}) and title word-overlap "
+                    f"weight (v = {cv.word_weight:g}) are chosen on the "
                     f"folds' 30 % parts pooled; the table is the folds' other 70 % ({cv.questions} outfits), scored "
                     f"by models that never saw them. FITB gain over text {cv.gain:+.4f}, 95 % CI "
                     f"[{cv.ci95[0]:+.4f}, {cv.ci95[1]:+.4f}].", "",

@@ -81,10 +81,11 @@ def test_the_refit_trains_on_every_outfit_for_the_cross_validated_steps(monkeypa
         return real_train(model, tasks, config, regularizer)
 
     monkeypatch.setattr(outfit_cv, "train", spy)
-    cv = outfit_cv.OutfitCV(5, 40, 2.0, [], {}, 0.1, (0.05, 0.2), 100, 1.0)
+    cv = outfit_cv.OutfitCV(5, 40, 2.0, 0.05, [], {}, 0.1, (0.05, 0.2), 100, 1.0)
     model, result = outfit_cv.refit_outfits(bench, model_for(("outfit",), n_slots=3), CFG, cv)
     assert calls == [(150 + 160, None, 40)]  # train + all 160 validation outfits, the chosen steps, nothing held out
     assert result.best_step == 40 and model.config.text_blend["outfit"] == 2.0
+    assert model.config.outfit_word_weight == 0.05
 
 
 def test_the_cross_validated_outfit_recipe_is_served_only_when_it_beats_text_and_the_incumbent(monkeypatch):
@@ -99,8 +100,8 @@ def test_the_cross_validated_outfit_recipe_is_served_only_when_it_beats_text_and
 
     def fake_cv(bench_, base, config, *, folds, fold_seconds, seed):
         hits = fixed["hits"]
-        return outfit_cv.OutfitCV(folds, 40, 1.0, [], {outfit_cv.TRAINED: {"FITB": hits.mean()}}, 0.1, fixed["ci"],
-                                  112, 1.0, hits, np.zeros(112))
+        return outfit_cv.OutfitCV(folds, 40, 1.0, 0.0, [], {outfit_cv.TRAINED: {"FITB": hits.mean()}}, 0.1,
+                                  fixed["ci"], 112, 1.0, hits, np.zeros(112))
 
     monkeypatch.setattr(outfit_cv, "cross_validate_outfits", fake_cv)
     fixed.update(hits=np.ones(112), ci=(0.02, 0.2))  # above text and the incumbent: the refit is served
@@ -128,7 +129,7 @@ def test_evaluate_shows_the_out_of_fold_table_of_a_guide_trained_on_its_report_o
 
     table = {"text similarity": {"NearDup@10": 0.0, "AUC": 0.63, "FITB": 0.377},
              outfit_cv.TRAINED: {"NearDup@10": 0.0, "AUC": 0.71, "FITB": 0.437}}
-    record = outfit_cv.OutfitCV(5, 300, 2.0, [], table, 0.06, (0.026, 0.089), 840, 263.0).to_dict()
+    record = outfit_cv.OutfitCV(5, 300, 2.0, 0.05, [], table, 0.06, (0.026, 0.089), 840, 263.0).to_dict()
     record |= {"incumbent": {"adapter": "hard/dwa", "FITB": 0.4155}, "served": "cross-validated refit"}
     guide.set_adapter(MultiTaskAdapter(AdapterConfig(input_dim=enc.dim, dim=16, tasks=("outfit",), n_slots=2)),
                       {"slot_field": "category", "slots": ["Tops", "Shoes"], "cross_validation": record})

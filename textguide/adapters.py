@@ -118,6 +118,10 @@ class AdapterConfig:
         text_blend: per task ("recommend", "outfit"), weight ``w`` of plain text similarity added to the adapter's
             score at serving time: ``score = adapter cosine + w * text cosine`` (0 or absent = adapter only;
             chosen on a selection split after training).
+        outfit_word_weight: weight ``v`` of the title word overlap (:class:`textguide.words.WordOverlap`: idf mass
+            of a candidate's title words found in the partial outfit's titles) added to the served outfit score:
+            ``score = adapter + w * text + v * overlap`` (0 = none; chosen with ``w`` on validation outfits).
+            The model has no titles: whoever scores passes them (``OutfitTask.words``, the guide's titles).
         members: ``M > 1`` makes the model an ensemble of M adapters of this configuration, each with its own
             parameters and initialisation (recommendation only): item vectors and queries are the members'
             concatenated and divided by sqrt(M), so a score is the mean of the members' cosines; training sums
@@ -142,6 +146,7 @@ class AdapterConfig:
     outfit_kind_weight: float = 0.1
     outfit_kind_temperature: float = 20.0
     text_blend: dict[str, float] = field(default_factory=dict)
+    outfit_word_weight: float = 0.0
     members: int = 1
 
     def __post_init__(self) -> None:
@@ -150,6 +155,9 @@ class AdapterConfig:
         if bad:
             raise ValueError(f"AdapterConfig.text_blend takes weights >= 0 for 'recommend' / 'outfit', got {bad}")
         self.text_blend = {k: float(v) for k, v in self.text_blend.items()}
+        if not (isinstance(self.outfit_word_weight, (int, float)) and self.outfit_word_weight >= 0):
+            raise ValueError(f"AdapterConfig.outfit_word_weight must be a number >= 0, got {self.outfit_word_weight!r}")
+        self.outfit_word_weight = float(self.outfit_word_weight)
         for name in ("input_dim", "dim", "n_experts", "seq_heads", "max_history", "members"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -128,6 +128,7 @@ class Guide:
         self.adapter_meta: dict[str, Any] = {}
         self.coupons: dict[str, list[str]] = {}
         self._task_index: dict[str, tuple[ItemIndex, Any, ItemIndex]] = {}  # task -> (index, adapter, vectors)
+        self._words: tuple[ItemIndex, Any] | None = None  # (index, WordOverlap of its titles)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -768,6 +769,19 @@ class Guide:
                                                       IndexConfig(factory="Flat")))
             self._task_index[task] = cached
         return cached[2]
+
+    def title_words(self) -> Any:
+        """The :class:`~textguide.words.WordOverlap` of the index rows' titles (idf over this catalog).
+
+        Cached per index object, like :meth:`task_vectors`: after an onboarding it is rebuilt, so the new items'
+        words count and the idf follows the catalog."""
+        index, cached = self.index, self._words
+        if cached is None or cached[0] is not index:
+            from .words import WordOverlap
+
+            cached = (index, WordOverlap(index.metadata["title"].astype(str).tolist()))
+            self._words = cached
+        return cached[1]
 
     def rows(self, item_ids: Sequence[str], what: str, on_unknown: str) -> tuple[list[int], list[str]]:
         """Index rows of known ``item_ids`` and the unknown ids (``on_unknown``: "error" raises KeyError,

@@ -32,8 +32,9 @@ from ..guide import Guide, verbalise_profile
 from ..index import ItemIndex
 from ..tasks import TASKS
 from ..tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
-from ..tasks.outfit import OutfitTask, OutfitScorer, fitb_scores, kind_pmi, structure_task
+from ..tasks.outfit import OutfitScorer, OutfitScores, OutfitTask, kind_pmi, structure_task
 from ..tasks.outfit import outfit_scorer as task_outfit_scorer
+from ..words import WordOverlap
 from ..tasks.recommend import SequenceTask, history_scorer
 
 logger = logging.getLogger("textguide")
@@ -177,7 +178,8 @@ def prepare_polyvore(encoder: TextEncoder, cache: EmbeddingCache | None = None, 
     train = [[row[i] for i in o.item_ids] for o in ds.outfits if o.split == "train" and len(o.item_ids) >= 2]
     valid = [[row[i] for i in o.item_ids] for o in ds.outfits if o.split == "valid" and len(o.item_ids) >= 2]
     sel, rep = _split_users(len(valid), select_frac, seed)
-    task = OutfitTask(guide.index.embeddings, train, item_slots, [valid[i] for i in sel])
+    words = WordOverlap(guide.index.metadata["title"].tolist())  # served with the adapter's word weight
+    task = OutfitTask(guide.index.embeddings, train, item_slots, [valid[i] for i in sel], words=words)
     pretrain = polyvore_structure(ds, encoder, cache)
     names = sorted({c for o in ds.category_outfits for c in o})  # the rows of pretrain.item_emb
     fit = [o for o, s in zip(ds.category_outfits, ds.category_outfit_info["split"]) if s != "ngnn-test"]
@@ -201,9 +203,11 @@ def polyvore_structure(ds: Any, encoder: TextEncoder, cache: EmbeddingCache | No
     return structure_task(ds.category_outfits, names, emb, slot_of, valid)
 
 
-def outfit_scorer(bench: OutfitBench, method: str, model: Any = None) -> OutfitScorer:
-    """:func:`textguide.tasks.outfit.outfit_scorer` on a benchmark's catalog."""
-    return task_outfit_scorer(bench.guide.index.embeddings, method, model, bench.task.item_slots)
+def outfit_scorer(bench: OutfitBench, method: str, model: Any = None, word_weight: float | None = None
+                  ) -> OutfitScorer:
+    """:func:`textguide.tasks.outfit.outfit_scorer` on a benchmark's catalog (with its title words, if any)."""
+    return task_outfit_scorer(bench.guide.index.embeddings, method, model, bench.task.item_slots,
+                              bench.task.words, word_weight)
 
 
 def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, float]:
@@ -212,8 +216,8 @@ def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, flo
     task = bench.task
     emb = bench.guide.index.embeddings
     partials, slots, cands = task.fitb_questions(bench.report_outfits, seed=seed)
-    q, vecs = scorer(partials, slots)
-    fitb = fitb_accuracy(fitb_scores(q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
+    scored = OutfitScores.of(scorer(partials, slots), partials)
+    fitb = fitb_accuracy(scored.pairs(cands), np.zeros(len(cands), dtype=np.int64))
 
     # compatibility: an outfit's score = mean over its items of score(item | the rest, its slot)
     rng = np.random.default_rng(seed + 1)
@@ -227,8 +231,7 @@ def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, flo
                 sl.append(int(task.item_slots[o[j]]))
                 ans.append(o[j])
                 owner.append(o_i)
-        qq, vv = scorer(parts, sl)
-        s = np.einsum("qd,qd->q", qq, vv[np.array(ans)])
+        s = OutfitScores.of(scorer(parts, sl), parts).pairs(np.array(ans)[:, None])[:, 0]
         return np.bincount(owner, s, len(outfits)) / np.bincount(owner, minlength=len(outfits))
 
     fakes = [[int(rng.choice(pools[int(task.item_slots[i])])) for i in o] for o in bench.report_outfits]
@@ -239,7 +242,7 @@ def evaluate_outfits(bench: OutfitBench, scorer, seed: int = 0) -> dict[str, flo
     hits, dup = [], []
     for p_i, (part, slot, cand) in enumerate(zip(partials, slots, cands)):
         pool = np.setdiff1d(pools[slot], part)
-        scores = vecs[pool] @ q[p_i]
+        scores = scored.row(p_i, pool)
         top = pool[np.argsort(-scores)[:10]]
         hits.append(cand[0] in set(top.tolist()))
         dup.append(near_duplicate_rate(emb[part].mean(0, keepdims=True), emb[top][None], threshold=0.9))

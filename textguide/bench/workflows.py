@@ -479,7 +479,7 @@ def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainC
                f"[{cv.ci95[0]:+.4f}, {cv.ci95[1]:+.4f}]")
     chosen = {"methods": {"outfit": "adapter"},
               "selection": {"adapter": float(cv.hits.mean()), "text": float(cv.text_hits.mean()),
-                            "text_blend": cv.blend_weight,
+                            "text_blend": cv.blend_weight, "word_weight": cv.word_weight,
                             "guard": {"metric": "FITB", "examples": cv.questions, "gain": round(cv.gain, 6),
                                       "ci95": [round(v, 6) for v in cv.ci95], "switched": True,
                                       "verdict": verdict, "observed_at": decisions.now()}}}

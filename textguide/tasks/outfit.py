@@ -29,17 +29,17 @@ from ..adapters import AdapterConfig, AttentionPool, MultiTaskAdapter, blend_tex
 from ..decisions import blend_scores, blend_search, hits_label
 from ..inputs import as_embeddings, check_weights, gather, index_lists, pad, sample_rows
 from ..metrics import fitb_accuracy, rank_of_target, text_queries
+from ..words import WordOverlap
 from .base import SequenceObserving, Toy, check_dim, toy_items
 
 if TYPE_CHECKING:
     from ..guide import Guide, Hits
     from ..training import TrainConfig
 
-__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitTask", "attach_kind_prior", "fitb_scores", "kind_pmi",
-           "outfit_queries", "outfit_scorer", "structure_task"]
+__all__ = ["OUTFIT", "Outfit", "OutfitHead", "OutfitScores", "OutfitTask", "attach_kind_prior", "fitb_scores",
+           "kind_pmi", "outfit_queries", "outfit_scorer", "structure_task"]
 
 Questions = tuple[list[list[int]], list[int], np.ndarray]
-OutfitScorer = Callable[[list[list[int]], list[int]], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -53,6 +53,8 @@ class OutfitTask:
     the answer (cosine > ``duplicate_threshold``) are left out of the softmax. Validation: fill-in-the-blank
     accuracy (hidden item against 3 random items of its slot). ``weights`` (optional, one non-negative number
     per outfit) samples outfits proportionally to them (instance re-weighting, textguide.transfer).
+    ``words`` (optional): the items' title word overlap table, one title per ``item_emb`` row; scoring adds
+    ``AdapterConfig.outfit_word_weight`` x the overlap to the model's scores (:class:`OutfitScores`).
     ``slot_pools`` maps each slot to its items' rows.
     """
 
@@ -61,6 +63,7 @@ class OutfitTask:
     item_slots: np.ndarray
     valid_outfits: list[list[int]] | None = None
     weights: np.ndarray | None = None
+    words: WordOverlap | None = None
     kind: ClassVar[str] = "outfit"
 
     def __post_init__(self) -> None:
@@ -81,6 +84,9 @@ class OutfitTask:
         values, starts = np.unique(self.item_slots[order], return_index=True)
         self.slot_pools = {int(v): pool for v, pool in zip(values, np.split(order, starts[1:]))}  # slot -> items
         self.weights = check_weights(self.weights, len(self.outfits), "outfit")
+        if self.words is not None and len(self.words) != n:
+            raise ValueError(f"words has {len(self.words)} titles for {n} items (item_emb rows); build it as "
+                             f"WordOverlap(titles) with one title per row")
 
     def __len__(self) -> int:
         return len(self.outfits)
@@ -186,10 +192,13 @@ class OutfitTask:
         questions = self.valid_questions(model)
         if questions is None:
             return None
-        _, _, candidates, queries = questions
+        partials, _, candidates, queries = questions
         ids, inverse = np.unique(candidates, return_inverse=True)
         vectors = encode_items(model, self.item_emb[ids], "outfit")[inverse.reshape(candidates.shape)]
-        return fitb_accuracy(fitb_scores(queries, vectors), np.zeros(len(candidates), dtype=np.int64))
+        scores = fitb_scores(queries, vectors)
+        if model.config.outfit_word_weight and self.words is not None:
+            scores = scores + model.config.outfit_word_weight * self.words.pair_scores(partials, candidates)
+        return fitb_accuracy(scores, np.zeros(len(candidates), dtype=np.int64))
 
     def ctl_ranks(self, queries: np.ndarray, vectors: np.ndarray, questions: Questions) -> np.ndarray:
         """Complete the look: each hidden item's 0-based rank among all items of its slot (the partial
@@ -397,19 +406,64 @@ def outfit_queries(
     return q
 
 
+@dataclass
+class OutfitScores:
+    """Scores of items for partial outfits: ``queries[q] . vectors[item]``, plus ``word_weight`` x the title word
+    overlap of the item with ``partials[q]`` (:class:`textguide.words.WordOverlap`) when ``words`` is given."""
+
+    queries: np.ndarray  # (Q, d)
+    vectors: np.ndarray  # (items, d)
+    partials: list[list[int]]
+    words: WordOverlap | None = None
+    word_weight: float = 0.0
+
+    @classmethod
+    def of(cls, scored: OutfitScores | tuple[np.ndarray, np.ndarray], partials: list[list[int]]) -> OutfitScores:
+        """What a scorer returned: an :class:`OutfitScores`, or a ``(queries, item_vectors)`` pair."""
+        return scored if isinstance(scored, OutfitScores) else cls(scored[0], scored[1], list(partials))
+
+    def pairs(self, candidates: np.ndarray) -> np.ndarray:
+        """(Q, C) scores of candidate rows ``candidates`` (Q, C), row ``q`` for partial outfit ``q``."""
+        cand = np.asarray(candidates, dtype=np.int64)
+        scores = fitb_scores(self.queries, self.vectors[cand])
+        if self.word_weight and self.words is not None:
+            scores = scores + self.word_weight * self.words.pair_scores(self.partials, cand)
+        return scores
+
+    def row(self, q: int, items: np.ndarray) -> np.ndarray:
+        """Scores of ``items`` (rows) for partial outfit ``q``."""
+        scores = self.vectors[items] @ self.queries[q]
+        if self.word_weight and self.words is not None:
+            scores = scores + self.word_weight * self.words.scores(self.partials[q], items)
+        return scores
+
+
+OutfitScorer = Callable[[list[list[int]], list[int]], OutfitScores]
+
+
 def outfit_scorer(emb: np.ndarray, method: str, model: MultiTaskAdapter | None = None,
-                  item_slots: np.ndarray | None = None) -> OutfitScorer:
-    """``(partials, slots) -> (queries, item_vectors)`` for ``text`` (the baseline: the unit mean of the partial
-    outfit against the text embeddings) or ``adapter`` (``item_slots``: each row's slot, see
-    :func:`outfit_queries`)."""
+                  item_slots: np.ndarray | None = None, words: WordOverlap | None = None,
+                  word_weight: float | None = None) -> OutfitScorer:
+    """``(partials, slots) -> OutfitScores`` for ``text`` (the baseline: the unit mean of the partial outfit
+    against the text embeddings) or ``adapter`` (``item_slots``: each row's slot, see :func:`outfit_queries`).
+    ``words``: the items' title word overlap, added with ``word_weight`` (default: the adapter's
+    ``outfit_word_weight``; 0 for text). An adapter with a word weight needs ``words``."""
+    if method not in ("text", "adapter"):
+        raise ValueError(f"unknown method {method!r}: use text or adapter")
+    if method == "adapter" and model is None:
+        raise ValueError("method='adapter' needs model=")
+    if word_weight is None:
+        word_weight = model.config.outfit_word_weight if method == "adapter" else 0.0
+    if word_weight and words is None:
+        raise ValueError(f"a word weight of {word_weight:g} needs the items' titles: pass words=WordOverlap(titles)")
+    if words is not None and len(words) != len(emb):
+        raise ValueError(f"words has {len(words)} titles for {len(emb)} items; give one title per embedding row")
     if method == "text":
-        return lambda partials, slots: (text_queries(emb, partials), emb)
-    if method == "adapter":
-        if model is None:
-            raise ValueError("method='adapter' needs model=")
-        vectors = encode_items(model, emb, "outfit")
-        return lambda partials, slots: (outfit_queries(model, emb, partials, slots, item_slots), vectors)
-    raise ValueError(f"unknown method {method!r}: use text or adapter")
+        return lambda partials, slots: OutfitScores(text_queries(emb, partials), emb, list(partials), words,
+                                                    word_weight)
+    vectors = encode_items(model, emb, "outfit")
+    return lambda partials, slots: OutfitScores(outfit_queries(model, emb, partials, slots, item_slots), vectors,
+                                                list(partials), words, word_weight)
 
 
 class Outfit(SequenceObserving):
@@ -449,14 +503,19 @@ class Outfit(SequenceObserving):
                     outfits: list[list[int]] | None = None) -> np.ndarray:
         """Each FITB question's selection metric, 0/1: the answer strictly above its distractors (questions
         from ``outfits``, default the validation outfits)."""
+        scores = self.question_scores(data, model, outfits)
+        return (rank_of_target(scores, np.zeros(len(scores), dtype=np.int64)) < 1).astype(np.float64)
+
+    def question_scores(self, data: OutfitTask, model: MultiTaskAdapter | None = None,
+                        outfits: list[list[int]] | None = None) -> np.ndarray:
+        """(Q, 4) scores of the FITB questions of ``outfits`` (default the validation outfits; the answer in
+        column 0) by the adapter with its word weight (text similarity when ``model`` is None)."""
         outfits = data.valid_outfits if outfits is None else outfits
         if not outfits:
             raise ValueError("this OutfitTask has no validation outfits (valid_outfits)")
         partials, slots, cands = data.fitb_questions(outfits, seed=0)
-        q, vecs = outfit_scorer(data.item_emb, "text" if model is None else "adapter", model,
-                                data.item_slots)(partials, slots)
-        ranks = rank_of_target(fitb_scores(q, vecs[cands]), np.zeros(len(cands), dtype=np.int64))
-        return (ranks < 1).astype(np.float64)
+        return outfit_scorer(data.item_emb, "text" if model is None else "adapter", model, data.item_slots,
+                             data.words)(partials, slots).pairs(cands)
 
     def serve(self, guide: Guide, items: list[str], k: int, *, slot: str | None,
               candidates: Sequence[str] | None, on_unknown: str, method: str) -> Hits:
@@ -490,12 +549,17 @@ class Outfit(SequenceObserving):
             qa = outfit_queries(guide.adapter, emb, [rows], [slot_idx], self.catalog_slots(guide))
         qt = text_queries(emb, [rows])
         q, space = (qa, guide.task_vectors(self.name)) if weight >= 1.0 else (qt, guide.index)
+        # the adapter's title word overlap (validated with it; text and partial blends go without)
+        word_weight = guide.adapter.config.outfit_word_weight if weight >= 1.0 else 0.0
+        words = guide.title_words() if word_weight else None
         if candidates is not None:
             if isinstance(candidates, str) or not len(candidates):
                 raise ValueError("candidates must be a non-empty list of item ids")
             cand_rows, _ = guide.rows(candidates, "candidates", "error")
             cand = [guide.index.ids[r] for r in cand_rows if guide.index.ids[r] not in set(known)]
             scores = (space.vectors(cand) @ q[0]).astype(np.float32)
+            if words is not None:
+                scores += word_weight * words.scores(rows, [guide.index.row_of[c] for c in cand])
             if 0 < weight < 1:
                 qn = qa[0] / max(float(np.linalg.norm(qa[0])), 1e-12)
                 scores = blend_scores(guide.index.vectors(cand) @ qt[0],
@@ -506,9 +570,14 @@ class Outfit(SequenceObserving):
             ids, scores = blend_search(guide.index, qt, guide.task_vectors(self.name), qa, weight, k, where=where,
                                        exclude=[known])
             hits = guide.to_hits(ids[0], scores[0])
-        else:
-            ids, scores = space.search(q, k, where=where, exclude=[known])
-            hits = guide.to_hits(ids[0], scores[0])
+        else:  # with a word weight: the word overlap re-ranks an over-fetched top of the vector search
+            ids, scores = space.search(q, k if words is None else max(100, 10 * k), where=where, exclude=[known])
+            ids, scores = ids[0], scores[0]
+            if words is not None and ids:
+                scores = scores + word_weight * words.scores(rows, [guide.index.row_of[i] for i in ids])
+                order = np.argsort(-scores, kind="stable")[:k]
+                ids, scores = [ids[i] for i in order], scores[order]
+            hits = guide.to_hits(ids, scores)
         hits.method, hits.skipped = hits_label(weight), unknown
         return hits
 
@@ -541,8 +610,8 @@ class Outfit(SequenceObserving):
 
     def rank(self, data: OutfitTask, example: int, model: MultiTaskAdapter, k: int) -> list[int]:
         part, slot, cands = self._question(data, example)
-        q, vecs = outfit_scorer(data.item_emb, "adapter", model, data.item_slots)([part], [slot])
-        scores = vecs[cands] @ q[0]
+        scores = outfit_scorer(data.item_emb, "adapter", model, data.item_slots, data.words)([part], [slot]).row(
+            0, np.asarray(cands))
         return [int(cands[i]) for i in np.argsort(-scores, kind="stable")[:k]]
 
     def ask(self, guide: Guide, data: OutfitTask, example: int, k: int) -> list[int]:
