@@ -14,6 +14,7 @@ scores it on the selection and report parts of the MCN valid outfits, raw and bl
     python scripts/bench_outfit_levers.py cv0_ens2 rank=16 cv=0/2 ensemble=2   # two seeds, alone and summed
     python scripts/bench_outfit_levers.py cv0_mango rank=16 cv=0/2 pretrain=mango   # or hm, mango+hm; pre_freeze=1
     python scripts/bench_outfit_levers.py cv0_hard rank=16 cv=0/2 hard=0.5     # half the slot negatives mined
+    python scripts/bench_outfit_levers.py cv0_lex rank=16 cv=0/2 lex=0.02,0.05  # + title word overlap (words.py)
 
 Each run appends a JSON line to ``reports/outfit_levers.jsonl``. The MCN test outfits are never read.
 """
@@ -63,10 +64,10 @@ def main(argv: list[str]) -> None:
         if not o("only_train", False):  # only_train=1: the same fold's questions, trained on MCN train alone
             train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
     if o("hard", 0.0) > 0:  # a fraction of the same-slot negatives mined by text similarity to the answer
-        task = HardNegativeOutfitTask(emb, train_o, slots, sel)
+        task = HardNegativeOutfitTask(emb, train_o, slots, sel, words=bench.task.words)
         task.mine(o("hard", 0.0), o("hard_k", 50))
     else:
-        task = OutfitTask(emb, train_o, slots, sel)
+        task = OutfitTask(emb, train_o, slots, sel, words=bench.task.words)
     out: dict = {"name": name, "opt": opt}
     t0 = time.time()
 
@@ -87,7 +88,6 @@ def main(argv: list[str]) -> None:
             out[split + "_text"] = {k: round(v, 4) for k, v in
                                     recipes.evaluate_outfits(b, recipes.outfit_scorer(b, "text")).items()}
     else:
-        lexical = token_matrix(bench.guide.index.metadata["title"].tolist()) if "lex" in opt else None
         sources = {"cat": lambda: bench.pretrain, "mango": lambda: mango_task(enc, cache, o("mango_text", "title")),
                    "hm": lambda: hm_task(enc, cache)}
         pretrain = [(x, sources[x]()) for x in o("pretrain", "").split("+") if x]  # built once for all members
@@ -103,11 +103,11 @@ def main(argv: list[str]) -> None:
                 model.config.text_blend["outfit"] = 1.0
                 out[tag + "_blend1"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
                     b, recipes.outfit_scorer(b, "adapter", model)).items()}
-            for lw in [float(x) for x in opt["lex"].split(",")] if "lex" in opt else []:  # + idf token overlap
+            for lw in [float(x) for x in opt["lex"].split(",")] if "lex" in opt else []:  # + title word overlap
                 out[f"{split}_blend1_lex{lw:g}"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
-                    b, with_lexical(recipes.outfit_scorer(b, "adapter", models[0]), lexical, lw)).items()}
+                    b, recipes.outfit_scorer(b, "adapter", models[0], word_weight=lw)).items()}
                 out[f"{split}_text_lex{lw:g}"] = {k: round(v, 4) for k, v in recipes.evaluate_outfits(
-                    b, with_lexical(recipes.outfit_scorer(b, "text"), lexical, lw)).items()}
+                    b, recipes.outfit_scorer(b, "text", word_weight=lw)).items()}
             if len(models) > 1:  # inner products of the joined (query, item) vectors: the sum of the members'
                 scorers = [recipes.outfit_scorer(b, "adapter", m) for m in models]
 
@@ -149,30 +149,6 @@ def train_one(task: OutfitTask, pretrain: list[tuple[str, OutfitTask]], input_di
     res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
     out.setdefault("best_steps", []).append(res.best_step)
     return model
-
-
-def token_matrix(titles: list[str]) -> np.ndarray:
-    """Binary word-occurrence matrix of the titles (items x vocabulary), each column times its idf."""
-    import re
-
-    words = [set(re.findall(r"[a-z0-9]+", t.lower())) for t in titles]
-    vocab = {w: j for j, w in enumerate(sorted(set().union(*words)))}
-    m = np.zeros((len(titles), len(vocab)), dtype=np.float32)
-    for i, ws in enumerate(words):
-        m[i, [vocab[w] for w in ws]] = 1.0
-    return m * np.log(len(titles) / (1.0 + m.sum(0)))
-
-
-def with_lexical(scorer, lexical: np.ndarray, weight: float):
-    """``scorer`` plus ``weight`` x the idf mass of the candidate's words found in the partial outfit's titles."""
-    unit = (lexical > 0).astype(np.float32)
-
-    def scored(partials, slots_):
-        q, v = scorer(partials, slots_)
-        seen = np.stack([unit[list(p)].max(0) if len(p) else np.zeros(unit.shape[1], np.float32) for p in partials])
-        return np.hstack([q, weight * seen]), np.hstack([v, lexical])
-
-    return scored
 
 
 class HardNegativeOutfitTask(OutfitTask):

@@ -143,3 +143,30 @@ def test_evaluate_shows_the_out_of_fold_table_of_a_guide_trained_on_its_report_o
     assert "out-of-fold estimate recorded at training time" in md and "95% CI [+0.0260, +0.0890]" in md
     assert "| text similarity | +15.9% | +12.7% |" in md  # the gain table: .437/.377 - 1, .71/.63 - 1
     assert (tmp_path / "rep" / "report.md").read_text(encoding="utf-8").startswith(md[:40])
+
+
+def test_cross_validation_chooses_a_word_weight_when_titles_carry_the_signal():
+    """Titles that name each item's style (what makes an outfit here): the CV picks a word weight, the refit
+    serves it, and the table shows text + words beside text and the recipe."""
+    from textguide.words import WordOverlap
+
+    bench = toy_bench()
+    n = len(bench.task.item_emb)
+    titles = [f"slot{r // 60} style{(r % 60) // 6} item{r}" for r in range(n)]  # outfit_world's item order
+    bench.task = OutfitTask(bench.task.item_emb, bench.task.outfits, bench.task.item_slots,
+                            bench.task.valid_outfits, words=WordOverlap(titles))
+    assert len(outfit_cv.weight_grid(bench.task)) == len(outfit_cv.CV_BLEND_GRID) * len(outfit_cv.CV_WORD_GRID)
+    cv = outfit_cv.cross_validate_outfits(bench, model_for(("outfit",), n_slots=3), replace_steps(CFG, 20),
+                                          folds=4, fold_seconds=None)
+    assert cv.word_weight > 0 and cv.to_dict()["word_weight"] == cv.word_weight
+    assert list(cv.table) == ["text similarity", outfit_cv.WORDS, outfit_cv.TRAINED]
+    assert cv.table[outfit_cv.WORDS]["FITB"] > cv.table["text similarity"]["FITB"]
+    assert any("+words" in key for key in cv.curve[0])
+    model, _ = outfit_cv.refit_outfits(bench, model_for(("outfit",), n_slots=3), replace_steps(CFG, 5), cv)
+    assert model.config.outfit_word_weight == cv.word_weight
+
+
+def replace_steps(config: TrainConfig, steps: int) -> TrainConfig:
+    from dataclasses import replace
+
+    return replace(config, steps=steps)

@@ -5,7 +5,9 @@ Data: :class:`OutfitTask`, outfits as lists of item rows plus each item's slot. 
 trained by hiding one item per outfit against in-batch answers, same-slot items and the visible items.
 Queries: :func:`outfit_queries`. Text baseline: cosine to the mean embedding of the partial outfit
 (:func:`textguide.metrics.text_queries`). Selection metric: fill-in-the-blank accuracy (the hidden item against
-3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``.
+3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``. The served adapter score may add the title word
+overlap with the partial outfit (:mod:`textguide.words`, weight ``AdapterConfig.outfit_word_weight``, chosen on
+validation outfits): :class:`OutfitScores` carries it through every metric and the guide adds it when serving.
 
 Outfit data beyond named outfits: :func:`structure_task` turns outfits known only by item kind (Polyvore's NGNN
 category outfits) into a pre-training task for the head, and :func:`kind_pmi` + :func:`attach_kind_prior` give the
@@ -572,7 +574,7 @@ class Outfit(SequenceObserving):
             hits = guide.to_hits(ids[0], scores[0])
         else:  # with a word weight: the word overlap re-ranks an over-fetched top of the vector search
             ids, scores = space.search(q, k if words is None else max(100, 10 * k), where=where, exclude=[known])
-            ids, scores = ids[0], scores[0]
+            ids, scores = ids[0], scores[0][: len(ids[0])]
             if words is not None and ids:
                 scores = scores + word_weight * words.scores(rows, [guide.index.row_of[i] for i in ids])
                 order = np.argsort(-scores, kind="stable")[:k]
