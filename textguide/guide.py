@@ -538,8 +538,9 @@ class Guide:
             return write_artifact(self.path, write)
 
     def _on_index_change(self) -> None:
-        """Drop derived state (adapted item vectors) that depends on the index."""
+        """Drop derived state (adapted item vectors, the title word table) that depends on the index."""
         self._task_index = {}
+        self._words = None
 
     def refresh(self) -> bool:
         """Reload from disk if another process changed the guide directory; True if reloaded."""
