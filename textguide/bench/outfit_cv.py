@@ -198,8 +198,8 @@ def cross_validate_outfits(bench: recipes.OutfitBench, base: MultiTaskAdapter, c
                   float((hits - text_hits).mean()), (lo, hi), len(hits), time.time() - t0, hits, text_hits, curve)
     logger.warning("outfit CV (%d folds, %.0f s): chose %d steps, w=%g, words %g on %d pooled selection outfits; "
                    "out-of-fold FITB %.4f vs text %.4f on %d outfits, CI of the gain [%+.4f, %+.4f]", folds,
-                   cv.seconds, cv.refit_steps, best_w, best_v, sum(len(sel) for _, sel, _ in parts), hits.mean(), text_hits.mean(),
-                   len(hits), lo, hi)
+                   cv.seconds, cv.refit_steps, best_w, best_v, sum(len(sel) for _, sel, _ in parts), hits.mean(),
+                   text_hits.mean(), len(hits), lo, hi)
     return cv
 
 

@@ -5,9 +5,10 @@ Data: :class:`OutfitTask`, outfits as lists of item rows plus each item's slot. 
 trained by hiding one item per outfit against in-batch answers, same-slot items and the visible items.
 Queries: :func:`outfit_queries`. Text baseline: cosine to the mean embedding of the partial outfit
 (:func:`textguide.metrics.text_queries`). Selection metric: fill-in-the-blank accuracy (the hidden item against
-3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``. The served adapter score may add the title word
-overlap with the partial outfit (:mod:`textguide.words`, weight ``AdapterConfig.outfit_word_weight``, chosen on
-validation outfits): :class:`OutfitScores` carries it through every metric and the guide adds it when serving.
+3 random items of its slot). Serving: :meth:`Outfit.serve`, behind ``Guide.complete_outfit``. The served
+adapter score may add the title word overlap with the partial outfit (:mod:`textguide.words`, weight
+``AdapterConfig.outfit_word_weight``, chosen on validation outfits): :class:`OutfitScores` carries it through
+every metric, and the guide adds it when serving.
 
 Outfit data beyond named outfits: :func:`structure_task` turns outfits known only by item kind (Polyvore's NGNN
 category outfits) into a pre-training task for the head, and :func:`kind_pmi` + :func:`attach_kind_prior` give the
