@@ -15,6 +15,7 @@ scores it on the selection and report parts of the MCN valid outfits, raw and bl
     python scripts/bench_outfit_levers.py cv0_mango rank=16 cv=0/2 pretrain=mango   # or hm, mango+hm; pre_freeze=1
     python scripts/bench_outfit_levers.py cv0_hard rank=16 cv=0/2 hard=0.5     # half the slot negatives mined
     python scripts/bench_outfit_levers.py cv0_lex rank=16 cv=0/2 lex=0.02,0.05  # + title word overlap (words.py)
+    python scripts/bench_outfit_levers.py cv0_wb rank=16 cv=0/2 wordbias=0.1 lex=0.05,0.1  # trained with the overlap
 
 Each run appends a JSON line to ``reports/outfit_levers.jsonl``. The MCN test outfits are never read.
 """
@@ -63,7 +64,10 @@ def main(argv: list[str]) -> None:
         sel, rep = held[: int(0.3 * len(held))], held[int(0.3 * len(held)):]
         if not o("only_train", False):  # only_train=1: the same fold's questions, trained on MCN train alone
             train_o = train_o + [valid[i] for j in range(n_folds) if j != k for i in folds[j]]
-    if o("hard", 0.0) > 0:  # a fraction of the same-slot negatives mined by text similarity to the answer
+    if o("wordbias", 0.0) > 0:  # training logits carry the word overlap: the adapter learns the rest
+        task = WordBiasOutfitTask(emb, train_o, slots, sel, words=bench.task.words)
+        task.bias = o("wordbias", 0.0)
+    elif o("hard", 0.0) > 0:  # a fraction of the same-slot negatives mined by text similarity to the answer
         task = HardNegativeOutfitTask(emb, train_o, slots, sel, words=bench.task.words)
         task.mine(o("hard", 0.0), o("hard_k", 50))
     else:
@@ -146,7 +150,9 @@ def train_one(task: OutfitTask, pretrain: list[tuple[str, OutfitTask]], input_di
         for p in frozen:
             p.requires_grad_(True)
         out.setdefault("pretrain_" + source, []).append({"best_step": r.best_step, "valid": r.best_metrics})
+    model.config.outfit_word_weight = o("wordbias", 0.0)  # wordbias=: validated as trained, with the overlap
     res = train(model, {"outfit": task}, TrainConfig(steps=3000, patience=6, max_seconds=o("secs", 240.0), **tc))
+    model.config.outfit_word_weight = 0.0  # the rows add the overlap themselves (lex=)
     out.setdefault("best_steps", []).append(res.best_step)
     return model
 
@@ -169,6 +175,28 @@ class HardNegativeOutfitTask(OutfitTask):
         return np.stack([np.concatenate([rng.choice(self.neighbours[int(p)], size=n_hard),
                                          rng.choice(self.slot_pools[int(self.item_slots[p])], size=size - n_hard)])
                          for p in positives])
+
+
+class WordBiasOutfitTask(OutfitTask):
+    """OutfitTask whose training logits carry ``bias`` x the title word overlap of each candidate (in-batch
+    answers and same-slot negatives) with the query's visible items, so the adapter learns what the overlap
+    does not already give (the served score adds the overlap). The visible items themselves get no bias."""
+
+    bias: float = 0.0
+
+    def draw_negatives(self, rng, positives, size):
+        self.last_negatives = super().draw_negatives(rng, positives, size)
+        return self.last_negatives
+
+    def assemble(self, rng, positives, visible, max_history, config):
+        batch = super().assemble(rng, positives, visible, max_history, config)
+        b, m = len(positives), self.last_negatives.shape[1]
+        bias = np.zeros((b, b + batch["row_candidates"].shape[1]), np.float32)
+        for i, v in enumerate(visible):
+            bias[i, :b] = self.words.scores(v, positives)
+            bias[i, b:b + m] = self.words.scores(v, self.last_negatives[i])
+        batch["logit_bias"] = torch.from_numpy(self.bias * bias)
+        return batch
 
 
 MANGO_SLOTS = {"Bottoms": "bottom", "Footwear": "shoe", "Bags": "bag", "Wallets & cases": "bag",

@@ -167,3 +167,16 @@ def test_onboarded_titles_join_the_word_table(worded_guide: Guide, tmp_path: Pat
     hits = g.complete_outfit(["p05"], k=3, candidates=["n1", "p09"], method="adapter")
     want = _brute_force(g, ["p05"], ["n1", "p09"], 0.7)
     assert hits.scores.tolist() == pytest.approx(sorted(want.values(), reverse=True), abs=1e-5)
+
+
+def test_a_logit_bias_is_added_to_the_scores_before_scaling():
+    model = _model(6)
+    rng = np.random.default_rng(0)
+    cand = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(3, 6)).astype(np.float32)), dim=-1)
+    query = torch.from_numpy(rng.normal(size=(3, 8)).astype(np.float32))
+    batch = {"candidates": cand, "targets": torch.arange(3)}
+    plain, _ = model.retrieval_output(query, batch, "outfit")
+    bias = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    biased, loss = model.retrieval_output(query, {**batch, "logit_bias": bias}, "outfit")
+    assert torch.allclose(biased - plain, model.logit_scale_of("outfit") * bias, atol=1e-5)
+    assert torch.isfinite(loss)

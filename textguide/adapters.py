@@ -446,7 +446,9 @@ class MultiTaskAdapter(nn.Module):
     def retrieval_output(self, query: torch.Tensor, batch: dict[str, torch.Tensor], task: str
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """For retrieval tasks: the queries alone, or the scaled logits against ``candidates`` /
-        ``row_candidates`` (``exclude`` masked out) and, with ``targets``, their softmax cross-entropy."""
+        ``row_candidates`` (``exclude`` masked out) and, with ``targets``, their softmax cross-entropy.
+        ``logit_bias`` (optional, the logits' shape) is added to the scores before scaling: a fixed part of the
+        score the model should not have to learn (e.g. the outfit word overlap of a probe)."""
         if "candidates" not in batch and "row_candidates" not in batch:
             if "targets" in batch:
                 raise ValueError(f"{task} batch has 'targets' but no 'candidates'/'row_candidates' to score")
@@ -456,7 +458,10 @@ class MultiTaskAdapter(nn.Module):
             parts.append(query @ self.item_vectors(batch["candidates"], task).T)
         if "row_candidates" in batch:
             parts.append(torch.einsum("bd,bmd->bm", query, self.item_vectors(batch["row_candidates"], task)))
-        logits = self.logit_scale_of(task) * torch.cat(parts, dim=1)
+        scores = torch.cat(parts, dim=1)
+        if "logit_bias" in batch:
+            scores = scores + batch["logit_bias"]
+        logits = self.logit_scale_of(task) * scores
         if "exclude" in batch:
             logits = logits.masked_fill(batch["exclude"], float("-inf"))
         if "targets" not in batch:
