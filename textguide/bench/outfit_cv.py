@@ -101,9 +101,14 @@ def held_parts(bench: recipes.OutfitBench, folds: int, select_frac: float = 0.3,
     return out
 
 
+def word_grid(task: OutfitTask) -> tuple[float, ...]:
+    """The word-overlap weights cross-validation tries: none without titles."""
+    return CV_WORD_GRID if task.words is not None else (0.0,)
+
+
 def weight_grid(task: OutfitTask) -> list[tuple[float, float]]:
-    """The (text blend, word overlap) weight pairs cross-validation tries (no word weights without titles)."""
-    return [(w, v) for w in CV_BLEND_GRID for v in (CV_WORD_GRID if task.words is not None else (0.0,))]
+    """The (text blend, word overlap) weight pairs cross-validation tries."""
+    return [(w, v) for w in CV_BLEND_GRID for v in word_grid(task)]
 
 
 class _FoldTask(OutfitTask):
@@ -125,7 +130,7 @@ class _FoldTask(OutfitTask):
         for w in CV_BLEND_GRID:
             model.config.text_blend["outfit"] = w
             scores = [TASKS["outfit"].question_scores(self, model, part) for part in self.watched]
-            for v in {v for w_, v in weight_grid(self) if w_ == w}:
+            for v in word_grid(self):
                 entry[(w, v)] = [(rank_of_target(s + v * ws, np.zeros(len(s), dtype=np.int64)) < 1).astype(float)
                                  for s, ws in zip(scores, self.word_scores)]
         model.config.text_blend.clear()

@@ -34,8 +34,8 @@ from ..tasks import TASKS
 from ..tasks.coupon import CouponTask, coupon_logits_indexed, text_cosines
 from ..tasks.outfit import OutfitScorer, OutfitScores, OutfitTask, kind_pmi, structure_task
 from ..tasks.outfit import outfit_scorer as task_outfit_scorer
-from ..words import WordOverlap
 from ..tasks.recommend import SequenceTask, history_scorer
+from ..words import WordOverlap
 
 logger = logging.getLogger("textguide")
 

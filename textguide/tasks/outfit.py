@@ -558,11 +558,12 @@ class Outfit(SequenceObserving):
         if candidates is not None:
             if isinstance(candidates, str) or not len(candidates):
                 raise ValueError("candidates must be a non-empty list of item ids")
-            cand_rows, _ = guide.rows(candidates, "candidates", "error")
-            cand = [guide.index.ids[r] for r in cand_rows if guide.index.ids[r] not in set(known)]
+            given = set(rows)
+            cand_rows = [r for r in guide.rows(candidates, "candidates", "error")[0] if r not in given]
+            cand = [guide.index.ids[r] for r in cand_rows]
             scores = (space.vectors(cand) @ q[0]).astype(np.float32)
             if words is not None:
-                scores += word_weight * words.scores(rows, [guide.index.row_of[c] for c in cand])
+                scores += word_weight * words.scores(rows, cand_rows)
             if 0 < weight < 1:
                 qn = qa[0] / max(float(np.linalg.norm(qa[0])), 1e-12)
                 scores = blend_scores(guide.index.vectors(cand) @ qt[0],
