@@ -71,6 +71,22 @@ def test_each_fold_trains_without_its_held_out_outfits_and_scores_them_once(monk
     assert record["folds"] == 4 and len(record["per_fold"]) == 4 and "hits" not in record
 
 
+def test_the_selection_part_is_asked_several_draws_and_the_report_part_one():
+    bench = toy_bench()
+    (_, sel, rep), *_ = outfit_cv.held_parts(bench, 4)
+    task = outfit_cv._FoldTask(bench.task.item_emb, bench.task.outfits, bench.task.item_slots, sel).watch(sel, rep)
+    asked_sel, asked_rep = task.watched
+    assert len(asked_sel) == outfit_cv.SELECT_DRAWS * len(sel) and asked_rep == rep
+    partials, _, cands = task.fitb_questions(asked_sel, seed=0)  # how question_scores draws them
+    draws = np.asarray(cands).reshape(outfit_cv.SELECT_DRAWS, len(sel), -1)
+    # each pass over the selection outfits is a new draw (another hidden item or other distractors) ...
+    assert all(not np.array_equal(draws[0], draws[d]) for d in range(1, outfit_cv.SELECT_DRAWS))
+    # ... of the same outfits: every answer belongs to its outfit and the partial is the rest of it
+    for q, (partial, row) in enumerate(zip(partials, cands)):
+        outfit = sel[q % len(sel)]
+        assert row[0] in outfit and sorted(partial + [int(row[0])]) == sorted(outfit)
+
+
 def test_the_refit_trains_on_every_outfit_for_the_cross_validated_steps(monkeypatch):
     bench = toy_bench()
     calls = []

@@ -42,6 +42,9 @@ __all__ = ["OutfitCV", "candidate_hits", "cross_validate_outfits", "fold_parts",
 CV_BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: title word-overlap weights tried with each blend weight (score + v * overlap; only with item titles)
 CV_WORD_GRID = (0.0, 0.02, 0.05, 0.1, 0.2)
+#: FITB questions drawn per selection outfit (a hidden item and 3 distractors each): the length and the weights are
+#: chosen on these, so more draws make the choice less dependent on which item one draw happened to hide
+SELECT_DRAWS = 5
 WORDS = "text similarity + word overlap"
 TRAINED = "trained (adapter, cross-validated)"
 
@@ -116,7 +119,7 @@ class _FoldTask(OutfitTask):
     held-out question's FITB hit (selection and report parts) and a snapshot of the weights being validated."""
 
     def watch(self, select: list[list[int]], report: list[list[int]]) -> "_FoldTask":
-        self.watched, self.log = (select, report), []
+        self.watched, self.log = (select * SELECT_DRAWS, report), []  # the rng goes on: a new draw each pass
         self.word_scores = []  # the word overlap of each part's questions (the same questions as per_example)
         for part in self.watched:
             partials, _, cands = self.fitb_questions(part, seed=0)
