@@ -6,7 +6,8 @@ folds; for fold k a copy of the (head-pre-trained) model trains on the training 
 and every ``eval_every`` steps each of fold k's outfits is scored, for every text blend weight of the grid and,
 when the benchmark has item titles, every weight of the title word overlap (:mod:`textguide.words`).
 Each fold's outfits are cut 30 / 70: the training length and the two weights are chosen once, on the 30 % parts
-of all folds pooled (about 360 outfits, as many as the usual selection split), and the 70 % parts, scored by
+of all folds pooled (about 360 outfits, as many as the usual selection split; each asked :data:`SELECT_DRAWS`
+questions, so the choice does not hang on which item one draw hid), and the 70 % parts, scored by
 models that never saw them and never chose anything on them, give the *out-of-fold* FITB / AUC, side by side with
 text similarity on the same questions, and a paired-bootstrap interval of the FITB gain. :func:`refit_outfits`
 then trains the served model on the training outfits plus *all* validation outfits for the chosen number of steps,

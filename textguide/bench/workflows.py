@@ -525,7 +525,7 @@ def cv_table(record: dict[str, Any], with_table: bool = True) -> str:
     """Markdown: the out-of-fold metrics of the cross-validated outfit recipe beside text similarity (the
     sentence alone without ``with_table``)."""
     rows = [(name, m) for name, m in record["table"].items()]
-    return (f"outfits, {record['folds']}-fold cross-validation over the validation outfits (each scored by a model "
+    return (f"Outfits: {record['folds']}-fold cross-validation over the validation outfits (each scored by a model "
             f"that never saw it; {record['questions']} FITB questions); FITB gain over text {record['gain']:+.4f}, "
             f"95% CI [{record['ci95'][0]:+.4f}, {record['ci95'][1]:+.4f}]; the other outfit adapter "
             f"({record['incumbent']['adapter']}) scores FITB {record['incumbent']['FITB']:.4f} on the same "
