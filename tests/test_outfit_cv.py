@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,6 +116,7 @@ def test_the_cross_validated_outfit_recipe_is_served_only_when_it_beats_text_and
     fixed = {}
 
     def fake_cv(bench_, base, config, *, folds, fold_seconds, seed):
+        fixed.update(steps=config.steps, fold_seconds=fold_seconds)
         hits = fixed["hits"]
         return outfit_cv.OutfitCV(folds, 40, 1.0, 0.0, [], {outfit_cv.TRAINED: {"FITB": hits.mean()}}, 0.1,
                                   fixed["ci"], 112, 1.0, hits, np.zeros(112))
@@ -135,6 +137,11 @@ def test_the_cross_validated_outfit_recipe_is_served_only_when_it_beats_text_and
         assert "trained" not in lost and lost["record"]["served"] == "multi-task"
     fixed.update(hits=np.ones(112), ci=(-0.01, 0.2))  # above an incumbent that itself passed the guard: served
     assert "trained" in workflows.outfit_cv_challenger(bench, incumbent, CFG, 0, 64, 0, 4, "multi-task", True)
+    # the folds train a step count (the same choice on any machine), capped at twice their even budget share
+    assert fixed["steps"] == CFG.steps and fixed["fold_seconds"] is None  # CFG: 60 steps (< FOLD_STEPS), no budget
+    monkeypatch.setattr(outfit_cv, "FOLD_STEPS", 40)
+    workflows.outfit_cv_challenger(bench, incumbent, replace(CFG, max_seconds=50.0), 0, 64, 0, 4, "multi-task")
+    assert fixed["steps"] == 40 and fixed["fold_seconds"] == pytest.approx(2 * 50.0 / 5)  # 4 folds + the refit
 
 
 def test_evaluate_shows_the_out_of_fold_table_of_a_guide_trained_on_its_report_outfits(guide, enc, tmp_path,

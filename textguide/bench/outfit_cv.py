@@ -37,7 +37,7 @@ from . import recipes
 
 logger = logging.getLogger("textguide")
 
-__all__ = ["OutfitCV", "candidate_hits", "cross_validate_outfits", "fold_parts", "refit_outfits"]
+__all__ = ["FOLD_STEPS", "OutfitCV", "candidate_hits", "cross_validate_outfits", "fold_parts", "refit_outfits"]
 
 #: text blend weights tried at every evaluation (score = adapter + w * (text cosine + kind prior))
 CV_BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -46,6 +46,10 @@ CV_WORD_GRID = (0.0, 0.02, 0.05, 0.1, 0.2)
 #: FITB questions drawn per selection outfit (a hidden item and 3 distractors each): the length and the weights are
 #: chosen on these, so more draws make the choice less dependent on which item one draw happened to hide
 SELECT_DRAWS = 5
+#: training steps of each fold in ``textguide train`` (:func:`textguide.bench.workflows.outfit_cv_challenger`): a
+#: step count, not seconds, so every machine trains the same fold models and makes the same choice (about the
+#: 50 s of the even budget share on 2 quiet cores; the selection FITB peaks near it and falls after 650 steps)
+FOLD_STEPS = 350
 WORDS = "text similarity + word overlap"
 TRAINED = "trained (adapter, cross-validated)"
 

@@ -452,17 +452,19 @@ def outfit_cv_challenger(bench: Any, incumbent: MultiTaskAdapter, config: TrainC
     """The outfit recipe trained on training + validation outfits (:mod:`textguide.bench.outfit_cv`), against
     ``incumbent`` (the outfit adapter trained on training outfits only, its text blend already chosen).
 
-    ``config.max_seconds`` is the budget: split evenly over the ``folds`` fold trainings and the refit. The
+    Each fold trains ``min(config.steps, FOLD_STEPS)`` steps, so any machine makes the same choice; a slow or
+    busy one stops a fold at twice its even share of ``config.max_seconds`` (over the folds and the refit). The
     refit is served when the out-of-fold FITB of the recipe beats the incumbent's FITB on the same questions,
     and either beats text similarity (95 % interval above 0) or the incumbent already passed its own guard
     against text (``incumbent_served``). (The incumbent chose its weights and blend on some of these questions,
     so the comparison leans its way.) Returns ``{"record": ...}``, plus, when it is served,
     ``trained`` / ``chosen`` / ``metrics`` / ``pretrained`` for the guide (metrics: out-of-fold)."""
-    from .outfit_cv import TRAINED, candidate_hits, cross_validate_outfits, refit_outfits
+    from .outfit_cv import FOLD_STEPS, TRAINED, candidate_hits, cross_validate_outfits, refit_outfits
 
     base, pre = prepared_model(("outfit",), {"outfit": bench}, "hard", seed, input_dim, pretrain_seconds)
-    per_fit = config.max_seconds / (folds + 1) if config.max_seconds else None
-    cv = cross_validate_outfits(bench, base, config, folds=folds, fold_seconds=per_fit, seed=seed)
+    cap = 2 * config.max_seconds / (folds + 1) if config.max_seconds else None
+    cv = cross_validate_outfits(bench, base, replace(config, steps=min(config.steps, FOLD_STEPS)), folds=folds,
+                                fold_seconds=cap, seed=seed)
     other = candidate_hits(bench, incumbent, folds, seed=seed)
     serve = (cv.serve or incumbent_served) and float(cv.hits.mean()) > float(other.mean())
     record = {**cv.to_dict(), "incumbent": {"adapter": incumbent_label, "FITB": round(float(other.mean()), 6)},
