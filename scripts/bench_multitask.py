@@ -142,15 +142,16 @@ def main() -> None:
     if "outfit" in tasks and args.outfit_folds >= 2:
         b, t = benches["outfit"], time.time()
         base, _ = prepared_model(("outfit",), {"outfit": b}, seed=args.seed)
-        cfg = TrainConfig(steps=args.steps * 10, batch_size=128, eval_every=100, seed=args.seed, ema_decay=args.ema,
-                          show_progress=False)
-        cv = outfit_cv.cross_validate_outfits(b, base, cfg, folds=args.outfit_folds, fold_seconds=args.budget / 5,
-                                              seed=args.seed)
+        cfg = TrainConfig(steps=min(args.steps * 10, outfit_cv.FOLD_STEPS), batch_size=128, eval_every=100,
+                          seed=args.seed, ema_decay=args.ema, show_progress=False)  # as in textguide train
+        cv = outfit_cv.cross_validate_outfits(b, base, cfg, folds=args.outfit_folds,
+                                              fold_seconds=2 * args.budget / 5, seed=args.seed)
         timing[f"outfit {args.outfit_folds}-fold CV (train + validation outfits)"] = time.time() - t
         same = {n: outfit_cv.candidate_hits(b, m[0], args.outfit_folds, seed=args.seed).mean()
                 for n, m in models.items() if "outfit" in m[0].config.tasks}
         cv_lines = [f"## outfit — {args.outfit_folds}-fold cross-validation, trained on train + validation outfits",
-                    "", f"Each fold trains on the training outfits + the other folds ({args.budget / 5:.0f} s), the "
+                    "", f"Each fold trains on the training outfits + the other folds ({cfg.steps} steps, at most "
+                    f"{2 * args.budget / 5:.0f} s), the "
                     f"length ({cv.refit_steps} steps), blend weight (w = {cv.blend_weight:g}) and title word-overlap "
                     f"weight (v = {cv.word_weight:g}) are chosen on the "
                     f"folds' 30 % parts pooled; the table is the folds' other 70 % ({cv.questions} outfits), scored "
