@@ -28,6 +28,7 @@ import torch
 
 from textguide.bench import outfit_cv, recipes, workflows
 from textguide.encoder import EmbeddingCache, load_encoder
+from textguide.metrics import fitb_accuracy
 from textguide.tasks.outfit import OutfitScores
 from textguide.training import TrainConfig
 
@@ -93,7 +94,7 @@ def main() -> None:
         return [OutfitScores.of(scorer(p, s), p).pairs(c) for p, s, c in questions]
 
     def fitb(draws: list[np.ndarray]) -> float:
-        return float(np.mean([(d[:, :1] > d[:, 1:]).all(1).mean() for d in draws]))
+        return float(np.mean([fitb_accuracy(d, np.zeros(len(d), dtype=np.int64)) for d in draws]))
 
     folds = [pairs(served(s)) for s in states]
     rows = {"text + word overlap": pairs(None), "refit (served)": pairs(refit),

@@ -27,12 +27,12 @@ import torch
 from textguide.bench import recipes
 from textguide.bench.outfit_cv import validation_outfits
 from textguide.encoder import EmbeddingCache, load_encoder
-from textguide.metrics import text_queries
+from textguide.metrics import fitb_accuracy, text_queries
 
 
 def fitb(scores: np.ndarray) -> float:
     """The answer (column 0) strictly above the 3 others."""
-    return float((scores[:, :1] > scores[:, 1:]).all(1).mean())
+    return fitb_accuracy(scores, np.zeros(len(scores), dtype=np.int64))
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -180,3 +180,29 @@ def test_a_logit_bias_is_added_to_the_scores_before_scaling():
     biased, loss = model.retrieval_output(query, {**batch, "logit_bias": bias}, "outfit")
     assert torch.allclose(biased - plain, model.logit_scale_of("outfit") * bias, atol=1e-5)
     assert torch.isfinite(loss)
+
+
+def test_observe_judges_the_adapter_with_the_word_term_it_is_served_with(worded_guide: Guide) -> None:
+    from textguide.tasks.outfit import OUTFIT
+
+    g = worded_guide
+    # titles whose words the (hashed) embeddings did not see, so the word term moves ranks the adapter does not
+    g.index.metadata.loc[g.index.row_of["p11"], "title"] = "Canvas espadrilles for running in merino"
+    shoes = ["p09", "p10", "p11", "p12"]
+    outfits = [[top, shoe] for top in ["p05", "p06", "p07", "p08", "p13", "p14", "p15"] for shoe in shoes]
+    hits, extra, n_cand = OUTFIT.observe_users(g, outfits, "shoe", [0.0, 1.0], k=4)
+    assert n_cand == 4
+
+    def ndcg(weight: float) -> list[float]:  # the target's NDCG@4 among the shoes, brute force, ties against it
+        out = []
+        for outfit in outfits:
+            s = _brute_force(g, outfit[:-1], shoes, weight)
+            rank = sum(s[c] >= s[outfit[-1]] for c in shoes if c != outfit[-1])
+            out.append(1 / math.log2(rank + 2))
+        return out
+
+    assert extra["NDCG@4"][1.0].tolist() == pytest.approx(ndcg(0.7), abs=1e-6)
+    assert ndcg(0.7) != pytest.approx(ndcg(0.0), abs=1e-6)  # the word term moves a rank: the check can fail
+    g.adapter.config.outfit_word_weight = 0.0
+    _, plain, _ = OUTFIT.observe_users(g, outfits, "shoe", [1.0], k=4)
+    assert plain["NDCG@4"][1.0].tolist() == pytest.approx(ndcg(0.0), abs=1e-6)

@@ -335,12 +335,14 @@ def ranks_by_weight(
     targets: Sequence[int],
     exclude: Sequence[Sequence[int]] | None,
     weights: Sequence[float],
+    adapter_extra: np.ndarray | None = None,
 ) -> dict[float, np.ndarray]:
     """0-based rank of each query's target among the candidate columns, for every adapter weight.
 
     ``text_q`` (n, d) and ``text_items`` (C, d) are unit text vectors; ``adapter_q`` (n, d') and ``adapter_items``
     (C, d') the adapter's queries and item vectors (queries are L2-normalised here). ``targets[i]`` and
-    ``exclude[i]`` are column indices into the C candidates (ties count against the target)."""
+    ``exclude[i]`` are column indices into the C candidates (ties count against the target). ``adapter_extra``
+    (n, C): a term the guide serves with the adapter alone (weight 1; the outfit title word overlap), added there."""
     from .metrics import rank_of_target
 
     text = np.asarray(text_q, np.float32) @ np.asarray(text_items, np.float32).T
@@ -349,4 +351,8 @@ def ranks_by_weight(
         q = np.asarray(adapter_q, np.float32)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         adapted = q @ np.asarray(adapter_items, np.float32).T
-    return {w: rank_of_target(blend_scores(text, adapted, w), np.asarray(targets), exclude) for w in weights}
+    def scores(w: float) -> np.ndarray:
+        blended = blend_scores(text, adapted, w)
+        return blended + adapter_extra if adapter_extra is not None and w >= 1.0 else blended
+
+    return {w: rank_of_target(scores(w), np.asarray(targets), exclude) for w in weights}

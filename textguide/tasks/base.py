@@ -146,7 +146,8 @@ def sequence_evidence(task: Any, guide: "Guide", sequences: Any, category: str, 
     emb = guide.index.embeddings
     ranks = dec.ranks_by_weight(text_queries(emb, hist), emb[cand], task.observe_queries(guide, hist, category),
                                 encode_items(guide.adapter, emb[cand], task.name), [col[t] for t in targets],
-                                [[col[r] for r in h if r in col] for h in hist], weights)
+                                [[col[r] for r in h if r in col] for h in hist], weights,
+                                task.observe_extra(guide, hist, cand))
     hits = {w: dec.rank_metrics(r, k)[0] for w, r in ranks.items()}
     ndcg = {w: dec.rank_metrics(r, k)[1] for w, r in ranks.items()}
     return hits, {f"NDCG@{k}": ndcg}, len(cand)
@@ -163,6 +164,11 @@ class SequenceObserving:
     def check_observable(self, guide: "Guide", category: str) -> None:
         """Refuse a category with no live item, before ``Guide.observe`` does any work."""
         sequence_candidates(self, guide, category)
+
+    def observe_extra(self, guide: "Guide", contexts: list[list[int]], candidates: np.ndarray) -> np.ndarray | None:
+        """A (contexts, candidates) score term the guide serves with the adapter alone, so ``Guide.observe``
+        judges the adapter as it is served (none here)."""
+        return None
 
     def observe_users(self, guide: "Guide", sequences: Any, category: str, weights: Any,
                       k: int) -> tuple[dict[float, np.ndarray], dict[str, dict[float, np.ndarray]], int]:

@@ -638,6 +638,15 @@ class Outfit(SequenceObserving):
         return outfit_queries(guide.adapter, guide.index.embeddings, contexts, [slot] * len(contexts),
                               self.catalog_slots(guide))
 
+    def observe_extra(self, guide: Guide, contexts: list[list[int]], candidates: np.ndarray) -> np.ndarray | None:
+        """The adapter's title word overlap (``outfit_word_weight`` x :meth:`WordOverlap.scores`) of every
+        candidate with each partial outfit, as :meth:`serve` adds it to the adapter's score."""
+        weight = guide.adapter.config.outfit_word_weight
+        if not weight:
+            return None
+        words = guide.title_words()
+        return np.stack([weight * words.scores(rows, candidates) for rows in contexts]).astype(np.float32)
+
     @staticmethod
     def _question(data: OutfitTask, example: int) -> tuple[list[int], int, list[int]]:
         partials, slots, cands = data.fitb_questions(data.valid_outfits)
