@@ -191,7 +191,9 @@ class OutfitTask:
         return partials, slots, candidates, outfit_queries(model, self.item_emb, partials, slots, self.item_slots)
 
     def valid_metric(self, model: MultiTaskAdapter) -> float | None:
-        """FITB accuracy (the hidden item must beat 3 random items of its slot); None without validation."""
+        """FITB accuracy (the hidden item must beat 3 random items of its slot); None without validation.
+        The model's title word overlap joins the score when the task has titles (``words``); a task of
+        untitled items (the NGNN category outfits that pre-train the head) validates without it."""
         questions = self.valid_questions(model)
         if questions is None:
             return None
