@@ -351,6 +351,7 @@ def ranks_by_weight(
         q = np.asarray(adapter_q, np.float32)
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         adapted = q @ np.asarray(adapter_items, np.float32).T
+
     def scores(w: float) -> np.ndarray:
         blended = blend_scores(text, adapted, w)
         return blended + adapter_extra if adapter_extra is not None and w >= 1.0 else blended
